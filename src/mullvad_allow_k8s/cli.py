@@ -1,0 +1,287 @@
+"""The `mullvad-allow-k8s` command: generate, apply, remove, status, doctor, settings.
+
+Exit status: 0 success; 1 nftables or the system refused (nothing was changed);
+2 invalid settings or usage (nothing was changed); 3 status/doctor found the bypass
+missing, stale or unable to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__, doctor, marks, nft, ruleset
+from .atomicfile import write_atomic
+from .facts import MachineFacts
+from .settings import (
+    SCHEMA,
+    Settings,
+    SettingsError,
+    parse_json,
+    parse_settings_file,
+    render_settings_file,
+    resolve,
+)
+
+PROG = "mullvad-allow-k8s"
+SETTINGS_FILES = ("/etc/default/mullvad-allow-k8s", "/etc/sysconfig/mullvad-allow-k8s")
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_ACTIVE = 0, 1, 2, 3
+
+
+class CommandError(Exception):
+    """A runtime failure with a one-line message (exit 1)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Let a local Kubernetes cluster work behind the Mullvad VPN app's "
+        "firewall: generate, check and load an nftables table that gives cluster "
+        "traffic Mullvad's split-tunnel marks, and nothing else.",
+        epilog="Exit status: 0 ok, 1 nftables/system failure, 2 invalid settings, "
+        "3 not loaded/stale/problems found. See mullvad-allow-k8s(8).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    src = common.add_argument_group("settings (later sources win: file, JSON, flags)")
+    src.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="KEY=VALUE settings file (default: the first of "
+        + ", ".join(SETTINGS_FILES)
+        + " that exists; 'none' for none)",
+    )
+    src.add_argument("--json", metavar="FILE", help="settings as a JSON object ('-': stdin)")
+    for field in SCHEMA:
+        src.add_argument(
+            field.flag,
+            dest=field.key,
+            metavar="VALUE",
+            help=f"{field.help} [{field.key}, default: {field.default or 'empty'}]",
+        )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", parents=[common], help="print (or write) the ruleset")
+    gen.add_argument("--write", action="store_true", help="write it to OUTPUT atomically")
+    gen.add_argument("--check", action="store_true", help="also ask the kernel whether it loads")
+    gen.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show the diff against the installed file; change nothing",
+    )
+    app = sub.add_parser(
+        "apply", parents=[common], help="check, write OUTPUT and load the table atomically"
+    )
+    app.add_argument(
+        "--from-file",
+        action="store_true",
+        help="load the existing OUTPUT file as it is (used at boot)",
+    )
+    sub.add_parser("remove", parents=[common], help="delete our tables (only ours)")
+    sub.add_parser(
+        "status",
+        parents=[common],
+        help="is the table loaded, and does it match the settings and the file",
+    )
+    sub.add_parser("doctor", parents=[common], help="check this machine; each finding has a fix")
+    sset = sub.add_parser(
+        "settings", parents=[common], help="print the effective settings (env, json) or the schema"
+    )
+    sset.add_argument("--format", choices=("env", "json", "schema"), default="env")
+    return parser
+
+
+def load_settings(args: argparse.Namespace, facts: MachineFacts) -> Settings:
+    sources: list[dict[str, str]] = []
+    path = args.settings
+    if path is None:
+        path = next((p for p in SETTINGS_FILES if Path(p).exists()), None)
+    if path and path != "none":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise SettingsError("--settings", path, err.strerror or "cannot read") from None
+        sources.append(parse_settings_file(text, origin=path))
+    if args.json:
+        try:
+            text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
+        except OSError as err:
+            raise SettingsError("--json", args.json, err.strerror or "cannot read") from None
+        sources.append(parse_json(text))
+    sources.append(
+        {f.key: getattr(args, f.key) for f in SCHEMA if getattr(args, f.key) is not None}
+    )
+    return resolve(sources, facts)
+
+
+def _require_bridge_support(settings: Settings) -> None:
+    if settings.bridge_table and not nft.bridge_conntrack_supported():
+        raise SettingsError(
+            "BRIDGE_TABLE",
+            "yes",
+            "this kernel lacks nf_conntrack_bridge (CONFIG_NF_CONNTRACK_BRIDGE); use no: "
+            "with br_netfilter the inet table already covers bridged pod traffic",
+        )
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CommandError(f"cannot read {path}: {err.strerror}") from None
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    text = ruleset.render(settings)
+    if args.check:
+        _require_bridge_support(settings)
+        nft.check(text)
+    if args.dry_run:
+        old = _read(settings.output) or ""
+        diff = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"{settings.output} (installed)",
+            tofile=f"{settings.output} (new)",
+        )
+        sys.stdout.writelines(diff)
+        return EXIT_OK
+    if args.write and settings.output != "-":
+        write_atomic(settings.output, text)
+        print(f"wrote {settings.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings, facts: MachineFacts) -> int:
+    if not nft.can_admin_network():
+        raise CommandError("apply needs root (CAP_NET_ADMIN); try `generate --check` as a user")
+    extra = ruleset.tunnel_elements(facts.interface_addresses(settings.tunnel_interface))
+    if args.from_file:
+        text = _read(settings.output)
+        if text is None:
+            raise CommandError(f"{settings.output} does not exist; run `{PROG} apply` to create it")
+        nft.load(text + extra)
+        print(f"loaded {settings.output}", file=sys.stderr)
+        return EXIT_OK
+    _require_bridge_support(settings)
+    text = ruleset.render(settings)
+    nft.check(text + extra)
+    previous = _read(settings.output)
+    if settings.output != "-":
+        write_atomic(settings.output, text)
+    try:
+        nft.load(text + extra)
+    except nft.NftError:
+        if previous is not None:
+            write_atomic(settings.output, previous)
+        raise
+    print(
+        f"loaded table {marks.TABLE_FAMILY} {marks.TABLE_NAME} from {settings.output}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_remove() -> int:
+    if not nft.can_admin_network():
+        raise CommandError("remove needs root (CAP_NET_ADMIN)")
+    present = nft.our_tables()
+    nft.load(nft.remove_text())
+    gone = ", ".join(f"{f} {n}" for f, n in present) or "nothing (no table was loaded)"
+    print(f"removed {gone}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_status(settings: Settings) -> int:
+    expected = ruleset.table_comment(settings)
+    tables = {(t["family"], t["name"]): t for t in nft.table_list()}
+    table = tables.get((marks.TABLE_FAMILY, marks.TABLE_NAME))
+    file_text = _read(settings.output)
+    ok = True
+    if table is None:
+        print(f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: not loaded")
+        ok = False
+    elif table.get("comment") != expected:
+        print(
+            f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: loaded, but from other settings "
+            f"({table.get('comment', 'no comment')!s}; expected {expected})"
+        )
+        ok = False
+    else:
+        print(f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: loaded, matches the settings")
+    if file_text is None:
+        print(f"file {settings.output}: missing")
+        ok = False
+    elif file_text != ruleset.render(settings):
+        print(f"file {settings.output}: differs from the settings (run `{PROG} apply`)")
+        ok = False
+    else:
+        print(f"file {settings.output}: matches the settings")
+    for family, name in marks.SEED_TABLES:
+        if (family, name) in tables:
+            print(
+                f"table {family} {name}: loaded (from the old k8s_bypass_mullvad.nft; "
+                f"`{PROG} apply` removes it)"
+            )
+    return EXIT_OK if ok else EXIT_NOT_ACTIVE
+
+
+def cmd_doctor(settings: Settings, facts: MachineFacts) -> int:
+    findings = doctor.run(settings, facts)
+    for finding in findings:
+        print(finding.line())
+    return EXIT_NOT_ACTIVE if any(f.level == doctor.ERROR for f in findings) else EXIT_OK
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    if args.format == "env":
+        sys.stdout.write(render_settings_file(settings))
+    elif args.format == "json":
+        print(json.dumps(settings.as_strings(), indent=2))
+    else:
+        schema = [
+            {
+                "key": f.key,
+                "kind": f.kind,
+                "default": f.default,
+                "help": f.help,
+                "flag": f.flag,
+                "nix_option": f.nix_option,
+                "asked": f.asked,
+            }
+            for f in SCHEMA
+        ]
+        print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    facts = MachineFacts()
+    try:
+        settings = load_settings(args, facts)
+        if args.command == "generate":
+            return cmd_generate(args, settings)
+        if args.command == "apply":
+            return cmd_apply(args, settings, facts)
+        if args.command == "remove":
+            return cmd_remove()
+        if args.command == "status":
+            return cmd_status(settings)
+        if args.command == "doctor":
+            return cmd_doctor(settings, facts)
+        return cmd_settings(args, settings)
+    except SettingsError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except (nft.NftError, CommandError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,199 @@
+"""`doctor`: is this machine able to use the bypass, and if not, what to do about it.
+
+Each check returns findings with a level and a concrete fix, so the output is a to-do
+list rather than a diagnosis to interpret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import netaddr
+
+from . import marks, nft, ruleset
+from .facts import MachineFacts
+from .settings import Settings
+
+OK, WARN, ERROR = "ok", "warning", "error"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"[{self.level}] {self.message}"
+        return f"{text}\n        fix: {self.fix}" if self.fix else text
+
+
+Lister = Callable[[str, str], list[dict[str, Any]]]
+
+
+def _rules(table: list[dict[str, Any]], chain: str) -> list[str]:
+    return [
+        json.dumps(item["rule"].get("expr", []), sort_keys=True)
+        for item in table
+        if "rule" in item and item["rule"].get("chain") == chain
+    ]
+
+
+def _accepts_ct_mark(rule: str) -> bool:
+    return '"key": "mark"' in rule and str(marks.CT_MARK.value) in rule and '"accept"' in rule
+
+
+def check_mullvad(table: list[dict[str, Any]]) -> list[Finding]:
+    """Mullvad's table exists and its chains honour the split-tunnel ct mark."""
+    if not table:
+        return [
+            Finding(
+                WARN,
+                "Mullvad's firewall table (inet mullvad) is not loaded: Mullvad is disconnected "
+                "(without lockdown mode) or not running, so nothing blocks the cluster now.",
+                "nothing to do; the bypass takes effect when Mullvad connects",
+            )
+        ]
+    out: list[Finding] = []
+    for chain in ("input", "output", "forward"):
+        if any(_accepts_ct_mark(r) for r in _rules(table, chain)):
+            out.append(Finding(OK, f"Mullvad's {chain} chain accepts ct mark {marks.CT_MARK.nft}"))
+        else:
+            why = (
+                "Mullvad older than 2023.5 has no forward-chain rule (mullvadvpn-app PR #5011)"
+                if chain == "forward"
+                else "split tunnelling is unavailable (no net_cls cgroup v1 or cgroup2 support)"
+            )
+            out.append(
+                Finding(
+                    ERROR,
+                    f"Mullvad's {chain} chain has no `ct mark {marks.CT_MARK.nft} accept` rule: "
+                    f"{why}, so the bypass cannot work.",
+                    "update the Mullvad app, and check `mullvad split-tunnel` works (the daemon "
+                    "log says 'no cgroups, skipping' when it does not)",
+                )
+            )
+    return out
+
+
+def check_kernel(settings: Settings, facts: MachineFacts) -> list[Finding]:
+    out: list[Finding] = []
+    value = facts.sysctl("net.bridge.bridge-nf-call-iptables")
+    if value is None:
+        out.append(
+            Finding(
+                WARN,
+                "br_netfilter is not loaded: pod-to-pod traffic on a bridge skips nftables.",
+                "modprobe br_netfilter (Kubernetes needs it; kubeadm's preflight checks it)",
+            )
+        )
+    elif value != "1":
+        out.append(
+            Finding(
+                WARN,
+                "net.bridge.bridge-nf-call-iptables=0: bridged pod traffic bypasses every "
+                "firewall, kube-proxy's too.",
+                "sysctl -w net.bridge.bridge-nf-call-iptables=1 (the Kubernetes default)",
+            )
+        )
+    else:
+        out.append(Finding(OK, "br_netfilter passes bridged pod traffic to nftables"))
+    if settings.bridge_table and not nft.bridge_conntrack_supported():
+        out.append(
+            Finding(
+                ERROR,
+                "BRIDGE_TABLE=yes but this kernel lacks nf_conntrack_bridge "
+                "(CONFIG_NF_CONNTRACK_BRIDGE): `ct` in a bridge table fails to load.",
+                "set BRIDGE_TABLE=no; with br_netfilter the inet table covers bridged traffic",
+            )
+        )
+    rp = facts.sysctl("net.ipv4.conf.all.rp_filter")
+    valid_mark = facts.sysctl("net.ipv4.conf.all.src_valid_mark")
+    if rp == "1" and valid_mark != "1":
+        out.append(
+            Finding(
+                WARN,
+                "strict rp_filter with src_valid_mark=0 drops marked replies' reverse path.",
+                "sysctl -w net.ipv4.conf.all.src_valid_mark=1 (Mullvad sets it when connecting)",
+            )
+        )
+    try:
+        nft.check(ruleset.render(settings))
+        out.append(Finding(OK, "the kernel accepts the generated ruleset (nft --check)"))
+    except nft.NftError as err:
+        out.append(
+            Finding(
+                ERROR,
+                f"the kernel refuses the generated ruleset: {err}",
+                "report this with the output of `mullvad-allow-k8s generate`",
+            )
+        )
+    return out
+
+
+def check_addresses(settings: Settings, facts: MachineFacts) -> list[Finding]:
+    out: list[Finding] = []
+    tunnel = settings.tunnel_interface
+    if facts.has_interface(tunnel):
+        out.append(Finding(OK, f"tunnel interface {tunnel} exists"))
+    else:
+        out.append(
+            Finding(
+                WARN,
+                f"tunnel interface {tunnel} does not exist (Mullvad disconnected?)",
+                "connect Mullvad, or set TUNNEL_INTERFACE if it is named differently",
+            )
+        )
+    cluster = netaddr.IPSet(settings.pod_cidrs) | netaddr.IPSet(settings.service_cidrs)
+    for ip in facts.interface_addresses(tunnel):
+        if ip in cluster:
+            out.append(
+                Finding(
+                    WARN,
+                    f"the tunnel address {ip} lies inside the cluster ranges; it is protected "
+                    "only while loaded by `apply` after Mullvad connected.",
+                    "run `mullvad-allow-k8s apply` after connecting, or use other cluster ranges",
+                )
+            )
+    machine = facts.machine_addresses(tunnel)
+    clashes = [ip for ip in machine if ip in cluster]
+    if clashes:
+        out.append(
+            Finding(
+                ERROR,
+                f"machine addresses {_join(clashes)} lie inside the cluster ranges",
+                "fix POD_CIDRS/SERVICE_CIDRS to match the cluster's real ranges",
+            )
+        )
+    shown = (
+        _join(settings.machine_addresses)
+        if settings.machine_addresses
+        else (f"auto (now: {_join(machine) or 'none'})")
+    )
+    out.append(Finding(OK, f"machine addresses: {shown}"))
+    return out
+
+
+def _join(items: Iterable[object]) -> str:
+    return ", ".join(str(i) for i in items)
+
+
+def run(settings: Settings, facts: MachineFacts, lister: Lister = nft.table_json) -> list[Finding]:
+    """All checks; reads only, changes nothing."""
+    findings: list[Finding] = []
+    try:
+        findings.append(Finding(OK, f"nftables access through {nft.backend().name}"))
+        if nft.can_admin_network():
+            findings += check_mullvad(lister("inet", "mullvad"))
+        else:
+            findings.append(
+                Finding(WARN, "not root: Mullvad's table cannot be inspected", "run doctor as root")
+            )
+    except nft.NftError as err:
+        findings.append(Finding(ERROR, str(err), "apt install python3-nftables nftables"))
+    findings += check_kernel(settings, facts)
+    findings += check_addresses(settings, facts)
+    return findings

@@ -1,0 +1,88 @@
+"""Everything read from the running machine, behind one small class.
+
+The renderer stays pure: tests hand it fixed facts, the CLI hands it these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import netaddr
+
+# Interfaces that carry cluster or container traffic, never the machine's own
+# LAN/public address: CNI bridges and overlays, kube-proxy's IPVS dummy, docker.
+CLUSTER_INTERFACE = re.compile(
+    r"^(cni\d*|cbr\d+|flannel[.\w-]*|cali\w*|vxlan[.\w-]*|cilium\w*|lxc\w*|kube-\w+|"
+    r"weave|datapath|tunl\d+|docker\d+|br-[0-9a-f]+|veth\w*|nodelocaldns|genev\w*)$"
+)
+
+
+@dataclass
+class MachineFacts:
+    """Reads /proc and iproute2; `root` lets tests point it at a fake /proc tree."""
+
+    root: Path = Path("/")
+    _addresses: list[dict[str, object]] | None = field(default=None, repr=False)
+
+    def ephemeral_ports(self) -> tuple[int, int]:
+        """Linux's ip_local_port_range (default 32768-60999)."""
+        path = self.root / "proc/sys/net/ipv4/ip_local_port_range"
+        try:
+            lo, hi = (int(x) for x in path.read_text().split())
+        except (OSError, ValueError):
+            return (32768, 60999)
+        return (lo, hi)
+
+    def sysctl(self, name: str) -> str | None:
+        """A sysctl value, or None where it does not exist (e.g. br_netfilter absent)."""
+        path = self.root / "proc/sys" / name.replace(".", "/")
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return None
+
+    def interfaces(self) -> list[dict[str, object]]:
+        """`ip -j addr` output (empty when iproute2 is missing)."""
+        if self._addresses is None:
+            try:
+                out = subprocess.run(
+                    ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True
+                ).stdout
+                self._addresses = json.loads(out or "[]")
+            except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+                self._addresses = []
+        return self._addresses
+
+    def interface_addresses(self, ifname: str) -> list[netaddr.IPAddress]:
+        """Addresses configured on one interface (the tunnel's, to protect them)."""
+        return [ip for name, ip in self._all_addresses() if name == ifname]
+
+    def machine_addresses(self, tunnel: str) -> list[netaddr.IPAddress]:
+        """What MACHINE_ADDRESSES=auto covers right now, for doctor and status output."""
+        return [
+            ip
+            for name, ip in self._all_addresses()
+            if name not in (tunnel, "lo")
+            and not CLUSTER_INTERFACE.match(name)
+            and not ip.is_link_local()
+            and not ip.is_loopback()
+        ]
+
+    def has_interface(self, ifname: str) -> bool:
+        return any(i.get("ifname") == ifname for i in self.interfaces())
+
+    def _all_addresses(self) -> list[tuple[str, netaddr.IPAddress]]:
+        out: list[tuple[str, netaddr.IPAddress]] = []
+        for iface in self.interfaces():
+            name = str(iface.get("ifname", ""))
+            infos = iface.get("addr_info", [])
+            for info in infos if isinstance(infos, list) else []:
+                try:
+                    out.append((name, netaddr.IPAddress(str(info["local"]))))
+                except (KeyError, TypeError, netaddr.AddrFormatError):
+                    continue
+        return out

@@ -1,0 +1,102 @@
+"""Mullvad's magic numbers and our chain priorities: the one place each value lives.
+
+Every constant names the upstream source it comes from, so that a reader of the
+generated ruleset (which cites these) can check them against a new Mullvad release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A value the ruleset depends on, with where it comes from."""
+
+    value: int | str
+    source: str
+    hex: bool = True  # marks print as 0x%08x; priorities as plain numbers
+
+    @property
+    def nft(self) -> str:
+        """The value as nft prints it (marks as 0x-prefixed hex, like `nft list`)."""
+        if isinstance(self.value, str) or not self.hex:
+            return str(self.value)
+        return f"0x{self.value:08x}"
+
+
+CT_MARK = Constant(
+    0x00000F41,
+    "mullvadvpn-app talpid-core/src/split_tunnel/linux/mod.rs MARK; Mullvad's input, output "
+    "and forward chains accept `ct mark 0x00000f41` first",
+)
+FW_MARK = Constant(
+    0x6D6F6C65,
+    'mullvadvpn-app mullvad-types/src/lib.rs TUNNEL_FWMARK (b"mole"); '
+    "`ip rule not fwmark 0x6d6f6c65 table 1836018789` sends unmarked packets into the tunnel",
+)
+TUNNEL_INTERFACE = Constant(
+    "wg0-mullvad", "mullvadvpn-app talpid-wireguard/src/config.rs MULLVAD_INTERFACE_NAME"
+)
+
+# Chain priorities. Numbers, not names: nft 1.0.6 refuses some names on some hooks.
+PREROUTING_PRIORITY = Constant(
+    -150,
+    "mangle: after conntrack (-200) and Mullvad's prerouting (-199), before kube-proxy's "
+    "DNAT (-100) so the ClusterIP is still visible, before NixOS' rpfilter (-140) and the "
+    "routing decision so rp_filter sees the fwmark",
+    hex=False,
+)
+OUTPUT_PRIORITY = Constant(
+    -160,
+    "mangle - 10: a route chain before kube-proxy's output DNAT (-100) and Mullvad's "
+    "output filter (0); route type so a changed fwmark re-routes the packet",
+    hex=False,
+)
+GUARD_PRIORITY = Constant(
+    -10,
+    "filter - 10: after DNAT (the real destination is known), before Mullvad's forward "
+    "and output filters (0)",
+    hex=False,
+)
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "mullvad_allow_k8s"
+BRIDGE_TABLE_NAME = "mullvad_allow_k8s"
+
+# Tables of eat-correctly/mullvad-allow-k8s (k8s_bypass_mullvad.nft), deleted on load so
+# that users of that file migrate by installing this package.
+SEED_TABLES: tuple[tuple[str, str], ...] = (
+    ("inet", "bypass-mullvad"),
+    ("bridge", "k8s-bypass-mullvad"),
+)
+
+# Addresses that never get an exemption, whatever the cluster ranges say: Mullvad's
+# in-tunnel gateway/resolver, its DNS content-blocker resolvers and its IPv6 tunnel
+# network. The tunnel's own addresses are added at load time (see nft.tunnel_elements).
+PROTECTED_V4: tuple[str, ...] = ("10.64.0.1/32", "100.64.0.0/24")
+PROTECTED_V6: tuple[str, ...] = ("fc00:bbbb:bbbb:bb01::/64",)
+PROTECTED_SOURCE = (
+    "mullvadvpn-app mullvad-api/src/relay_list.rs (ipv4_gateway 10.64.0.1, ipv6_gateway "
+    "fc00:bbbb:bbbb:bb01::1); mullvad-daemon/src/dns.rs (content-blocker resolvers "
+    "100.64.0.x)"
+)
+
+# Private ranges a cluster CIDR must fall in: RFC 1918, RFC 6598 (shared address space,
+# used by some CNIs) and RFC 4193 unique local IPv6 addresses.
+PRIVATE_RANGES: tuple[str, ...] = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+)
+
+MARK_INDEX: tuple[tuple[str, Constant], ...] = (
+    ("ct mark", CT_MARK),
+    ("meta mark", FW_MARK),
+    ("tunnel interface", TUNNEL_INTERFACE),
+    ("prerouting priority", PREROUTING_PRIORITY),
+    ("output priority", OUTPUT_PRIORITY),
+    ("guard priority", GUARD_PRIORITY),
+)

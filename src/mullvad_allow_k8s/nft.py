@@ -1,0 +1,198 @@
+"""Check, load, list and delete through libnftables, with the `nft` command as fallback.
+
+Every change is one nft transaction, so the kernel applies all of it or none of it:
+a failed load leaves whatever tables were there before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Protocol
+
+from . import marks
+
+# "bindings" or "command"; default: the bindings where importable.
+BACKEND_ENV = "MULLVAD_ALLOW_K8S_BACKEND"
+
+
+class NftError(RuntimeError):
+    """nft refused a ruleset or command; str() is nft's own message, trimmed."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, text: str, *, check: bool = False, json_out: bool = False) -> str: ...
+
+
+class BindingsBackend:
+    """libnftables through Debian's python3-nftables."""
+
+    name = "libnftables"
+
+    def __init__(self) -> None:
+        import nftables  # noqa: PLC0415  (optional dependency, probed at run time)
+
+        self._nft = nftables.Nftables()
+
+    def run(self, text: str, *, check: bool = False, json_out: bool = False) -> str:
+        self._nft.set_dry_run(check)
+        self._nft.set_json_output(json_out)
+        try:
+            rc, out, err = self._nft.cmd(text)
+        finally:
+            self._nft.set_dry_run(False)
+            self._nft.set_json_output(False)
+        if rc != 0:
+            raise NftError(_trim(err))
+        return str(out)
+
+
+class CommandBackend:
+    """The `nft` program, for systems without the Python bindings."""
+
+    name = "nft command"
+
+    def __init__(self) -> None:
+        found = shutil.which("nft") or next(
+            (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
+        )
+        if not found:
+            raise NftError("neither the nftables Python bindings nor the nft command is installed")
+        self._nft = found
+
+    def run(self, text: str, *, check: bool = False, json_out: bool = False) -> str:
+        args = [self._nft]
+        if check:
+            args.append("--check")
+        if json_out:
+            args.append("--json")
+        proc = subprocess.run(
+            [*args, "-f", "-"], input=text, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise NftError(_trim(proc.stderr))
+        return proc.stdout
+
+
+def _trim(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    return "; ".join(lines[:3]) if lines else "nft failed without a message"
+
+
+def backend() -> Backend:
+    """The bindings where importable (or forced by MULLVAD_ALLOW_K8S_BACKEND), else nft."""
+    choice = os.environ.get(BACKEND_ENV, "")
+    if choice != "command":
+        try:
+            return BindingsBackend()
+        except ImportError:
+            if choice == "bindings":
+                raise NftError("the nftables Python bindings cannot be imported") from None
+    return CommandBackend()
+
+
+def can_admin_network() -> bool:
+    """Root (or CAP_NET_ADMIN in this namespace): we can talk to this netns' nftables."""
+    return os.geteuid() == 0
+
+
+def check(text: str) -> None:
+    """Ask the kernel whether `text` would load, without changing anything.
+
+    Root checks against this network namespace; other users check in a private
+    user+network namespace, which exercises the same kernel code.
+    """
+    if can_admin_network():
+        backend().run(text, check=True)
+        return
+    unshare = shutil.which("unshare")
+    if not unshare:
+        raise NftError("checking as non-root needs unshare(1) from util-linux")
+    proc = subprocess.run(
+        [
+            unshare,
+            "--user",
+            "--map-root-user",
+            "--net",
+            sys.executable,
+            "-m",
+            "mullvad_allow_k8s.nft",
+            "--check-stdin",
+        ],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    if proc.returncode != 0:
+        raise NftError(_trim(proc.stderr) if proc.stderr.strip() else "check failed")
+
+
+def load(text: str) -> None:
+    """Load in one transaction (the file's add+delete+define makes it a replacement)."""
+    backend().run(text)
+
+
+def table_list() -> list[dict[str, Any]]:
+    """The tables of this netns as nft's JSON objects ({'family', 'name', ...})."""
+    data = json.loads(backend().run("list tables", json_out=True) or "{}")
+    return [item["table"] for item in data.get("nftables", []) if "table" in item]
+
+
+def table_json(family: str, name: str) -> list[dict[str, Any]]:
+    """One table's objects (chains, rules, sets) as nft JSON, [] if absent."""
+    try:
+        data = json.loads(backend().run(f"list table {family} {name}", json_out=True) or "{}")
+    except NftError:
+        return []
+    return list(data.get("nftables", []))
+
+
+def our_tables() -> list[tuple[str, str]]:
+    ours = {(marks.TABLE_FAMILY, marks.TABLE_NAME), ("bridge", marks.BRIDGE_TABLE_NAME)}
+    return [(t["family"], t["name"]) for t in table_list() if (t["family"], t["name"]) in ours]
+
+
+def remove_text() -> str:
+    """Commands deleting only our tables; add-then-delete so absence is not an error."""
+    out = []
+    for family, name in (
+        (marks.TABLE_FAMILY, marks.TABLE_NAME),
+        ("bridge", marks.BRIDGE_TABLE_NAME),
+    ):
+        out += [f"table {family} {name}", f"delete table {family} {name}"]
+    return "\n".join(out) + "\n"
+
+
+def bridge_conntrack_supported() -> bool:
+    """Whether `ct` works in bridge-family tables (CONFIG_NF_CONNTRACK_BRIDGE)."""
+    probe = (
+        "table bridge mullvad_allow_k8s_probe {\n"
+        "\tchain p { type filter hook prerouting priority -150; policy accept;\n"
+        f"\t\tct mark set {marks.CT_MARK.nft}\n\t}}\n}}\n"
+    )
+    try:
+        check(probe)
+    except NftError:
+        return False
+    return True
+
+
+def _check_stdin() -> int:
+    """Entry point for the private-namespace check (see check())."""
+    try:
+        backend().run(sys.stdin.read(), check=True)
+    except NftError as err:
+        print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--check-stdin"]:
+    raise SystemExit(_check_stdin())

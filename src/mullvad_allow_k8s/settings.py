@@ -1,0 +1,490 @@
+"""The settings schema: one table of fields that every front end reads from.
+
+Flags, the KEY=VALUE settings file, debconf answers and the Nix module's JSON all
+arrive here as raw strings keyed by the schema's KEY, are merged (later sources win)
+and validated once with netaddr. Any bad value raises SettingsError, whose text is the
+one-line message users see; nothing downstream ever sees unvalidated text, which is
+what keeps nft syntax from being smuggled into the generated file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+import netaddr
+
+from . import marks
+from .presets import DEFAULT_PRESET, PRESETS
+
+AUTO = "auto"
+NON_EPHEMERAL = "non-ephemeral"
+CUSTOM_PRESET = "custom"
+DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
+# Linux interface names: at most 15 bytes; we accept the conservative portable subset.
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
+_TRUE = {"yes", "true", "1", "on"}
+_FALSE = {"no", "false", "0", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A setting's value is unusable; str() is the one-line message for the user."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{key}: {value!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: its KEY (settings file, JSON, debconf), default and help text."""
+
+    key: str
+    kind: str
+    default: str
+    help: str
+    asked: bool = False  # a debconf question exists for it
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag, derived so it can never drift from the KEY."""
+        return "--" + self.key.lower().replace("_", "-")
+
+    @property
+    def nix_option(self) -> str:
+        """The NixOS option name under services.mullvadAllowK8s (camelCase of KEY)."""
+        head, *rest = self.key.lower().split("_")
+        return head + "".join(part.capitalize() for part in rest)
+
+
+SCHEMA: tuple[Field, ...] = (
+    Field(
+        "PRESET",
+        "choice",
+        DEFAULT_PRESET,
+        "Kubernetes distribution whose default pod and service ranges fill POD_CIDRS and "
+        f"SERVICE_CIDRS when those are empty: {', '.join(PRESETS)} or {CUSTOM_PRESET}.",
+        asked=True,
+    ),
+    Field(
+        "POD_CIDRS",
+        "cidrs",
+        "",
+        "Pod network ranges (IPv4 and/or IPv6, space separated). Empty: the preset's.",
+        asked=True,
+    ),
+    Field(
+        "SERVICE_CIDRS",
+        "cidrs",
+        "",
+        "Service (ClusterIP) ranges (IPv4 and/or IPv6). Empty: the preset's.",
+        asked=True,
+    ),
+    Field(
+        "MACHINE_ADDRESSES",
+        "addresses",
+        AUTO,
+        "Addresses of this machine that clients connect to (NodePorts, API server, "
+        f"ingress). '{AUTO}': any address configured on the interface a connection "
+        "arrives on (except the tunnel), checked per packet, so DHCP changes need no "
+        "regeneration. Or a list of addresses.",
+        asked=True,
+    ),
+    Field(
+        "PUBLIC_ADDRESSES",
+        "addresses",
+        "",
+        "Extra addresses routed to this machine that are not configured on the "
+        "incoming interface (e.g. a public address on lo). Optional.",
+        asked=True,
+    ),
+    Field(
+        "INBOUND_PORTS",
+        "ports",
+        NON_EPHEMERAL,
+        "Destination ports of incoming connections whose replies bypass the tunnel. "
+        f"'{NON_EPHEMERAL}': every port outside EPHEMERAL_PORTS (covers NodePorts "
+        "30000-32767, 6443, 80, 443). Or a list such as '80,443,6443,30000-32767'.",
+    ),
+    Field(
+        "EPHEMERAL_PORTS",
+        "port-range",
+        AUTO,
+        "Local port range of the machine's own outgoing connections, never exempted. "
+        f"'{AUTO}': read from /proc/sys/net/ipv4/ip_local_port_range.",
+    ),
+    Field(
+        "TUNNEL_INTERFACE",
+        "ifname",
+        str(marks.TUNNEL_INTERFACE.value),
+        "Mullvad's tunnel interface; traffic arriving on it is never exempted.",
+    ),
+    Field(
+        "OUTPUT",
+        "path",
+        DEFAULT_OUTPUT,
+        "Where the generated ruleset is written.",
+    ),
+    Field(
+        "BRIDGE_TABLE",
+        "bool",
+        "no",
+        "Also mark bridged pod traffic in a bridge-family table. Needs a kernel with "
+        "nf_conntrack_bridge; not needed with br_netfilter, which Kubernetes enables.",
+    ),
+)
+FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
+
+
+class Facts(Protocol):
+    """What settings defaults need from the running machine (see facts.py)."""
+
+    def ephemeral_ports(self) -> tuple[int, int]: ...
+
+
+# netaddr ships no type information: its objects are Any to mypy, named here for readers.
+Network: TypeAlias = Any  # netaddr.IPNetwork
+Address: TypeAlias = Any  # netaddr.IPAddress
+PortRange: TypeAlias = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, merged settings with every default resolved."""
+
+    preset: str
+    pod_cidrs: tuple[Network, ...]
+    service_cidrs: tuple[Network, ...]
+    machine_addresses: tuple[Address, ...] | None  # None: auto
+    public_addresses: tuple[Address, ...]
+    inbound_ports: tuple[PortRange, ...] | None  # None: non-ephemeral
+    ephemeral_ports: PortRange
+    tunnel_interface: str
+    output: str
+    bridge_table: bool
+
+    def effective_inbound_ports(self) -> tuple[PortRange, ...]:
+        """The inbound port ranges, with 'non-ephemeral' expanded."""
+        if self.inbound_ports is not None:
+            return self.inbound_ports
+        return complement_ports(self.ephemeral_ports)
+
+    def as_strings(self) -> dict[str, str]:
+        """Canonical KEY=VALUE form (sorted, merged), used for headers and read-back."""
+        machine = AUTO if self.machine_addresses is None else _join(self.machine_addresses)
+        inbound = NON_EPHEMERAL if self.inbound_ports is None else _ports(self.inbound_ports)
+        return {
+            "PRESET": self.preset,
+            "POD_CIDRS": _join(self.pod_cidrs),
+            "SERVICE_CIDRS": _join(self.service_cidrs),
+            "MACHINE_ADDRESSES": machine,
+            "PUBLIC_ADDRESSES": _join(self.public_addresses),
+            "INBOUND_PORTS": inbound,
+            "EPHEMERAL_PORTS": _ports((self.ephemeral_ports,)),
+            "TUNNEL_INTERFACE": self.tunnel_interface,
+            "OUTPUT": self.output,
+            "BRIDGE_TABLE": "yes" if self.bridge_table else "no",
+        }
+
+
+def _join(items: Iterable[object]) -> str:
+    return " ".join(str(i) for i in items)
+
+
+def _ports(ranges: Iterable[PortRange]) -> str:
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
+def complement_ports(ephemeral: PortRange) -> tuple[PortRange, ...]:
+    """Ports 1-65535 outside the ephemeral range."""
+    lo, hi = ephemeral
+    out: list[PortRange] = []
+    if lo > 1:
+        out.append((1, lo - 1))
+    if hi < 65535:
+        out.append((hi + 1, 65535))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def parse_settings_file(text: str, origin: str = "settings file") -> dict[str, str]:
+    """Parse a KEY=VALUE file (shell quoting allowed, # comments) into raw values."""
+    raw: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if not sep or key not in FIELDS:
+            what = "unknown setting" if sep else "not a KEY=VALUE line"
+            raise SettingsError(f"{origin} line {number}", stripped, what)
+        try:
+            words = shlex.split(value, comments=True)
+        except ValueError as err:
+            raise SettingsError(key, value, f"cannot parse quoting ({err})") from None
+        raw[key] = " ".join(words)
+    return raw
+
+
+def parse_json(text: str) -> dict[str, str]:
+    """Parse the JSON form (the Nix module's) into raw values; lists become words."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SettingsError("JSON", text[:40], f"not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise SettingsError("JSON", text[:40], "must be an object of KEY: value")
+    raw: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in FIELDS:
+            raise SettingsError(str(key), value, "unknown setting")
+        raw[key] = _json_value(key, value)
+    return raw
+
+
+def _json_value(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str | int):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
+        return " ".join(str(v) for v in value)
+    raise SettingsError(key, value, "must be a string, number, boolean or list of strings")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _words(value: str) -> list[str]:
+    return [w for w in re.split(r"[\s,]+", value.strip()) if w]
+
+
+def _parse_ip(key: str, word: str) -> Address:
+    try:
+        return netaddr.IPAddress(word, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise SettingsError(key, word, "not an IPv4 or IPv6 address") from None
+
+
+def _parse_cidr(key: str, word: str) -> Network:
+    address, slash, prefix = word.partition("/")
+    if not slash or not prefix.isdigit():
+        raise SettingsError(key, word, "not a CIDR range (ADDRESS/PREFIX)")
+    ip = _parse_ip(key, address)
+    if int(prefix) > ip.netmask_bits() or len(prefix) > 3:
+        raise SettingsError(key, word, f"prefix length must be 0-{ip.netmask_bits()}")
+    net = netaddr.IPNetwork(f"{ip}/{int(prefix)}")
+    if net.ip != net.network:
+        raise SettingsError(key, word, f"host bits set (did you mean {net.cidr}?)")
+    return net
+
+
+_PRIVATE = netaddr.IPSet(marks.PRIVATE_RANGES)
+_PROTECTED = netaddr.IPSet(marks.PROTECTED_V4 + marks.PROTECTED_V6)
+
+
+def _cluster_cidrs(key: str, value: str) -> tuple[Network, ...]:
+    nets = [_parse_cidr(key, w) for w in _words(value)]
+    for net in nets:
+        if net.prefixlen == 0:
+            raise SettingsError(key, str(net), "covers the whole address space")
+        if not netaddr.IPSet([net]).issubset(_PRIVATE):
+            raise SettingsError(
+                key,
+                str(net),
+                "not a private range (cluster ranges must lie in "
+                + ", ".join(marks.PRIVATE_RANGES)
+                + ")",
+            )
+        clash = netaddr.IPSet([net]) & _PROTECTED
+        if clash:
+            raise SettingsError(
+                key,
+                str(net),
+                f"covers Mullvad's own addresses ({clash.iter_cidrs()[0]}: "
+                "in-tunnel gateway/resolver), which must stay inside the tunnel",
+            )
+    return tuple(sorted(netaddr.cidr_merge(nets), key=_net_key))
+
+
+def _net_key(net: Network) -> tuple[int, int, int]:
+    return (net.version, int(net.first), net.prefixlen)
+
+
+def _addresses(key: str, value: str) -> tuple[Address, ...]:
+    out: set[Address] = set()
+    for word in _words(value):
+        ip = _parse_ip(key, word.removesuffix("/32") if "." in word else word.removesuffix("/128"))
+        bad = (
+            "a loopback"
+            if ip.is_loopback()
+            else "a multicast"
+            if ip.is_multicast()
+            else "a link-local"
+            if ip.is_link_local()
+            else "the unspecified"
+            if int(ip) == 0
+            else None
+        )
+        if bad:
+            raise SettingsError(key, word, f"{bad} address cannot be a machine address")
+        if ip in _PROTECTED:
+            raise SettingsError(key, word, "is one of Mullvad's in-tunnel addresses")
+        out.add(ip)
+    return tuple(sorted(out, key=lambda a: (a.version, int(a))))
+
+
+def _port_ranges(key: str, value: str) -> tuple[PortRange, ...]:
+    ranges: list[PortRange] = []
+    for word in _words(value):
+        match = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", word)
+        if not match:
+            raise SettingsError(key, word, "not a port or port range (e.g. 6443 or 30000-32767)")
+        lo = int(match.group(1))
+        hi = int(match.group(2) or lo)
+        if not 1 <= lo <= hi <= 65535:
+            raise SettingsError(key, word, "ports must be 1-65535, low-high")
+        ranges.append((lo, hi))
+    if not ranges:
+        raise SettingsError(key, value, "no ports given")
+    ranges.sort()
+    merged: list[PortRange] = [ranges[0]]
+    for lo, hi in ranges[1:]:
+        last_lo, last_hi = merged[-1]
+        if lo <= last_hi + 1:
+            merged[-1] = (last_lo, max(hi, last_hi))
+        else:
+            merged.append((lo, hi))
+    return tuple(merged)
+
+
+def _bool(key: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise SettingsError(key, value, "must be yes or no")
+
+
+def _single(key: str, value: str, pattern: re.Pattern[str], what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise SettingsError(key, value, what)
+    return value
+
+
+def resolve(raw_sources: Iterable[Mapping[str, str]], facts: Facts) -> Settings:
+    """Merge raw sources (later wins) over the schema defaults and validate them."""
+    raw = {f.key: f.default for f in SCHEMA}
+    for source in raw_sources:
+        for key, value in source.items():
+            if key not in FIELDS:
+                raise SettingsError(key, value, "unknown setting")
+            raw[key] = value
+    given = {k: v.strip() for k, v in raw.items()}
+
+    preset = given["PRESET"].lower()
+    if preset != CUSTOM_PRESET and preset not in PRESETS:
+        raise SettingsError(
+            "PRESET", given["PRESET"], f"unknown preset (choose {', '.join(PRESETS)} or custom)"
+        )
+    cidrs: dict[str, tuple[Network, ...]] = {}
+    for key, pick in (("POD_CIDRS", "pod_cidrs"), ("SERVICE_CIDRS", "service_cidrs")):
+        text = given[key]
+        if not _words(text) and preset != CUSTOM_PRESET:
+            text = " ".join(getattr(PRESETS[preset], pick))
+        cidrs[key] = _cluster_cidrs(key, text)
+        if not cidrs[key]:
+            raise SettingsError(key, given[key], "empty (give at least one range or a preset)")
+    pod_set = netaddr.IPSet(cidrs["POD_CIDRS"])
+    for net in cidrs["SERVICE_CIDRS"]:
+        if netaddr.IPSet([net]) & pod_set:
+            raise SettingsError("SERVICE_CIDRS", str(net), "overlaps POD_CIDRS")
+
+    machine = (
+        None
+        if given["MACHINE_ADDRESSES"].lower() == AUTO
+        else _addresses("MACHINE_ADDRESSES", given["MACHINE_ADDRESSES"])
+    )
+    if machine == ():
+        raise SettingsError("MACHINE_ADDRESSES", given["MACHINE_ADDRESSES"], "empty (or 'auto')")
+    public = _addresses("PUBLIC_ADDRESSES", given["PUBLIC_ADDRESSES"])
+
+    ephemeral_text = given["EPHEMERAL_PORTS"]
+    if ephemeral_text.lower() == AUTO:
+        ephemeral = facts.ephemeral_ports()
+    else:
+        ranges = _port_ranges("EPHEMERAL_PORTS", ephemeral_text)
+        if len(ranges) != 1:
+            raise SettingsError("EPHEMERAL_PORTS", ephemeral_text, "must be one range LOW-HIGH")
+        ephemeral = ranges[0]
+
+    inbound: tuple[PortRange, ...] | None = None
+    if given["INBOUND_PORTS"].lower() == NON_EPHEMERAL:
+        if not complement_ports(ephemeral):
+            raise SettingsError(
+                "INBOUND_PORTS", given["INBOUND_PORTS"], "no port is outside EPHEMERAL_PORTS"
+            )
+    else:
+        inbound = _port_ranges("INBOUND_PORTS", given["INBOUND_PORTS"])
+        for lo, hi in inbound:
+            if lo <= ephemeral[1] and hi >= ephemeral[0]:
+                raise SettingsError(
+                    "INBOUND_PORTS",
+                    _ports([(lo, hi)]),
+                    f"overlaps the ephemeral range {_ports([ephemeral])} used by this "
+                    "machine's own outgoing connections",
+                )
+
+    check: Callable[[str, str, re.Pattern[str], str], str] = _single
+    return Settings(
+        preset=preset,
+        pod_cidrs=cidrs["POD_CIDRS"],
+        service_cidrs=cidrs["SERVICE_CIDRS"],
+        machine_addresses=machine,
+        public_addresses=public,
+        inbound_ports=inbound,
+        ephemeral_ports=ephemeral,
+        tunnel_interface=check(
+            "TUNNEL_INTERFACE",
+            given["TUNNEL_INTERFACE"],
+            _IFNAME,
+            "not an interface name (1-15 of A-Z a-z 0-9 _ . -)",
+        ),
+        output=_output(given["OUTPUT"]),
+        bridge_table=_bool("BRIDGE_TABLE", given["BRIDGE_TABLE"]),
+    )
+
+
+def _output(value: str) -> str:
+    if value == "-":
+        return value
+    _single("OUTPUT", value, _PATH, "must be an absolute path (or - for standard output)")
+    if "/../" in value + "/" or value.endswith("/"):
+        raise SettingsError("OUTPUT", value, "must name a file, without '..'")
+    return value
+
+
+def render_settings_file(settings: Settings | None = None) -> str:
+    """The documented KEY=VALUE file (the packages ship it with the defaults)."""
+    values = settings.as_strings() if settings else {f.key: f.default for f in SCHEMA}
+    lines = [
+        "# Settings for mullvad-allow-k8s. After editing run: mullvad-allow-k8s apply",
+        "# (or: systemctl reload mullvad-allow-k8s). See mullvad-allow-k8s(8).",
+    ]
+    for field in SCHEMA:
+        lines.append("")
+        lines.extend(textwrap.wrap(field.help, 78, initial_indent="# ", subsequent_indent="# "))
+        lines.append(f"{field.key}={shlex.quote(values[field.key])}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,47 @@
+# mullvad-allow-k8s: one entry point for running, testing and packaging.
+# Packaging areas add their targets in mk/*.mk (deb.mk, rpm.mk, nix.mk, ...).
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: all venv run test unit kernel netlab lint bench clean help
+all: lint test
+
+help:
+	@echo "make run      generate and check the ruleset for this machine (defaults)"
+	@echo "make test     run every test suite (kernel/netlab suites need root)"
+	@echo "make lint     ruff + mypy --strict"
+	@echo "make bench    print performance figures"
+
+$(BIN)/mullvad-allow-k8s: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis
+	touch $@
+
+venv: $(BIN)/mullvad-allow-k8s
+
+run: venv
+	$(BIN)/mullvad-allow-k8s generate --check
+
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+kernel: venv
+	$(BIN)/pytest tests/kernel $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+bench: venv
+	$(BIN)/python bench/generate_bench.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+-include mk/*.mk

@@ -25,13 +25,13 @@ run: venv
 	$(BIN)/mullvad-allow-k8s generate --check
 
 test: venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: venv
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 kernel: venv
-	$(BIN)/pytest tests/kernel $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/kernel $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -213,6 +213,7 @@ def _inet_table(settings: Settings, comment: str) -> str:
         "\tchain output {\n"
         + _priority(marks.OUTPUT_PRIORITY)
         + f"\t\ttype route hook output priority {marks.OUTPUT_PRIORITY.value}; policy accept;\n"
+        "\t\t# Mullvad's gateway and resolvers are never exempted (see prerouting).\n"
         "\t\tip daddr @protected_v4 return\n"
         "\t\tip6 daddr @protected_v6 return\n"
         "\t\t# This machine to cluster services (hostNetwork pods, nslookup on the node,\n"

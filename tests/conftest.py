@@ -1,0 +1,84 @@
+"""Shared helpers: fixed machine facts for pure tests, root/netns helpers for kernel tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "mullvad_allow_k8s"]
+
+
+class FixedFacts:
+    """Facts for pure tests: Linux's default ephemeral range, nothing read from the host."""
+
+    def __init__(self, ephemeral: tuple[int, int] = (32768, 60999)) -> None:
+        self._ephemeral = ephemeral
+
+    def ephemeral_ports(self) -> tuple[int, int]:
+        return self._ephemeral
+
+
+@pytest.fixture
+def facts() -> FixedFacts:
+    return FixedFacts()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(
+    not is_root(), reason="needs root to create network namespaces (CI runs as root)"
+)
+
+
+def run(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+class Netns:
+    """A named network namespace, deleted at teardown even when the test fails."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        run("ip", "netns", "add", name)
+        self.sh("ip link set lo up")
+
+    def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run("ip", "netns", "exec", self.name, "sh", "-c", command, check=check)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        return run("ip", "netns", "exec", self.name, *CLI, *args, check=False, env=env)
+
+    def nft_json(self, what: str) -> str:
+        return self.sh(f"nft -j {what}").stdout
+
+    def delete(self) -> None:
+        run("ip", "netns", "delete", self.name, check=False)
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[str], Netns]]:
+    if not is_root():
+        pytest.skip("needs root to create network namespaces (CI runs as root)")
+    if not shutil.which("ip") or not shutil.which("nft"):
+        pytest.skip("needs iproute2 and nftables installed (.ci/run installs them)")
+    made: list[Netns] = []
+
+    def make(tag: str = "t") -> Netns:
+        ns = Netns(f"mak-{tag}-{uuid.uuid4().hex[:8]}")
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        ns.delete()

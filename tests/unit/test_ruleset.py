@@ -1,0 +1,131 @@
+"""The renderer: deterministic, commented, one table, sets instead of per-address rules."""
+
+from __future__ import annotations
+
+import re
+
+from mullvad_allow_k8s import marks, ruleset
+from mullvad_allow_k8s.settings import resolve
+from tests.conftest import FixedFacts
+
+
+def render(**values: str) -> str:
+    return ruleset.render(resolve([values], FixedFacts()))
+
+
+def rules(text: str) -> list[str]:
+    """Statement lines of the chains (not comments, sets or chain headers)."""
+    out, in_chain = [], False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("chain "):
+            in_chain = True
+        elif line == "}":
+            in_chain = False
+        elif in_chain and line and not line.startswith(("#", "type ")):
+            out.append(line)
+    return out
+
+
+def chain_rules(text: str, chain: str) -> list[str]:
+    return rules("chain x {" + text.split(f"chain {chain} {{")[1].split("\n\t}")[0] + "\n}")
+
+
+def test_same_settings_same_bytes() -> None:
+    assert render(PRESET="k3s") == render(PRESET="k3s")
+    assert render(PRESET="k3s") != render(PRESET="kind")
+
+
+def test_header_records_settings_and_how_to_regenerate() -> None:
+    text = render(PRESET="microk8s")
+    assert "#   POD_CIDRS=10.1.0.0/16\n" in text
+    assert "#   SERVICE_CIDRS=10.152.183.0/24\n" in text
+    assert "mullvad-allow-k8s apply" in text.split("table ")[0]
+    for _, const in marks.MARK_INDEX:
+        assert const.nft in text.split("\ntable ")[0]
+
+
+def test_one_inet_table_replaced_atomically_and_seed_tables_removed() -> None:
+    text = render()
+    assert text.count("\ntable inet mullvad_allow_k8s {") == 1
+    assert "table bridge mullvad_allow_k8s {" not in text
+    for family, name in [("inet", "mullvad_allow_k8s"), *marks.SEED_TABLES]:
+        assert f"\ntable {family} {name}\ndelete table {family} {name}\n" in text
+    preamble_end = text.index("\ntable inet mullvad_allow_k8s {")
+    assert text.index("delete table inet bypass-mullvad") < preamble_end
+
+
+def test_every_rule_has_a_comment_above_it() -> None:
+    text = render()
+    statements = set(rules(text))
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        if line in statements:
+            previous = next(p for p in reversed(lines[:i]) if p not in statements)
+            assert previous.startswith("#"), line
+
+
+def test_rule_count_does_not_grow_with_addresses() -> None:
+    few = rules(render(POD_CIDRS="10.1.0.0/16", MACHINE_ADDRESSES="192.168.1.2"))
+    many_pods = " ".join(f"10.{i}.0.0/16" for i in range(1, 60))
+    many = rules(render(POD_CIDRS=many_pods, MACHINE_ADDRESSES="192.168.1.2 192.168.1.3 ::ffff:1"))
+    assert len(few) == len(many)
+
+
+def test_marks_and_priorities_come_from_marks_module() -> None:
+    text = render()
+    assert f"ct mark set {marks.CT_MARK.nft}" in text
+    assert f"meta mark set {marks.FW_MARK.nft}" in text
+    assert f"hook prerouting priority {marks.PREROUTING_PRIORITY.value};" in text
+    assert f"type route hook output priority {marks.OUTPUT_PRIORITY.value};" in text
+    assert f"hook forward priority {marks.GUARD_PRIORITY.value};" in text
+    assert "0x00000f41" in text and "0x6d6f6c65" in text
+
+
+def test_auto_machine_addresses_use_fib_and_explicit_ones_a_set() -> None:
+    auto = render()
+    assert "fib daddr . iif type local" in auto and "@machine_v4" not in auto
+    explicit = render(MACHINE_ADDRESSES="192.168.1.10 2001:db8::10")
+    assert "fib daddr . iif type local" not in explicit
+    assert re.search(r"set machine_v4 \{[^}]*elements = \{ 192\.168\.1\.10 \}", explicit)
+    assert re.search(r"set machine_v6 \{[^}]*elements = \{ 2001:db8::10 \}", explicit)
+
+
+def test_tunnel_traffic_is_never_marked_as_inbound() -> None:
+    for line in rules(render(TUNNEL_INTERFACE="wg1")):
+        if "ct state new" in line:
+            assert line.startswith('iifname != "wg1" ')
+
+
+def test_protected_addresses_are_checked_before_any_mark() -> None:
+    text = render()
+    for chain in ("prerouting", "output"):
+        assert chain_rules(text, chain)[:2] == ["ip daddr @protected_v4 return", "ip6 daddr @protected_v6 return"]
+
+
+def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
+    """The ct->meta copy runs before the pod rule, so kube-proxy's 0x4000 bit stays clear."""
+    pre = chain_rules(render(), "prerouting")
+    copy = next(i for i, r in enumerate(pre) if "meta mark set" in r and "ct mark 0x" in r)
+    pod = next(i for i, r in enumerate(pre) if r.startswith("ip saddr @pod_v4"))
+    assert copy < pod and "meta mark" not in pre[pod]
+
+
+def test_bridge_table_only_when_asked() -> None:
+    text = render(BRIDGE_TABLE="yes")
+    assert "\ntable bridge mullvad_allow_k8s {" in text
+
+
+def test_large_element_lists_wrap() -> None:
+    text = render(POD_CIDRS=" ".join(f"10.{i}.0.0/16" for i in range(1, 40)))
+    assert max(len(line) for line in text.splitlines() if "elements" in line) < 100
+
+
+def test_tunnel_elements_go_to_the_family_set() -> None:
+    import netaddr
+
+    extra = ruleset.tunnel_elements([netaddr.IPAddress("10.99.1.2"), netaddr.IPAddress("fc00::5")])
+    assert extra == (
+        "add element inet mullvad_allow_k8s protected_v4 { 10.99.1.2 }\n"
+        "add element inet mullvad_allow_k8s protected_v6 { fc00::5 }\n"
+    )

@@ -1,0 +1,196 @@
+"""The schema and its validation: every bad value is refused with a one-line error."""
+
+from __future__ import annotations
+
+import json
+
+import netaddr
+import pytest
+
+from mullvad_allow_k8s import marks
+from mullvad_allow_k8s.presets import PRESETS
+from mullvad_allow_k8s.settings import (
+    FIELDS,
+    SCHEMA,
+    SettingsError,
+    complement_ports,
+    parse_json,
+    parse_settings_file,
+    render_settings_file,
+    resolve,
+)
+from tests.conftest import FixedFacts
+
+
+def settle(**values: str) -> object:
+    return resolve([values], FixedFacts())
+
+
+def test_defaults_are_kubeadm_auto_and_non_ephemeral() -> None:
+    s = resolve([], FixedFacts())
+    assert s.as_strings() == {
+        "PRESET": "kubeadm",
+        "POD_CIDRS": "10.244.0.0/16",
+        "SERVICE_CIDRS": "10.96.0.0/12",
+        "MACHINE_ADDRESSES": "auto",
+        "PUBLIC_ADDRESSES": "",
+        "INBOUND_PORTS": "non-ephemeral",
+        "EPHEMERAL_PORTS": "32768-60999",
+        "TUNNEL_INTERFACE": "wg0-mullvad",
+        "OUTPUT": "/etc/nftables.d/k8s_bypass_mullvad.nft",
+        "BRIDGE_TABLE": "no",
+    }
+    assert s.effective_inbound_ports() == ((1, 32767), (61000, 65535))
+
+
+def test_ephemeral_default_comes_from_the_machine() -> None:
+    s = resolve([], FixedFacts((1024, 65000)))
+    assert s.ephemeral_ports == (1024, 65000)
+    assert s.effective_inbound_ports() == ((1, 1023), (65001, 65535))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves_to_private_non_overlapping_ranges(name: str) -> None:
+    s = resolve([{"PRESET": name}], FixedFacts())
+    pods, services = netaddr.IPSet(s.pod_cidrs), netaddr.IPSet(s.service_cidrs)
+    assert pods and services and not (pods & services)
+    assert (pods | services).issubset(netaddr.IPSet(marks.PRIVATE_RANGES))
+    assert PRESETS[name].source
+
+
+def test_explicit_ranges_win_over_the_preset_and_are_merged() -> None:
+    s = resolve(
+        [{"PRESET": "k3s", "POD_CIDRS": "10.42.0.0/24, 10.42.1.0/24 10.42.0.0/24 fd00:42::/56"}],
+        FixedFacts(),
+    )
+    assert [str(n) for n in s.pod_cidrs] == ["10.42.0.0/23", "fd00:42::/56"]
+    assert [str(n) for n in s.service_cidrs] == ["10.43.0.0/16"]
+
+
+def test_later_sources_win() -> None:
+    s = resolve([{"PRESET": "k3s"}, {"PRESET": "microk8s"}], FixedFacts())
+    assert s.preset == "microk8s"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("POD_CIDRS", "10.0.0.1/8", "host bits set (did you mean 10.0.0.0/8?)"),
+        ("POD_CIDRS", "10.244.0.0", "not a CIDR range"),
+        ("POD_CIDRS", "10.244.0.0/33", "prefix length must be 0-32"),
+        ("POD_CIDRS", "10.244.0.0/-1", "not a CIDR range"),
+        ("POD_CIDRS", "300.1.0.0/16", "not an IPv4 or IPv6 address"),
+        ("POD_CIDRS", "10.244/16", "not an IPv4 or IPv6 address"),
+        ("POD_CIDRS", "0.0.0.0/0", "covers the whole address space"),
+        ("POD_CIDRS", "::/0", "covers the whole address space"),
+        ("POD_CIDRS", "8.8.8.0/24", "not a private range"),
+        ("SERVICE_CIDRS", "2001:db8::/64", "not a private range"),
+        ("POD_CIDRS", "10.0.0.0/8", "covers Mullvad's own addresses"),
+        ("SERVICE_CIDRS", "10.64.0.0/10", "covers Mullvad's own addresses"),
+        ("POD_CIDRS", "100.64.0.0/16", "covers Mullvad's own addresses"),
+        ("POD_CIDRS", "fc00:bbbb:bbbb::/48", "covers Mullvad's own addresses"),
+        ("POD_CIDRS", "10.244.0.0/16}; flush ruleset", "not a CIDR range"),
+        ("SERVICE_CIDRS", "10.244.8.0/24", "overlaps POD_CIDRS"),
+        ("MACHINE_ADDRESSES", "127.0.0.1", "a loopback address"),
+        ("MACHINE_ADDRESSES", "fe80::1", "a link-local address"),
+        ("MACHINE_ADDRESSES", "224.0.0.1", "a multicast address"),
+        ("MACHINE_ADDRESSES", "0.0.0.0", "the unspecified address"),
+        ("MACHINE_ADDRESSES", "10.64.0.1", "one of Mullvad's in-tunnel addresses"),
+        ("MACHINE_ADDRESSES", "192.168.1.300", "not an IPv4 or IPv6 address"),
+        ("PUBLIC_ADDRESSES", "203.0.113.7 }", "not an IPv4 or IPv6 address"),
+        ("INBOUND_PORTS", "40000", "overlaps the ephemeral range 32768-60999"),
+        ("INBOUND_PORTS", "0", "ports must be 1-65535"),
+        ("INBOUND_PORTS", "443-80", "ports must be 1-65535, low-high"),
+        ("INBOUND_PORTS", "http", "not a port or port range"),
+        ("EPHEMERAL_PORTS", "1-100,200-300", "must be one range"),
+        ("EPHEMERAL_PORTS", "70000-80000", "ports must be 1-65535"),
+        ("TUNNEL_INTERFACE", 'wg0" accept', "not an interface name"),
+        ("TUNNEL_INTERFACE", "a-very-long-interface", "not an interface name"),
+        ("OUTPUT", "relative.nft", "must be an absolute path"),
+        ("OUTPUT", "/etc/../x.nft", "without '..'"),
+        ("OUTPUT", "/etc/x\n.nft", "must be an absolute path"),
+        ("BRIDGE_TABLE", "maybe", "must be yes or no"),
+        ("PRESET", "openshift", "unknown preset"),
+    ],
+)
+def test_bad_values_give_one_line_errors_naming_field_and_value(
+    key: str, value: str, reason: str
+) -> None:
+    with pytest.raises(SettingsError) as err:
+        settle(**{key: value})
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{key}: ")
+    assert reason in message
+    assert err.value.key == key
+
+
+def test_custom_preset_needs_ranges() -> None:
+    with pytest.raises(SettingsError, match="POD_CIDRS: '': empty"):
+        settle(PRESET="custom")
+
+
+def test_all_inbound_ports_ephemeral_is_refused() -> None:
+    with pytest.raises(SettingsError, match="no port is outside EPHEMERAL_PORTS"):
+        settle(EPHEMERAL_PORTS="1-65535")
+
+
+def test_machine_addresses_list_is_deduplicated_and_sorted() -> None:
+    s = settle(MACHINE_ADDRESSES="192.168.1.20 2001:db8::1 192.168.1.10/32 192.168.1.20")
+    assert [str(a) for a in s.machine_addresses] == ["192.168.1.10", "192.168.1.20", "2001:db8::1"]
+
+
+def test_complement_ports_edges() -> None:
+    assert complement_ports((1, 65535)) == ()
+    assert complement_ports((1, 100)) == ((101, 65535),)
+    assert complement_ports((100, 65535)) == ((1, 99),)
+
+
+def test_settings_file_parsing_quotes_comments_and_errors() -> None:
+    text = """
+# comment
+PRESET=k3s
+POD_CIDRS="10.42.0.0/16 fd00:42::/56"   # trailing comment
+SERVICE_CIDRS='10.43.0.0/16'
+"""
+    assert parse_settings_file(text) == {
+        "PRESET": "k3s",
+        "POD_CIDRS": "10.42.0.0/16 fd00:42::/56",
+        "SERVICE_CIDRS": "10.43.0.0/16",
+    }
+    with pytest.raises(SettingsError, match=r"^settings file line 2: 'PODCIDRS=1': unknown"):
+        parse_settings_file("\nPODCIDRS=1\n")
+    with pytest.raises(SettingsError, match="not a KEY=VALUE line"):
+        parse_settings_file("rm -rf /\n")
+    with pytest.raises(SettingsError, match="cannot parse quoting"):
+        parse_settings_file('POD_CIDRS="10.0.0.0/16\n')
+
+
+def test_json_source_accepts_lists_and_booleans() -> None:
+    raw = parse_json(json.dumps({"POD_CIDRS": ["10.1.0.0/16"], "BRIDGE_TABLE": False}))
+    assert raw == {"POD_CIDRS": "10.1.0.0/16", "BRIDGE_TABLE": "no"}
+    with pytest.raises(SettingsError, match="unknown setting"):
+        parse_json('{"podCidrs": []}')
+    with pytest.raises(SettingsError, match="must be a string"):
+        parse_json('{"POD_CIDRS": {"a": 1}}')
+    with pytest.raises(SettingsError, match="not valid JSON"):
+        parse_json("{")
+
+
+def test_rendered_settings_file_round_trips_and_documents_every_field() -> None:
+    s = settle(PRESET="k3s", PUBLIC_ADDRESSES="203.0.113.7", INBOUND_PORTS="80,443,6443")
+    text = render_settings_file(s)
+    for field in SCHEMA:
+        assert f"\n{field.key}=" in text
+    assert resolve([parse_settings_file(text)], FixedFacts()) == s
+    default_text = render_settings_file()
+    assert resolve([parse_settings_file(default_text)], FixedFacts()) == resolve([], FixedFacts())
+
+
+def test_schema_names_derive_flags_and_nix_options() -> None:
+    assert FIELDS["POD_CIDRS"].flag == "--pod-cidrs"
+    assert FIELDS["POD_CIDRS"].nix_option == "podCidrs"
+    assert len({f.flag for f in SCHEMA}) == len(SCHEMA)
+    assert {f.key for f in SCHEMA if f.asked} == {
+        "PRESET", "POD_CIDRS", "SERVICE_CIDRS", "MACHINE_ADDRESSES", "PUBLIC_ADDRESSES",
+    }

@@ -202,17 +202,18 @@ def cmd_remove() -> int:
 
 def cmd_status(settings: Settings) -> int:
     expected = ruleset.table_comment(settings)
-    tables = {(t["family"], t["name"]): t for t in nft.table_list()}
-    table = tables.get((marks.TABLE_FAMILY, marks.TABLE_NAME))
+    tables = {(t["family"], t["name"]) for t in nft.table_list()}
+    loaded = (marks.TABLE_FAMILY, marks.TABLE_NAME) in tables
+    comment = nft.table_comment(marks.TABLE_FAMILY, marks.TABLE_NAME) if loaded else None
     file_text = _read(settings.output)
     ok = True
-    if table is None:
+    if not loaded:
         print(f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: not loaded")
         ok = False
-    elif table.get("comment") != expected:
+    elif comment != expected:
         print(
             f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: loaded, but from other settings "
-            f"({table.get('comment', 'no comment')!s}; expected {expected})"
+            f"({comment or 'no comment'}; expected {expected})"
         )
         ok = False
     else:

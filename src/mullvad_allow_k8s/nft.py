@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,10 +71,11 @@ class CommandBackend:
         if check:
             args.append("--check")
         if json_out:
-            args.append("--json")
-        proc = subprocess.run(
-            [*args, "-f", "-"], input=text, capture_output=True, text=True, check=False
-        )
+            # With --json, `-f` would parse its input as JSON: pass the command as words.
+            args += ["--json", *text.split()]
+        else:
+            args += ["-f", "-"]
+        proc = subprocess.run(args, input=text, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise NftError(_trim(proc.stderr))
         return proc.stdout
@@ -152,6 +154,16 @@ def table_json(family: str, name: str) -> list[dict[str, Any]]:
     except NftError:
         return []
     return list(data.get("nftables", []))
+
+
+def table_comment(family: str, name: str) -> str | None:
+    """A table's comment (nft 1.0.6's JSON output omits it, so read the text form)."""
+    try:
+        text = backend().run(f"list table {family} {name}")
+    except NftError:
+        return None
+    match = re.search(r'^\s*comment "([^"]*)"', text, re.MULTILINE)
+    return match.group(1) if match else ""
 
 
 def our_tables() -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import netaddr
 
 from . import __version__, marks
-from .settings import Network, PortRange, Settings
+from .settings import Address, Network, PortRange, Settings
 
 CT = marks.CT_MARK.nft
 FW = marks.FW_MARK.nft
@@ -284,10 +284,15 @@ def render(settings: Settings) -> str:
     return text
 
 
-def tunnel_elements(addresses: Iterable[object]) -> str:
-    """Extra commands adding the tunnel's current addresses to the protected sets."""
+def tunnel_elements(addresses: Iterable[Address]) -> str:
+    """Commands adding the tunnel's current addresses to the protected sets.
+
+    Addresses already inside a protected range are skipped: adding an element that
+    overlaps an interval would make the whole transaction fail.
+    """
+    covered = netaddr.IPSet(marks.PROTECTED_V4 + marks.PROTECTED_V6)
     lines = []
-    for ip in addresses:
-        version = getattr(ip, "version", 4)
-        lines.append(f"add element {T} protected_v{version} {{ {ip} }}")
-    return "".join(line + "\n" for line in lines)
+    for ip in sorted(set(addresses), key=lambda a: (a.version, int(a))):
+        if ip not in covered:
+            lines.append(f"add element {T} protected_v{ip.version} {{ {ip} }}\n")
+    return "".join(lines)

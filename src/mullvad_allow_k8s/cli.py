@@ -8,14 +8,12 @@ missing, stale or unable to work.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, doctor, marks, nft, ruleset
-from .atomicfile import write_atomic
+from . import __version__, marks, nft, ruleset
 from .facts import MachineFacts
 from .settings import (
     SCHEMA,
@@ -137,12 +135,20 @@ def _read(path: str) -> str | None:
         raise CommandError(f"cannot read {path}: {err.strerror}") from None
 
 
+def write_atomic(path: str, text: str) -> None:
+    from .atomicfile import write_atomic as write  # noqa: PLC0415  (start-up time)
+
+    write(path, text)
+
+
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     text = ruleset.render(settings)
     if args.check:
         _require_bridge_support(settings)
         nft.check(text)
     if args.dry_run:
+        import difflib  # noqa: PLC0415  (start-up time: only --dry-run needs it)
+
         old = _read(settings.output) or ""
         diff = difflib.unified_diff(
             old.splitlines(keepends=True),
@@ -236,6 +242,8 @@ def cmd_status(settings: Settings) -> int:
 
 
 def cmd_doctor(settings: Settings, facts: MachineFacts) -> int:
+    from . import doctor  # noqa: PLC0415  (start-up time of the other commands)
+
     findings = doctor.run(settings, facts)
     for finding in findings:
         print(finding.line())

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import netaddr
@@ -21,12 +19,12 @@ CLUSTER_INTERFACE = re.compile(
 )
 
 
-@dataclass
 class MachineFacts:
     """Reads /proc and iproute2; `root` lets tests point it at a fake /proc tree."""
 
-    root: Path = Path("/")
-    _addresses: list[dict[str, object]] | None = field(default=None, repr=False)
+    def __init__(self, root: Path = Path("/")) -> None:
+        self.root = root
+        self._addresses: list[dict[str, object]] | None = None
 
     def ephemeral_ports(self) -> tuple[int, int]:
         """Linux's ip_local_port_range (default 32768-60999)."""
@@ -48,6 +46,8 @@ class MachineFacts:
     def interfaces(self) -> list[dict[str, object]]:
         """`ip -j addr` output (empty when iproute2 is missing)."""
         if self._addresses is None:
+            import subprocess  # noqa: PLC0415  (start-up time of `generate`)
+
             try:
                 out = subprocess.run(
                     ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -36,7 +37,7 @@ def test_man_page_renders_without_warnings() -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={"LC_ALL": "C.UTF-8"},
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
     )
     assert result.returncode == 0 and result.stderr == ""
 

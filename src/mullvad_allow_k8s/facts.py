@@ -43,6 +43,24 @@ class MachineFacts:
         except OSError:
             return None
 
+    def listening_tcp_ports(self) -> set[int]:
+        """TCP ports with a listening socket on a non-loopback address (/proc/net/tcp*)."""
+        ports: set[int] = set()
+        for name in ("tcp", "tcp6"):
+            try:
+                lines = (self.root / "proc/net" / name).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+                    continue
+                address, _, port = fields[1].rpartition(":")
+                if address.startswith("0100007F") or address == "0" * 24 + "01000000":
+                    continue  # 127.0.0.1 or ::1
+                ports.add(int(port, 16))
+        return ports
+
     def interfaces(self) -> list[dict[str, object]]:
         """`ip -j addr` output (empty when iproute2 is missing)."""
         if self._addresses is None:

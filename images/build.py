@@ -1,0 +1,256 @@
+#!/usr/bin/python3
+"""Build the test images of tests/install/images.toml into podman (`make images`).
+
+Root images come from the Debian archive this machine's apt uses, with mmdebstrap
+(no registry needed), piped into `podman import`. Derived images add packages to
+another image of the list with `podman build` (apt, host network, build time only:
+the tests run without network). Images based on a registry image are built only
+when asked for (--pull): most test machines cannot reach a registry. An image whose
+tag (a hash of its recipe) is present is not built again; outdated tags are
+removed. Independent builds run in parallel; logs go to build/install/images/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.install import engine
+from tests.install.imagelist import REPOSITORY, Image, load
+
+LOGDIR = engine.WORKDIR / "images"
+# The sid (and at times trixie) Release file of a snapshot mirror has expired.
+# Both options stay in the image (/etc/apt/apt.conf.d, /etc/dpkg/dpkg.cfg.d):
+# unsafe-io spares the fsyncs of every dpkg run, in builds and tests.
+APT_OPTS = ['Acquire::Check-Valid-Until "false"', 'Acquire::Retries "3"']
+DPKG_OPTS = ["force-unsafe-io"]
+
+# rpm's database in a Debian userland lists nothing, so rpm and dnf would want
+# python3, nftables, ... installed again. This package provides, in rpm's terms,
+# every package dpkg has installed, and the Fedora names and files specs require.
+SHIM_SCRIPT = r"""
+set -e
+mkdir -p /tmp/shim
+{
+    cat <<'EOF'
+Name:      debian-userland
+Version:   1
+Release:   1
+Summary:   What dpkg installed, as rpm Provides (test images only)
+License:   GPL-3.0-or-later
+BuildArch: noarch
+EOF
+    dpkg-query -W -f '${Package}\n' | sort -u | sed 's/^/Provides:  /'
+    printf 'Provides:  %s\n' iproute /bin/sh /usr/bin/sh /usr/bin/python3 /usr/sbin/nft
+    printf '%%description\nLets rpm and dnf see the packages dpkg installed.\n%%files\n'
+} > /tmp/shim/shim.spec
+rpmbuild -bb --quiet --define '_topdir /tmp/shim' /tmp/shim/shim.spec
+rpm -i /tmp/shim/RPMS/noarch/debian-userland-1-1.noarch.rpm
+rm -rf /tmp/shim
+"""
+
+
+def debian_mirror() -> str:
+    """The Debian archive apt uses on this machine (never a hard-coded host)."""
+    if mirror := os.environ.get("MAK_DEBIAN_MIRROR"):
+        return mirror
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        if path.suffix not in (".list", ".sources") and path.name != "sources.list":
+            continue
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        uris = re.findall(r"^\s*URIs:\s*(\S+)", text, re.M)
+        uris += re.findall(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
+        for uri in uris:
+            if re.search(r"/debian/?$", uri):
+                return uri.rstrip("/")
+    raise RuntimeError("no Debian archive in apt's sources; set MAK_DEBIAN_MIRROR=URL")
+
+
+def present(tag: str) -> bool:
+    return engine.podman("image", "exists", tag, check=False).returncode == 0
+
+
+def run_logged(cmd: list[str] | str, log: Path) -> None:
+    if isinstance(cmd, str):
+        cmd = ["bash", "-c", cmd]
+    with log.open("a") as out:
+        out.write(f"$ {shlex.join(cmd)}\n")
+        out.flush()
+        res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if res.returncode != 0:
+        tail = "\n".join(log.read_text().strip().splitlines()[-12:])
+        raise RuntimeError(f"exit {res.returncode}, see {log}:\n{tail}")
+
+
+def cmd_line(image: Image) -> str:
+    return '["/sbin/init"]' if image.systemd else '["/bin/bash"]'
+
+
+def build_root(image: Image, log: Path) -> None:
+    """mmdebstrap | podman import: a Debian root without a registry."""
+    assert image.suite is not None
+    mmdebstrap = [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=minbase",
+        f"--include={','.join(image.include)}",
+        *[f"--aptopt={opt}" for opt in APT_OPTS],
+        *[f"--dpkgopt={opt}" for opt in DPKG_OPTS],
+        # derived images install from these lists (the tests themselves are offline)
+        "--skip=cleanup/apt/lists",
+        image.suite,
+        "-",
+        debian_mirror(),
+    ]
+    podman_import = [
+        engine.PODMAN, "import",
+        "--change", f"CMD {cmd_line(image)}",
+        "--change", f"LABEL mak.recipe={image.digest}",
+        "-", image.tag,
+    ]  # fmt: skip
+    run_logged(f"set -o pipefail; {shlex.join(mmdebstrap)} | {shlex.join(podman_import)}", log)
+
+
+def build_derived(image: Image, log: Path) -> None:
+    """podman build on an image of the list (apt) or on a registry image (prepare)."""
+    script = image.prepare
+    if image.parent:
+        script = (
+            "export DEBIAN_FRONTEND=noninteractive\n"
+            "apt-get install -y -q --no-install-recommends " + " ".join(image.include) + "\n"
+            "apt-get clean\n"
+        )
+    if image.rpm_shim:
+        script += SHIM_SCRIPT
+    base = image.parent.tag if image.parent else image.registry
+    with tempfile.TemporaryDirectory(prefix=f"{image.name}-", dir=LOGDIR) as tmp:
+        (Path(tmp) / "prepare.sh").write_text(script)
+        (Path(tmp) / "Containerfile").write_text(
+            f"FROM {base}\n"
+            "COPY prepare.sh /tmp/prepare.sh\n"
+            "RUN sh -e /tmp/prepare.sh && rm /tmp/prepare.sh\n"
+            f"CMD {cmd_line(image)}\n"
+            f"LABEL mak.recipe={image.digest}\n"
+        )
+        # apt and registries need the network at build time; the tests have none
+        run_logged(
+            [
+                engine.PODMAN,
+                "build",
+                "--quiet",
+                "--force-rm",
+                "--network",
+                "host",
+                "-t",
+                image.tag,
+                tmp,
+            ],
+            log,
+        )
+
+
+def build(image: Image, parent: Future[float] | None) -> float:
+    if parent is not None:
+        parent.result()  # raises when the parent failed
+    log = LOGDIR / f"{image.name}.log"
+    log.write_text("")
+    start = time.monotonic()
+    if image.suite:
+        build_root(image, log)
+    else:
+        build_derived(image, log)
+    return time.monotonic() - start
+
+
+def prune(images: list[Image]) -> None:
+    """Remove this repository's images whose tag no recipe produces any more."""
+    wanted = {i.tag for i in images}
+    res = engine.podman(
+        "images", "--format", "{{.Repository}}:{{.Tag}}",
+        "--filter", f"reference={REPOSITORY}/*", check=False,
+    )  # fmt: skip
+    stale = [t for t in res.stdout.split() if t not in wanted]
+    if stale:
+        engine.podman("rmi", "--force", *stale, check=False)
+        print(f"images: removed {len(stale)} outdated image(s)")
+    # untagged leftovers (this storage belongs to the tests alone)
+    engine.podman("image", "prune", "--force", check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("names", nargs="*", help="images to build (default: every enabled one)")
+    parser.add_argument("--pull", action="store_true", help="also build registry-based images")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("IMAGES_JOBS", "4")))
+    parser.add_argument("--list", action="store_true", help="print each image and its state")
+    args = parser.parse_args()
+
+    images = load()
+    if reason := engine.probe():
+        print(f"images: cannot build: {reason}", file=sys.stderr)
+        return 1
+    if args.list:
+        for image in images:
+            state = "present" if present(image.tag) else f"missing ({image.how_to_build})"
+            print(f"{image.name:28} {image.tag:56} {state}")
+        return 0
+    if unknown := set(args.names) - {i.name for i in images}:
+        print(f"images: unknown image(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    chosen = {
+        i.name
+        for i in images
+        if i.name in args.names
+        or (not args.names and (args.pull or (i.enabled and not i.needs_registry)))
+    }
+    for image in images:  # with their parents
+        if image.name in chosen and image.parent:
+            chosen.add(image.parent.name)
+    todo = [i for i in images if i.name in chosen and not present(i.tag)]
+    for image in images:
+        if image.name in chosen and image not in todo:
+            print(f"images: {image.name}: up to date ({image.tag})")
+    if any(i.suite for i in todo) and shutil.which("mmdebstrap") is None:
+        print("images: mmdebstrap is not installed (`make deps` installs it)", file=sys.stderr)
+        return 1
+    LOGDIR.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures: dict[str, Future[float]] = {}
+        # parents are listed before their children, so they are submitted first
+        for image in todo:
+            parent = futures.get(image.parent.name) if image.parent else None
+            futures[image.name] = pool.submit(build, image, parent)
+        for image in todo:
+            try:
+                seconds = futures[image.name].result()
+            except (RuntimeError, OSError) as err:
+                failed += 1
+                print(f"images: {image.name}: FAILED: {err}", file=sys.stderr)
+            else:
+                print(f"images: {image.name}: built in {seconds:.0f} s ({image.tag})")
+    if todo:
+        total = time.monotonic() - start
+        print(f"images: {len(todo) - failed} built, {failed} failed, {total:.0f} s")
+    prune(images)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,8 +28,8 @@ rpm: rpm-tarball
 rpm-lint: rpm
 	rpmlint -c rpm/rpmlintrc.toml $(RPM_SPEC) $(RPM_TOPDIR)/RPMS/noarch/mullvad-allow-k8s-*.rpm
 
-rpm-test:
-	$(PYTHON) -m pytest -p no:cacheprovider tests/rpm $(PYTEST_ARGS)
+rpm-test: venv
+	$(BIN)/python -m pytest tests/rpm $(PYTEST_ARGS)
 
 rpm-clean:
 	rm -rf $(RPM_TOPDIR)

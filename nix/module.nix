@@ -70,8 +70,8 @@ in
       example = "k3s";
       description = ''
         Kubernetes distribution whose default pod and service ranges are used when
-        {option}`podCidrs` / {option}`serviceCidrs` are empty. `custom`: no defaults, set
-        both lists.
+        {option}`services.mullvadAllowK8s.podCidrs` and `serviceCidrs` are empty.
+        `custom`: no defaults, set both lists.
       '';
     };
 
@@ -126,8 +126,9 @@ in
       ];
       description = ''
         Destination ports of incoming connections whose replies bypass the tunnel.
-        `"non-ephemeral"`: every port outside {option}`ephemeralPorts` (covers NodePorts
-        30000-32767, 6443, 80, 443). Must not overlap {option}`ephemeralPorts`.
+        `"non-ephemeral"`: every port outside
+        {option}`services.mullvadAllowK8s.ephemeralPorts` (covers NodePorts 30000-32767,
+        6443, 80, 443). Must not overlap `ephemeralPorts`.
       '';
     };
 

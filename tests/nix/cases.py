@@ -7,11 +7,13 @@ the mapping instead of repeating it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
+
+from mullvad_allow_k8s.cli import main
 
 # The module's defaults for the settings options, as a Nix attribute set. A test checks
 # this literal against the module, so nix/settings.nix can be tested without nixpkgs.
@@ -119,18 +121,17 @@ SYSCTL_CASE = Case(
 )
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The project's CLI, as this interpreter imports it."""
-    return subprocess.run(
-        [sys.executable, "-m", "mullvad_allow_k8s", *args],
-        capture_output=True,
-        text=True,
-        check=check,
-    )
+def cli(*args: str) -> str:
+    """Standard output of `mullvad-allow-k8s ARGS` (run in this process: same main())."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    assert code == 0, f"mullvad-allow-k8s {' '.join(args)}: exit {code}"
+    return out.getvalue()
 
 
 def schema() -> list[dict[str, Any]]:
     """`mullvad-allow-k8s settings --format schema`."""
-    data = json.loads(cli("settings", "--format", "schema", "--settings", "none").stdout)
+    data = json.loads(cli("settings", "--format", "schema", "--settings", "none"))
     assert isinstance(data, list)
     return data

@@ -68,17 +68,15 @@ def test_ruleset_equals_the_cli_from_flags(
     cli_on_path: dict[str, str],
 ) -> None:
     out = build(settings_text(source, case, request), tmp_path, cli_on_path)
-    expected = cli("generate", "--settings", "none", *case.argv).stdout
+    expected = cli("generate", "--settings", "none", *case.argv)
     assert (out / "k8s_bypass_mullvad.nft").read_text() == expected
 
     # The settings file NixOS installs reproduces the same file (status/doctor use it).
-    again = cli("generate", "--settings", str(out / "settings.env")).stdout
+    again = cli("generate", "--settings", str(out / "settings.env"))
     assert again == expected
-    from_flags = json.loads(
-        cli("settings", "--format", "json", "--settings", "none", *case.argv).stdout
-    )
+    from_flags = json.loads(cli("settings", "--format", "json", "--settings", "none", *case.argv))
     from_file = json.loads(
-        cli("settings", "--format", "json", "--settings", str(out / "settings.env")).stdout
+        cli("settings", "--format", "json", "--settings", str(out / "settings.env"))
     )
     assert from_file == from_flags
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -98,6 +101,55 @@ def test_flake_outputs(nixpkgs_lib: Path) -> None:
         "packages": {"aarch64-linux": package, "x86_64-linux": package},
         "checks": {s: ["package", "vm"] for s in ("aarch64-linux", "x86_64-linux")},
     }
+
+
+# A stand-in for the nixpkgs flake input: the real lib, and packages that are trivial
+# derivations, so `nix flake check --no-build` runs offline.
+FAKE_NIXPKGS = """{
+  outputs = { self }: let
+    lib = import ./lib;
+    drv = name: derivation {
+      inherit name;
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+      args = [ "-c" "echo > $out" ];
+    };
+    pkgs = {
+      callPackage = path: args: drv "package";
+      testers.runNixOSTest = test: drv test.name;
+    };
+  in {
+    inherit lib;
+    legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] (_: pkgs);
+  };
+}
+"""
+
+
+def test_nix_flake_check(nixpkgs_lib: Path, tmp_path: Path) -> None:
+    nix = shutil.which("nix")
+    if nix is None:
+        pytest.skip("the nix command is not installed (Debian's nix-bin has it)")
+    fake = tmp_path / "nixpkgs"
+    shutil.copytree(nixpkgs_lib, fake / "lib")
+    (fake / "flake.nix").write_text(FAKE_NIXPKGS)
+    flake = tmp_path / "flake"
+    shutil.copytree(ROOT / "nix", flake / "nix")
+    shutil.copy(ROOT / "flake.nix", flake / "flake.nix")
+    proc = subprocess.run(
+        [
+            nix, "--extra-experimental-features", "nix-command flakes",
+            "--store", str(tmp_path / "store"),  # a private store: nothing lands in /nix
+            "flake", "check", "--no-build", "--no-write-lock-file",
+            "--override-input", "nixpkgs", f"path:{fake}", f"path:{flake}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        # The flake fetcher caches under XDG_CACHE_HOME: keep that in tmp_path too.
+        env={**os.environ, "NIX_REMOTE": "", "NIX_PATH": "", "XDG_CACHE_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_package_attributes(nixpkgs_lib: Path) -> None:

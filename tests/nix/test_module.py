@@ -333,3 +333,35 @@ def test_type_errors_name_the_option(nixpkgs_lib: Path, setting: str, option: st
     err = eval_error(module_expr(nixpkgs_lib, enabled(setting), "cfg"))
     assert f"services.mullvadAllowK8s.{option}" in err
     assert "is not of type" in err
+
+
+# ---------------------------------------------------------------- the documented example
+
+EXAMPLE = ROOT / "nix" / "example.nix"
+
+
+@pytest.mark.parametrize("nftables", [False, True], ids=["iptables-firewall", "nftables"])
+def test_example_configuration_is_clean(nixpkgs_lib: Path, nftables: bool) -> None:
+    text = EXAMPLE.read_text()
+    if nftables:
+        text = text.replace("# networking.nftables.", "networking.nftables.")
+        assert text.count("\n  networking.nftables.") == 2
+    out = ev(
+        nixpkgs_lib,
+        f"({text})",
+        "{ inherit failed; inherit (config) warnings; inherit (cfg) loader preset; }",
+    )
+    assert out == {
+        "failed": [],
+        "warnings": [],
+        "loader": "nftables" if nftables else "unit",
+        "preset": "k3s",
+    }
+
+
+def test_readme_quotes_the_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    if "services.mullvadAllowK8s" not in readme:
+        pytest.skip("README.md has no NixOS section yet")
+    body = EXAMPLE.read_text().split("\n", 2)[2]  # without the two-line file comment
+    assert body in readme

@@ -135,8 +135,9 @@ in
     ephemeralPorts = mkOption {
       type = portRange;
       default = mapping.ephemeralPortsFromSysctl sysctlPorts;
-      defaultText = literalExpression ''
-        "32768-60999", or boot.kernel.sysctl."net.ipv4.ip_local_port_range" as "LOW-HIGH" when set
+      defaultText = lib.literalMD ''
+        `boot.kernel.sysctl."net.ipv4.ip_local_port_range"` as `"LOW-HIGH"` when set,
+        else Linux's default `"32768-60999"`
       '';
       example = "49152-65535";
       description = ''
@@ -190,7 +191,7 @@ in
       type = types.package;
       readOnly = true;
       default = generated;
-      defaultText = literalExpression "the generator's output for these settings";
+      defaultText = lib.literalMD "the generator's output for these settings";
       description = ''
         The generator's output: {file}`k8s_bypass_mullvad.nft`, {file}`settings.env`,
         {file}`settings.json` and the table bodies. Build it to review the ruleset:

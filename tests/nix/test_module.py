@@ -98,6 +98,23 @@ def test_descriptions_and_documented_defaults(nixpkgs_lib: Path) -> None:
         assert docs[name]["t"], name
 
 
+def test_option_docs_render_without_touching_pkgs(nixpkgs_lib: Path) -> None:
+    # What the NixOS manual does with our options; any default that needs pkgs must
+    # have a defaultText, or building the manual fails.
+    docs = evaluate(
+        module_expr(
+            nixpkgs_lib,
+            "{ }",
+            "map (o: { inherit (o) name description; default = o.default or null; }) "
+            "(lib.optionAttrSetToDocList options)",
+            pkgs='throw "pkgs used while rendering the option docs"',
+        )
+    )
+    names = {d["name"].removeprefix("services.mullvadAllowK8s.") for d in docs}
+    assert names == MODULE_ONLY | {f["nix_option"] for f in FIELDS}
+    assert all(d["description"] for d in docs)
+
+
 # ---------------------------------------------------------------- what it configures
 
 

@@ -276,6 +276,14 @@ in
           family = "bridge";
           content = ''include "${generated}/bridge-body.nft"'';
         };
+        # As the generated file's preamble does: remove the tables of the hand-edited
+        # k8s_bypass_mullvad.nft this package supersedes (mullvad_allow_k8s.marks.SEED_TABLES).
+        networking.nftables.extraDeletions = ''
+          table inet bypass-mullvad
+          delete table inet bypass-mullvad
+          table bridge k8s-bypass-mullvad
+          delete table bridge k8s-bypass-mullvad
+        '';
       })
 
       (lib.mkIf (cfg.loader == "unit") {

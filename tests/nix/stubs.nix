@@ -49,6 +49,10 @@ in
           type = types.bool;
           default = false;
         };
+        extraDeletions = mkOption {
+          type = types.lines;
+          default = "";
+        };
         tables = mkOption {
           default = { };
           type = types.attrsOf (

@@ -139,28 +139,37 @@ def test_nftables_tables_load_the_same_ruleset_as_the_file(
     if ("--bridge-table", "yes") in case.flags and not nft.bridge_conntrack_supported():
         pytest.skip("this kernel lacks nf_conntrack_bridge (CONFIG_NF_CONNTRACK_BRIDGE)")
     text = evaluate(module_expr(nixpkgs_lib, case.config(), "cfg.generated.env.settings"))
-    gen, tables = evaluate(
+    gen, tables, extra = evaluate(
         module_expr(
             nixpkgs_lib,
             case.config() + " // { networking.nftables.enable = true; }",
-            "[ cfg.generated.outPath config.networking.nftables.tables ]",
+            "[ cfg.generated.outPath config.networking.nftables.tables "
+            "config.networking.nftables.extraDeletions ]",
         )
     )
     out = build(text, tmp_path, cli_on_path)
-    # What nixos/modules/services/networking/nftables.nix writes for these tables.
-    rules = "".join(
-        f"table {t['family']} {t['name']}\ndelete table {t['family']} {t['name']}\n"
-        for t in tables.values()
-    ) + "".join(
-        f"table {t['family']} {t['name']} {{\n  {t['content'].replace(gen, str(out))}\n}}\n"
-        for t in tables.values()
+    # What nixos/modules/services/networking/nftables.nix loads: the deletions script
+    # (each table, then extraDeletions), then each table with its content in braces.
+    rules = (
+        "".join(
+            f"table {t['family']} {t['name']}\ndelete table {t['family']} {t['name']}\n"
+            for t in tables.values()
+        )
+        + extra
+        + "".join(
+            f"table {t['family']} {t['name']} {{\n  {t['content'].replace(gen, str(out))}\n}}\n"
+            for t in tables.values()
+        )
     )
     (tmp_path / "nixos-rules.nft").write_text(rules)
 
     listings = []
     for path in (out / "k8s_bypass_mullvad.nft", tmp_path / "nixos-rules.nft"):
         ns = netns_factory("nix")
+        # The tables of the old hand-edited file, which both ways must remove.
+        ns.sh("; ".join(f"nft add table {f} {n}" for f, n in marks.SEED_TABLES))
         ns.sh(f"nft -f {path}")
         listings.append(ns.sh("nft list ruleset").stdout)
     assert listings[0] == listings[1]
     assert f"table inet {marks.TABLE_NAME} {{" in listings[0]
+    assert not any(f"table {f} {n} " in listings[0] for f, n in marks.SEED_TABLES)

@@ -212,6 +212,17 @@ def test_typical_configuration_with_nftables(nixpkgs_lib: Path) -> None:
     assert settings["BRIDGE_TABLE"] is True
 
 
+SEED_DELETIONS = "".join(f"table {f} {n}\ndelete table {f} {n}\n" for f, n in marks.SEED_TABLES)
+
+
+def test_nftables_loader_deletes_the_superseded_tables_like_the_file(nixpkgs_lib: Path) -> None:
+    nft_config = enabled("", QUIET + " networking.nftables.enable = true;")
+    assert ev(nixpkgs_lib, nft_config, "config.networking.nftables.extraDeletions") == (
+        SEED_DELETIONS
+    )
+    assert ev(nixpkgs_lib, enabled(), "config.networking.nftables.extraDeletions") == ""
+
+
 def test_no_bridge_table_unless_asked(nixpkgs_lib: Path) -> None:
     config = enabled("", QUIET + " networking.nftables.enable = true;")
     tables = ev(nixpkgs_lib, config, "builtins.attrNames config.networking.nftables.tables")

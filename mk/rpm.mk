@@ -26,7 +26,7 @@ rpm: rpm-tarball
 	    --define 'rpm_release $(RPM_RELEASE)' $(RPM_SPEC)
 
 rpm-lint: rpm
-	rpmlint -c rpm/rpmlintrc.toml $(RPM_SPEC) $(RPM_TOPDIR)/RPMS/noarch/mullvad-allow-k8s-*.rpm
+	rpmlint -c rpm/rpmlintrc.toml $(RPM_SPEC) $(RPM_TOPDIR)/RPMS/noarch/mullvad-allow-k8s-$(RPM_VERSION)-$(RPM_RELEASE)*.noarch.rpm
 
 rpm-test: venv
 	$(BIN)/python -m pytest tests/rpm $(PYTEST_ARGS)

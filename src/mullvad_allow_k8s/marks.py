@@ -45,7 +45,7 @@ PREROUTING_PRIORITY = Constant(
     "known; before kube-proxy's DNAT (-100), so the ClusterIP is still visible; before "
     "iptables' mangle table (-150) and NixOS' nftables rpfilter (-140), where "
     "reverse-path filters run, and before the routing decision, so both see the fwmark",
-    hex=False
+    hex=False,
 )
 OUTPUT_PRIORITY = Constant(
     -160,

@@ -14,12 +14,9 @@
     # ephemeralPorts follows boot.kernel.sysctl."net.ipv4.ip_local_port_range".
   };
 
-  # The default (iptables) firewall's strict reverse-path filter runs at the same
-  # priority as our prerouting chain; loose is the usual setting next to a VPN.
-  networking.firewall.checkReversePath = "loose";
-
-  # Or the nftables firewall: our table becomes one of networking.nftables.tables and
-  # its reverse-path filter runs after us. Never flush the whole ruleset: that deletes
+  # Both NixOS firewalls work, strict reverse-path filtering included: our prerouting
+  # chain sets the fwmark before their rpfilter runs (iptables mangle -150, nftables
+  # -140). With the nftables firewall our table becomes one of networking.nftables.tables. Never flush the whole ruleset: that deletes
   # Mullvad's and kube-proxy's tables on every firewall reload.
   # networking.nftables.enable = true;
   # networking.nftables.flushRuleset = false;

@@ -20,9 +20,7 @@ let
   tableName = "mullvad_allow_k8s";
 
   nftables = config.networking.nftables;
-  firewall = config.networking.firewall;
   sysctlPorts = config.boot.kernel.sysctl."net.ipv4.ip_local_port_range" or null;
-  strictReversePath = firewall.checkReversePath == true || firewall.checkReversePath == "strict";
   etcPath = lib.removePrefix "/etc/" cfg.output;
 
   presets = [
@@ -238,16 +236,6 @@ in
             table only gives cluster traffic Mullvad's split-tunnel marks; without Mullvad's
             daemon (and its `inet mullvad` table) it changes nothing. Enable
             services.mullvad-vpn, or ignore this if the Mullvad app runs some other way.
-          ''
-          ++ lib.optional (firewall.enable && !nftables.enable && strictReversePath) ''
-            services.mullvadAllowK8s: networking.firewall.checkReversePath is strict and the
-            firewall is the iptables one. Its rpfilter chain (table mangle, PREROUTING) runs at
-            priority -150, the same as our prerouting chain, which sets the fwmark that makes
-            the reverse-path lookup use the main routing table instead of Mullvad's; at equal
-            priority the order is not defined, so connections from networks reached only via
-            the default route (port forwards, public clients) can be dropped. Set
-            networking.firewall.checkReversePath = "loose"; or use the nftables firewall
-            (networking.nftables.enable = true;), whose rpfilter runs at -140, after us.
           ''
           ++ lib.optional (sysctlPorts != null && cfg.ephemeralPorts != mapping.ephemeralPortsFromSysctl sysctlPorts) ''
             services.mullvadAllowK8s.ephemeralPorts = "${cfg.ephemeralPorts}" differs from

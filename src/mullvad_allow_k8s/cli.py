@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,8 +137,14 @@ def _read(path: str) -> str | None:
 
 
 def write_atomic(path: str, text: str) -> None:
+    """Replace OUTPUT atomically, unless a system configuration manager owns it."""
     from .atomicfile import write_atomic as write  # noqa: PLC0415  (start-up time)
 
+    target = Path(path)
+    if target.is_symlink() and os.readlink(target).startswith("/nix/store/"):
+        raise CommandError(
+            f"{path} is managed by NixOS: change services.mullvadAllowK8s and rebuild"
+        )
     write(path, text)
 
 

@@ -135,3 +135,13 @@ def test_help_mentions_every_command(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for command in ("generate", "apply", "remove", "status", "doctor", "settings"):
         assert command in out
+
+
+def test_refuses_to_overwrite_a_file_nixos_manages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "k8s.nft"
+    out.symlink_to("/nix/store/0000000000000000000000000000000-mak/k8s.nft")
+    assert main("generate", "--settings", "none", "--output", str(out), "--write") == 1
+    assert "is managed by NixOS: change services.mullvadAllowK8s" in capsys.readouterr().err
+    assert out.is_symlink()

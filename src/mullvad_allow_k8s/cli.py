@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "settings", parents=[common], help="print the effective settings (env, json) or the schema"
     )
     sset.add_argument("--format", choices=("env", "json", "schema"), default="env")
+    sset.add_argument(
+        "--defaults",
+        action="store_true",
+        help="with --format env: the documented file with the schema's defaults, not the "
+        "resolved values (what packages ship)",
+    )
     return parser
 
 
@@ -259,7 +265,7 @@ def cmd_doctor(settings: Settings, facts: MachineFacts) -> int:
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "env":
-        sys.stdout.write(render_settings_file(settings))
+        sys.stdout.write(render_settings_file(None if args.defaults else settings))
     elif args.format == "json":
         print(json.dumps(settings.as_strings(), indent=2))
     else:

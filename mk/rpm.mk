@@ -17,7 +17,8 @@ RPMBUILD_FLAGS ?= $(shell rpm -q --quiet rpm 2>/dev/null || echo --nodeps)
 .PHONY: rpm rpm-tarball rpm-lint rpm-test rpm-clean
 rpm-tarball:
 	mkdir -p $(RPM_TOPDIR)/SOURCES
-	ref='$(RPM_REF)'; [ -n "$$ref" ] || ref=$$(git stash create); \
+	# flock: parallel test workers would otherwise race for git's index.lock.
+	ref='$(RPM_REF)'; [ -n "$$ref" ] || ref=$$(flock /tmp/mullvad-allow-k8s-git.lock git stash create); \
 	git archive --format=tar.gz --prefix=mullvad-allow-k8s-$(RPM_VERSION)/ \
 	    -o $(RPM_TARBALL) $${ref:-HEAD}
 

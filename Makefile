@@ -21,7 +21,7 @@ deps:
 # --system-site-packages: the nftables bindings exist only as Debian's python3-nftables.
 $(BIN)/mullvad-allow-k8s: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis
+	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis pytest-container
 	touch $@
 
 venv: deps $(BIN)/mullvad-allow-k8s

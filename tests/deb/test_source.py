@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mullvad_allow_k8s import __version__
 from mullvad_allow_k8s.presets import PRESETS
 from mullvad_allow_k8s.settings import CUSTOM_PRESET, SCHEMA, render_settings_file
 from tests.deb.conftest import REPO, Builds, need_tools, run
@@ -123,3 +124,9 @@ def test_package_contents(builds: Builds, tmp_path: Path) -> None:
     assert units[0].read_text() == (REPO / "data/mullvad-allow-k8s.service").read_text()
     template = tmp_path / "usr/share/mullvad-allow-k8s/settings.default"
     assert template.read_text() == render_settings_file()
+
+
+def test_changelog_version_is_the_python_package_version() -> None:
+    need_tools("dpkg-parsechangelog")
+    version = run(["dpkg-parsechangelog", "--show-field", "Version"], cwd=REPO).stdout.strip()
+    assert version == __version__, "bump debian/changelog with pyproject.toml (native package)"

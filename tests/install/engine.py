@@ -5,7 +5,7 @@ Debian 12's default podman setup does not run containers on this kind of machine
 hybrids; every teardown waits 10 s). `configure()` writes a small containers.conf
 and storage.conf under the work directory and exports them, so neither the host's
 /etc/containers nor /var/lib/containers is touched. `probe()` says in one sentence
-why no container can run, or returns None. No pytest here: images/build.py uses it.
+why no container can run, or returns None. No pytest here: imagebuild.py uses it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The image list (images.toml) and each image's tag, shared by `make images` and the tests.
 
 An image's tag is a hash of everything that decides its content: its entry, its
-parent's tag and the build recipe (images/build.py). `make images` builds the
+parent's tag and the build recipe (imagebuild.py). `make images` builds the
 images whose tag is missing; the tests look for exactly that tag, so they never run
 in an image built from an older recipe.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 IMAGES_TOML = HERE / "images.toml"
-RECIPE = ROOT / "images" / "build.py"
+RECIPE = HERE / "imagebuild.py"
 REPOSITORY = "localhost/mak-install"
 KEYS = {"name", "family", "suite", "from", "include", "prepare", "systemd", "rpm_shim", "enabled"}
 

@@ -1,5 +1,8 @@
-#!/usr/bin/python3
-"""Build the test images of tests/install/images.toml into podman (`make images`).
+"""Build the test images of tests/install/images.toml into podman.
+
+`make images` (python3 -m tests.install.imagebuild) builds them ahead; the test
+session builds the ones its tests need and that are missing (ensure()), so
+`pytest tests/install` works on its own.
 
 Root images come from the Debian archive this machine's apt uses, with mmdebstrap
 (no registry needed), piped into `podman import`. Derived images add packages to
@@ -7,12 +10,14 @@ another image of the list with `podman build` (apt, host network, build time onl
 the tests run without network). Images based on a registry image are built only
 when asked for (--pull): most test machines cannot reach a registry. An image whose
 tag (a hash of its recipe) is present is not built again; outdated tags are
-removed. Independent builds run in parallel; logs go to build/install/images/.
+removed. Independent builds run in parallel, under a lock (parallel test workers);
+logs go to build/install/images/.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import shlex
@@ -21,10 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.install import engine
 from tests.install.imagelist import REPOSITORY, Image, load
@@ -38,7 +43,8 @@ DPKG_OPTS = ["force-unsafe-io"]
 
 # rpm's database in a Debian userland lists nothing, so rpm and dnf would want
 # python3, nftables, ... installed again. This package provides, in rpm's terms,
-# every package dpkg has installed, and the Fedora names and files specs require.
+# every package dpkg has installed, and the Fedora names and files specs require,
+# and owns the directories that Fedora's filesystem package owns and ours uses.
 SHIM_SCRIPT = r"""
 set -e
 mkdir -p /tmp/shim
@@ -53,7 +59,10 @@ BuildArch: noarch
 EOF
     dpkg-query -W -f '${Package}\n' | sort -u | sed 's/^/Provides:  /'
     printf 'Provides:  %s\n' iproute /bin/sh /usr/bin/sh /usr/bin/python3 /usr/sbin/nft
-    printf '%%description\nLets rpm and dnf see the packages dpkg installed.\n%%files\n'
+    printf '%%description\nLets rpm and dnf see the packages dpkg installed.\n'
+    # what Fedora's filesystem package owns and our package puts files into
+    printf '%%install\nmkdir -p %%{buildroot}/etc/sysconfig %%{buildroot}/usr/share/licenses\n'
+    printf '%%files\n%%dir /etc/sysconfig\n%%dir /usr/share/licenses\n'
 } > /tmp/shim/shim.spec
 rpmbuild -bb --quiet --define '_topdir /tmp/shim' /tmp/shim/shim.spec
 rpm -i /tmp/shim/RPMS/noarch/debian-userland-1-1.noarch.rpm
@@ -111,8 +120,6 @@ def build_root(image: Image, log: Path) -> None:
         f"--include={','.join(image.include)}",
         *[f"--aptopt={opt}" for opt in APT_OPTS],
         *[f"--dpkgopt={opt}" for opt in DPKG_OPTS],
-        # derived images install from these lists (the tests themselves are offline)
-        "--skip=cleanup/apt/lists",
         image.suite,
         "-",
         debian_mirror(),
@@ -132,8 +139,11 @@ def build_derived(image: Image, log: Path) -> None:
     if image.parent:
         script = (
             "export DEBIAN_FRONTEND=noninteractive\n"
+            "apt-get update -q\n"
             "apt-get install -y -q --no-install-recommends " + " ".join(image.include) + "\n"
+            # no network in the tests: lists would only be stale, and apt slower
             "apt-get clean\n"
+            "rm -rf /var/lib/apt/lists/*\n"
         )
     if image.rpm_shim:
         script += SHIM_SCRIPT
@@ -148,20 +158,10 @@ def build_derived(image: Image, log: Path) -> None:
             f"LABEL mak.recipe={image.digest}\n"
         )
         # apt and registries need the network at build time; the tests have none
-        run_logged(
-            [
-                engine.PODMAN,
-                "build",
-                "--quiet",
-                "--force-rm",
-                "--network",
-                "host",
-                "-t",
-                image.tag,
-                tmp,
-            ],
-            log,
-        )
+        # the parent is in local storage: never ask a registry for it
+        pull = "--pull=never" if image.parent else "--pull=missing"
+        build = [engine.PODMAN, "build", "--quiet", "--force-rm", pull, "--network", "host"]
+        run_logged([*build, "-t", image.tag, tmp], log)
 
 
 def build(image: Image, parent: Future[float] | None) -> float:
@@ -192,6 +192,59 @@ def prune(images: list[Image]) -> None:
     engine.podman("image", "prune", "--force", check=False)
 
 
+def with_parents(images: Iterable[Image]) -> list[Image]:
+    """IMAGES and the images they are built from, parents first."""
+    out: dict[str, Image] = {}
+
+    def add(image: Image) -> None:
+        if image.parent:
+            add(image.parent)
+        out.setdefault(image.name, image)
+
+    for image in images:
+        add(image)
+    return list(out.values())
+
+
+@contextmanager
+def locked() -> Iterator[None]:
+    """One builder at a time (test workers, a `make images` next to a test run)."""
+    LOGDIR.mkdir(parents=True, exist_ok=True)
+    with (LOGDIR / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def ensure(
+    wanted: Iterable[Image], jobs: int = 4, say: Callable[[str], None] = print
+) -> dict[str, str]:
+    """Build the missing images of WANTED (and their parents); return {name: error}."""
+    errors: dict[str, str] = {}
+    with locked():
+        todo = [i for i in with_parents(wanted) if not present(i.tag)]
+        if not todo:
+            return errors
+        if any(i.suite for i in todo) and shutil.which("mmdebstrap") is None:
+            return {i.name: "mmdebstrap is not installed (`make deps` installs it)" for i in todo}
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures: dict[str, Future[float]] = {}
+            for image in todo:  # parents come first, so they are started first
+                parent = futures.get(image.parent.name) if image.parent else None
+                futures[image.name] = pool.submit(build, image, parent)
+            for image in todo:
+                try:
+                    seconds = futures[image.name].result()
+                except (RuntimeError, OSError) as err:
+                    errors[image.name] = str(err)
+                    say(f"images: {image.name}: FAILED: {err}")
+                else:
+                    say(f"images: {image.name}: built in {seconds:.0f} s ({image.tag})")
+        total = time.monotonic() - start
+        say(f"images: {len(todo) - len(errors)} built, {len(errors)} failed, {total:.0f} s")
+    return errors
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("names", nargs="*", help="images to build (default: every enabled one)")
@@ -212,44 +265,19 @@ def main() -> int:
     if unknown := set(args.names) - {i.name for i in images}:
         print(f"images: unknown image(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    chosen = {
-        i.name
+    chosen = [
+        i
         for i in images
         if i.name in args.names
         or (not args.names and (args.pull or (i.enabled and not i.needs_registry)))
-    }
-    for image in images:  # with their parents
-        if image.name in chosen and image.parent:
-            chosen.add(image.parent.name)
-    todo = [i for i in images if i.name in chosen and not present(i.tag)]
-    for image in images:
-        if image.name in chosen and image not in todo:
+    ]
+    for image in with_parents(chosen):
+        if present(image.tag):
             print(f"images: {image.name}: up to date ({image.tag})")
-    if any(i.suite for i in todo) and shutil.which("mmdebstrap") is None:
-        print("images: mmdebstrap is not installed (`make deps` installs it)", file=sys.stderr)
-        return 1
-    LOGDIR.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures: dict[str, Future[float]] = {}
-        # parents are listed before their children, so they are submitted first
-        for image in todo:
-            parent = futures.get(image.parent.name) if image.parent else None
-            futures[image.name] = pool.submit(build, image, parent)
-        for image in todo:
-            try:
-                seconds = futures[image.name].result()
-            except (RuntimeError, OSError) as err:
-                failed += 1
-                print(f"images: {image.name}: FAILED: {err}", file=sys.stderr)
-            else:
-                print(f"images: {image.name}: built in {seconds:.0f} s ({image.tag})")
-    if todo:
-        total = time.monotonic() - start
-        print(f"images: {len(todo) - failed} built, {failed} failed, {total:.0f} s")
-    prune(images)
-    return 1 if failed else 0
+    errors = ensure(chosen, args.jobs, say=lambda line: print(line, flush=True))
+    with locked():
+        prune(images)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def image_of(item: pytest.Item) -> imagelist.Image | None:
 
 TO_BUILD = pytest.StashKey[list[imagelist.Image]]()
 USED = pytest.StashKey[list[imagelist.Image]]()
+FAILED = pytest.StashKey[bool]()
 TIMINGS: list[str] = []
 
 
@@ -172,9 +173,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         item.stash[FAILED] = report.failed
-
-
-FAILED = pytest.StashKey[bool]()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -318,8 +316,12 @@ def rpms(builder: Builder) -> Packages:
     if not shutil.which("rpmbuild"):
         pytest.skip("rpmbuild is missing (.ci/apt/rpm.txt)")
     old, new = builder.wait("rpm-old"), builder.wait("rpm-new")
-    version = "-".join(old.name.split("-")[-2:]).removesuffix(".noarch.rpm")
-    return Packages(old, new, version, version.rsplit("-", 1)[0] + "-" + UPGRADE_RPM_RELEASE)
+
+    def version(rpm: Path) -> str:
+        query = ["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", str(rpm)]
+        return subprocess.run(query, capture_output=True, text=True, check=True).stdout
+
+    return Packages(old, new, version(old), version(new))
 
 
 # ---------------------------------------------------------------- containers
@@ -333,8 +335,10 @@ def _box(data: ContainerData) -> Box:
     return box
 
 
-def _report(box: Box) -> None:
-    """What helps to understand a failure, printed into the test's report."""
+def report_if_failed(request: pytest.FixtureRequest, box: Box) -> None:
+    """After a failed test: what helps to understand it, into the test's report."""
+    if not request.node.stash.get(FAILED, False):
+        return
     print(f"--- {box!r}: tables: {sorted(box.tables())}")
     if box.image.systemd:
         logs = "journalctl -b -u mullvad-allow-k8s -u nftables --no-pager"
@@ -346,8 +350,7 @@ def box(container_per_test: ContainerData, request: pytest.FixtureRequest) -> It
     """A fresh container of the test's image (booted, for systemd images)."""
     box = _box(container_per_test)
     yield box
-    if request.node.stash.get(FAILED, False):
-        _report(box)
+    report_if_failed(request, box)
 
 
 @pytest.fixture(scope="module")

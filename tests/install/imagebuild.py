@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
+import inspect
 import os
 import re
 import shlex
@@ -177,7 +179,7 @@ def build(image: Image, parent: Future[float] | None) -> float:
     return time.monotonic() - start
 
 
-def prune(images: list[Image]) -> None:
+def prune(images: list[Image], say: Callable[[str], None] = print) -> None:
     """Remove this repository's images whose tag no recipe produces any more."""
     wanted = {i.tag for i in images}
     res = engine.podman(
@@ -187,9 +189,16 @@ def prune(images: list[Image]) -> None:
     stale = [t for t in res.stdout.split() if t not in wanted]
     if stale:
         engine.podman("rmi", "--force", *stale, check=False)
-        print(f"images: removed {len(stale)} outdated image(s)")
+        say(f"images: removed {len(stale)} outdated image(s)")
     # untagged leftovers (this storage belongs to the tests alone)
     engine.podman("image", "prune", "--force", check=False)
+
+
+def fingerprint() -> bytes:
+    """What of this file decides an image's content (part of every tag, see imagelist)."""
+    parts = [repr((APT_OPTS, DPKG_OPTS, SHIM_SCRIPT))]
+    parts += [inspect.getsource(f) for f in (cmd_line, build_root, build_derived)]
+    return hashlib.sha256("\n".join(parts).encode()).digest()
 
 
 def with_parents(images: Iterable[Image]) -> list[Image]:
@@ -242,6 +251,7 @@ def ensure(
                     say(f"images: {image.name}: built in {seconds:.0f} s ({image.tag})")
         total = time.monotonic() - start
         say(f"images: {len(todo) - len(errors)} built, {len(errors)} failed, {total:.0f} s")
+        prune(load(), say)
     return errors
 
 
@@ -276,7 +286,7 @@ def main() -> int:
             print(f"images: {image.name}: up to date ({image.tag})")
     errors = ensure(chosen, args.jobs, say=lambda line: print(line, flush=True))
     with locked():
-        prune(images)
+        prune(images)  # also when nothing was built
     return 1 if errors else 0
 
 

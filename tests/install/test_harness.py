@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.install import imagelist
+from tests.install import engine, imagelist
 from tests.install.harness import snapshot_diff, table_present_after_each
 
 
@@ -78,3 +78,20 @@ def test_snapshot_diff_names_what_was_left_removed_or_changed() -> None:
         "removed: /usr/b (x)",
         "changed: /etc/a: -rw-r--r-- 0:0 sha256:1 -> -rw-r--r-- 0:0 sha256:2",
     ]
+
+
+def test_the_engine_probe_says_why_podman_cannot_be_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTAINER_RUNTIME", raising=False)
+    monkeypatch.setattr(
+        engine.shutil, "which", lambda name: "/usr/bin/docker" if name == "docker" else None
+    )
+    reason = engine.probe()
+    assert reason is not None
+    assert reason.startswith("podman is not installed (a docker client is installed")
+    assert "make deps" in reason
+
+    monkeypatch.setenv("CONTAINER_RUNTIME", "docker")
+    assert engine.probe() == (
+        "CONTAINER_RUNTIME=docker: tests/install needs podman "
+        "(systemd as PID 1, images in containers-storage); unset it"
+    )

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.install.conftest import COVERED_BY_TESTS_DEB, Packages, images
+from tests.install.conftest import COVERED_BY_TESTS_DEB, Packages, images, report_if_failed
 from tests.install.harness import TABLE, UNIT, Box, snapshot_diff, table_present_after_each
 
 SETTINGS = "/etc/default/mullvad-allow-k8s"
@@ -33,13 +33,14 @@ def installed(shared_box: Box, debs: Packages) -> Box:
 
 
 @pytest.fixture
-def active(installed: Box) -> Iterator[Box]:
+def active(installed: Box, request: pytest.FixtureRequest) -> Iterator[Box]:
     """The shared container, checked to be as the tests leave it: unit active, table loaded."""
     box = installed
     state = box.unit("ActiveState")
     assert state == "active", f"an earlier test left {UNIT} {state}"
     box.assert_active()
     yield box
+    report_if_failed(request, box)
     box.sh(f"nft delete table {SENTINEL} 2>/dev/null || true")
 
 

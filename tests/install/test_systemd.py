@@ -3,8 +3,8 @@
 The lifecycle tests share one booted container per image (pytest-container's
 `container` fixture): the package is installed once, and every test leaves the unit
 active with the table loaded, as it found it. Upgrade and purge get fresh containers.
-tests/deb boots bookworm with systemd-nspawn for install, upgrade and remove; the
-upgrade under systemd runs here on the other userlands only.
+tests/deb boots bookworm with systemd-nspawn for install (enabled, active), upgrade
+(reloaded, not restarted) and remove; those run here on the other userlands only.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def sentinel(box: Box) -> None:
     box.sh(f"nft add table {SENTINEL}")
 
 
-@pytest.mark.parametrize("container", WITH_SYSTEMD, indirect=True)
+@pytest.mark.parametrize("container", WITH_SYSTEMD_NOT_IN_TESTS_DEB, indirect=True)
 def test_install_enables_and_starts_the_unit(installed: Box) -> None:
     box = installed
     assert box.sh(f"systemctl is-enabled {UNIT}").stdout.strip() == "enabled"

@@ -242,9 +242,14 @@ class Builder:
                 ],
             ),
         }
+        tools = {"deb": ("dpkg-buildpackage", "deb.txt"), "rpm": ("rpmbuild", "rpm.txt")}
         for name, (needs, target) in targets.items():
+            tool, apt_list = tools[name[:3]]
             if not needs.is_dir():
                 self.jobs[name] = f"{needs.relative_to(ROOT)}/ is not in this tree"
+                continue
+            if not shutil.which(tool):
+                self.jobs[name] = f"{tool} is missing (install .ci/apt/{apt_list})"
                 continue
             # no lintian, no unit tests (other suites run them): install tests only
             cmd = ["make", "-s", "-C", str(ROOT), *target(), "DEB_LINTIAN=no"]
@@ -304,8 +309,6 @@ def builder(tmp_path_factory: pytest.TempPathFactory) -> Builder:
 
 @pytest.fixture(scope="session")
 def debs(builder: Builder) -> Packages:
-    if not shutil.which("dpkg-buildpackage"):
-        pytest.skip("dpkg-buildpackage is missing (.ci/apt/deb.txt)")
     return Packages(
         builder.wait("deb-old"), builder.wait("deb-new"), builder.deb_old(), builder.deb_new()
     )
@@ -313,8 +316,6 @@ def debs(builder: Builder) -> Packages:
 
 @pytest.fixture(scope="session")
 def rpms(builder: Builder) -> Packages:
-    if not shutil.which("rpmbuild"):
-        pytest.skip("rpmbuild is missing (.ci/apt/rpm.txt)")
     old, new = builder.wait("rpm-old"), builder.wait("rpm-new")
 
     def version(rpm: Path) -> str:

@@ -1,0 +1,59 @@
+"""Fixtures of the network-namespace lab. Root only: skipped, saying why, otherwise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from .nsutil import purge_stale
+from .probes import Scenario
+from .scenarios import ScenarioResult, run_scenario
+from .topology import PREFIX
+
+HERE = os.path.dirname(__file__)
+
+
+def lab_unavailable() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "netlab needs root (network namespaces, nftables); CI runs it as root"
+    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    if missing:
+        return f"netlab needs {' and '.join(missing)} (.ci/run installs iproute2 and nftables)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "netlab: needs root; builds an emulated Mullvad + cluster in network namespaces"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = lab_unavailable()
+    for item in items:
+        if str(item.path).startswith(HERE):
+            item.add_marker(pytest.mark.netlab)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purge_stale_namespaces() -> None:
+    """Remove namespaces left by lab runs that were killed (their pid is gone)."""
+    if lab_unavailable() is None:
+        purge_stale(PREFIX)
+
+
+@pytest.fixture(scope="module")
+def scenario_result(request: pytest.FixtureRequest) -> Iterator[ScenarioResult]:
+    """Build the scenario's namespaces, probe, clean up; tests read the results.
+
+    Parametrized indirectly with a Scenario; the namespaces exist only while this
+    fixture runs (they are deleted even if building or probing fails).
+    """
+    scn: Scenario = request.param
+    yield run_scenario(scn)

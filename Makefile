@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv run test unit kernel netlab lint bench clean help
+.PHONY: all deps venv run test unit kernel netlab lint bench clean help
 all: lint test
 
 help:
@@ -14,12 +14,17 @@ help:
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make bench    print performance figures"
 
+# Debian packages (from .ci/apt/*.txt); a no-op when all are installed.
+deps:
+	@scripts/install-deps.sh
+
+# --system-site-packages: the nftables bindings exist only as Debian's python3-nftables.
 $(BIN)/mullvad-allow-k8s: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis
+	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis pytest-container
 	touch $@
 
-venv: $(BIN)/mullvad-allow-k8s
+venv: deps $(BIN)/mullvad-allow-k8s
 
 run: venv
 	$(BIN)/mullvad-allow-k8s generate --check

@@ -55,8 +55,8 @@ class Netns:
     def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", self.name, "sh", "-c", command, check=check)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    def cli(self, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env_extra}
         return run("ip", "netns", "exec", self.name, *CLI, *args, check=False, env=env)
 
     def nft_json(self, what: str) -> str:

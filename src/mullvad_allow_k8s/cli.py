@@ -8,14 +8,12 @@ missing, stale or unable to work.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, doctor, marks, nft, ruleset
-from .atomicfile import write_atomic
+from . import __version__, marks, nft, ruleset
 from .facts import MachineFacts
 from .settings import (
     SCHEMA,
@@ -137,12 +135,20 @@ def _read(path: str) -> str | None:
         raise CommandError(f"cannot read {path}: {err.strerror}") from None
 
 
+def write_atomic(path: str, text: str) -> None:
+    from .atomicfile import write_atomic as write  # noqa: PLC0415  (start-up time)
+
+    write(path, text)
+
+
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     text = ruleset.render(settings)
     if args.check:
         _require_bridge_support(settings)
         nft.check(text)
     if args.dry_run:
+        import difflib  # noqa: PLC0415  (start-up time: only --dry-run needs it)
+
         old = _read(settings.output) or ""
         diff = difflib.unified_diff(
             old.splitlines(keepends=True),
@@ -202,17 +208,18 @@ def cmd_remove() -> int:
 
 def cmd_status(settings: Settings) -> int:
     expected = ruleset.table_comment(settings)
-    tables = {(t["family"], t["name"]): t for t in nft.table_list()}
-    table = tables.get((marks.TABLE_FAMILY, marks.TABLE_NAME))
+    tables = {(t["family"], t["name"]) for t in nft.table_list()}
+    loaded = (marks.TABLE_FAMILY, marks.TABLE_NAME) in tables
+    comment = nft.table_comment(marks.TABLE_FAMILY, marks.TABLE_NAME) if loaded else None
     file_text = _read(settings.output)
     ok = True
-    if table is None:
+    if not loaded:
         print(f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: not loaded")
         ok = False
-    elif table.get("comment") != expected:
+    elif comment != expected:
         print(
             f"table {marks.TABLE_FAMILY} {marks.TABLE_NAME}: loaded, but from other settings "
-            f"({table.get('comment', 'no comment')!s}; expected {expected})"
+            f"({comment or 'no comment'}; expected {expected})"
         )
         ok = False
     else:
@@ -235,6 +242,8 @@ def cmd_status(settings: Settings) -> int:
 
 
 def cmd_doctor(settings: Settings, facts: MachineFacts) -> int:
+    from . import doctor  # noqa: PLC0415  (start-up time of the other commands)
+
     findings = doctor.run(settings, facts)
     for finding in findings:
         print(finding.line())

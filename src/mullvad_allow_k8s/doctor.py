@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import netaddr
 
@@ -20,8 +19,7 @@ from .settings import Settings
 OK, WARN, ERROR = "ok", "warning", "error"
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     level: str
     message: str
     fix: str = ""
@@ -177,6 +175,46 @@ def check_addresses(settings: Settings, facts: MachineFacts) -> list[Finding]:
     return out
 
 
+# Ports Kubernetes components listen on by default (kube-apiserver and the API ports of
+# k3s/rke2/MicroK8s/minikube, kubelet, etcd, rke2's supervisor, k0s' konnectivity and API,
+# ingress) and the NodePort range. Others found listening deserve a second look.
+KUBERNETES_PORTS: tuple[tuple[int, int], ...] = (
+    (80, 80),
+    (443, 443),
+    (2379, 2380),
+    (6443, 6443),
+    (8132, 8132),
+    (8443, 8443),
+    (9345, 9345),
+    (9443, 9443),
+    (10250, 10250),
+    (16443, 16443),
+    (30000, 32767),
+)
+
+
+def check_exposed_services(settings: Settings, facts: MachineFacts) -> list[Finding]:
+    """Other services listening on exempted ports become reachable from the LAN/internet."""
+    inbound = settings.effective_inbound_ports()
+    exposed = sorted(
+        port
+        for port in facts.listening_tcp_ports()
+        if any(lo <= port <= hi for lo, hi in inbound)
+        and not any(lo <= port <= hi for lo, hi in KUBERNETES_PORTS)
+    )
+    if not exposed:
+        return [Finding(OK, "no non-Kubernetes TCP service listens on an exempted port")]
+    return [
+        Finding(
+            WARN,
+            f"TCP port(s) {_join(exposed)} listen on this machine and are in INBOUND_PORTS: "
+            "connections to them from the LAN or the internet bypass Mullvad's firewall too, "
+            "even with local network sharing off.",
+            "set INBOUND_PORTS to the cluster's ports, e.g. 80,443,6443,30000-32767",
+        )
+    ]
+
+
 def _join(items: Iterable[object]) -> str:
     return ", ".join(str(i) for i in items)
 
@@ -196,4 +234,5 @@ def run(settings: Settings, facts: MachineFacts, lister: Lister = nft.table_json
         findings.append(Finding(ERROR, str(err), "apt install python3-nftables nftables"))
     findings += check_kernel(settings, facts)
     findings += check_addresses(settings, facts)
+    findings += check_exposed_services(settings, facts)
     return findings

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import netaddr
@@ -21,12 +19,12 @@ CLUSTER_INTERFACE = re.compile(
 )
 
 
-@dataclass
 class MachineFacts:
     """Reads /proc and iproute2; `root` lets tests point it at a fake /proc tree."""
 
-    root: Path = Path("/")
-    _addresses: list[dict[str, object]] | None = field(default=None, repr=False)
+    def __init__(self, root: Path = Path("/")) -> None:
+        self.root = root
+        self._addresses: list[dict[str, object]] | None = None
 
     def ephemeral_ports(self) -> tuple[int, int]:
         """Linux's ip_local_port_range (default 32768-60999)."""
@@ -45,9 +43,29 @@ class MachineFacts:
         except OSError:
             return None
 
+    def listening_tcp_ports(self) -> set[int]:
+        """TCP ports with a listening socket on a non-loopback address (/proc/net/tcp*)."""
+        ports: set[int] = set()
+        for name in ("tcp", "tcp6"):
+            try:
+                lines = (self.root / "proc/net" / name).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+                    continue
+                address, _, port = fields[1].rpartition(":")
+                if address.startswith("0100007F") or address == "0" * 24 + "01000000":
+                    continue  # 127.0.0.1 or ::1
+                ports.add(int(port, 16))
+        return ports
+
     def interfaces(self) -> list[dict[str, object]]:
         """`ip -j addr` output (empty when iproute2 is missing)."""
         if self._addresses is None:
+            import subprocess  # noqa: PLC0415  (start-up time of `generate`)
+
             try:
                 out = subprocess.run(
                     ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True

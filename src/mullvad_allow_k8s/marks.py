@@ -6,11 +6,10 @@ generated ruleset (which cites these) can check them against a new Mullvad relea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Constant:
+class Constant(NamedTuple):
     """A value the ruleset depends on, with where it comes from."""
 
     value: int | str

@@ -6,11 +6,10 @@ cluster started with non-default ranges just sets those two fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Preset:
+class Preset(NamedTuple):
     """One distribution's out-of-the-box address plan."""
 
     name: str

@@ -14,8 +14,8 @@ import re
 import shlex
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from functools import cache
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import netaddr
 
@@ -43,8 +43,7 @@ class SettingsError(ValueError):
         super().__init__(f"{key}: {value!r}: {reason}")
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One setting: its KEY (settings file, JSON, debconf), default and help text."""
 
     key: str
@@ -156,8 +155,7 @@ Address: TypeAlias = Any  # netaddr.IPAddress
 PortRange: TypeAlias = tuple[int, int]
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Validated, merged settings with every default resolved."""
 
     preset: str
@@ -290,8 +288,15 @@ def _parse_cidr(key: str, word: str) -> Network:
     return net
 
 
-_PRIVATE = netaddr.IPSet(marks.PRIVATE_RANGES)
-_PROTECTED = netaddr.IPSet(marks.PROTECTED_V4 + marks.PROTECTED_V6)
+@cache
+def _private() -> Any:
+    return netaddr.IPSet(marks.PRIVATE_RANGES)
+
+
+@cache
+def protected() -> Any:
+    """Mullvad's addresses as an IPSet (built on first use: it costs import time)."""
+    return netaddr.IPSet(marks.PROTECTED_V4 + marks.PROTECTED_V6)
 
 
 def _cluster_cidrs(key: str, value: str) -> tuple[Network, ...]:
@@ -299,7 +304,7 @@ def _cluster_cidrs(key: str, value: str) -> tuple[Network, ...]:
     for net in nets:
         if net.prefixlen == 0:
             raise SettingsError(key, str(net), "covers the whole address space")
-        if not netaddr.IPSet([net]).issubset(_PRIVATE):
+        if not netaddr.IPSet([net]).issubset(_private()):
             raise SettingsError(
                 key,
                 str(net),
@@ -307,7 +312,7 @@ def _cluster_cidrs(key: str, value: str) -> tuple[Network, ...]:
                 + ", ".join(marks.PRIVATE_RANGES)
                 + ")",
             )
-        clash = netaddr.IPSet([net]) & _PROTECTED
+        clash = netaddr.IPSet([net]) & protected()
         if clash:
             raise SettingsError(
                 key,
@@ -339,7 +344,7 @@ def _addresses(key: str, value: str) -> tuple[Address, ...]:
         )
         if bad:
             raise SettingsError(key, word, f"{bad} address cannot be a machine address")
-        if ip in _PROTECTED:
+        if ip in protected():
             raise SettingsError(key, word, "is one of Mullvad's in-tunnel addresses")
         out.add(ip)
     return tuple(sorted(out, key=lambda a: (a.version, int(a))))

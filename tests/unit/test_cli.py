@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import stat
 from pathlib import Path
@@ -40,8 +41,16 @@ def test_invalid_settings_exit_2_with_one_line_and_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "k8s.nft"
-    code = main("generate", "--settings", "none", "--output", str(out), "--write",
-                "--pod-cidrs", "10.244.0.1/16")
+    code = main(
+        "generate",
+        "--settings",
+        "none",
+        "--output",
+        str(out),
+        "--write",
+        "--pod-cidrs",
+        "10.244.0.1/16",
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err == (
@@ -76,8 +85,6 @@ def test_missing_settings_file_is_an_error(capsys: pytest.CaptureFixture[str]) -
 def test_json_settings_from_stdin(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import io
-
     monkeypatch.setattr("sys.stdin", io.StringIO('{"PRESET": "microk8s", "BRIDGE_TABLE": false}'))
     assert main("settings", "--settings", "none", "--json", "-", "--format", "json") == 0
     assert json.loads(capsys.readouterr().out)["POD_CIDRS"] == "10.1.0.0/16"
@@ -90,8 +97,10 @@ def test_dry_run_shows_a_diff_and_changes_nothing(
     main("generate", "--settings", "none", "--output", str(out), "--write")
     before = out.read_bytes()
     capsys.readouterr()
-    assert main("generate", "--settings", "none", "--output", str(out), "--preset", "k3s",
-                "--dry-run") == 0
+    assert (
+        main("generate", "--settings", "none", "--output", str(out), "--preset", "k3s", "--dry-run")
+        == 0
+    )
     diff = capsys.readouterr().out
     assert "-#   POD_CIDRS=10.244.0.0/16" in diff and "+#   POD_CIDRS=10.42.0.0/16" in diff
     assert out.read_bytes() == before

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import netaddr
+
 from mullvad_allow_k8s import marks, ruleset
 from mullvad_allow_k8s.settings import resolve
 from tests.conftest import FixedFacts
@@ -28,7 +30,8 @@ def rules(text: str) -> list[str]:
 
 
 def chain_rules(text: str, chain: str) -> list[str]:
-    return rules("chain x {" + text.split(f"chain {chain} {{")[1].split("\n\t}")[0] + "\n}")
+    body = text.split(f"chain {chain} {{")[1].split("\n\t}", maxsplit=1)[0]
+    return rules("chain x {" + body + "\n}")
 
 
 def test_same_settings_same_bytes() -> None:
@@ -100,7 +103,10 @@ def test_tunnel_traffic_is_never_marked_as_inbound() -> None:
 def test_protected_addresses_are_checked_before_any_mark() -> None:
     text = render()
     for chain in ("prerouting", "output"):
-        assert chain_rules(text, chain)[:2] == ["ip daddr @protected_v4 return", "ip6 daddr @protected_v6 return"]
+        assert chain_rules(text, chain)[:2] == [
+            "ip daddr @protected_v4 return",
+            "ip6 daddr @protected_v6 return",
+        ]
 
 
 def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
@@ -122,8 +128,6 @@ def test_large_element_lists_wrap() -> None:
 
 
 def test_tunnel_elements_go_to_the_family_set() -> None:
-    import netaddr
-
     extra = ruleset.tunnel_elements([netaddr.IPAddress("10.99.1.2"), netaddr.IPAddress("fc00::5")])
     assert extra == (
         "add element inet mullvad_allow_k8s protected_v4 { 10.99.1.2 }\n"

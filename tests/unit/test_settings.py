@@ -192,5 +192,9 @@ def test_schema_names_derive_flags_and_nix_options() -> None:
     assert FIELDS["POD_CIDRS"].nix_option == "podCidrs"
     assert len({f.flag for f in SCHEMA}) == len(SCHEMA)
     assert {f.key for f in SCHEMA if f.asked} == {
-        "PRESET", "POD_CIDRS", "SERVICE_CIDRS", "MACHINE_ADDRESSES", "PUBLIC_ADDRESSES",
+        "PRESET",
+        "POD_CIDRS",
+        "SERVICE_CIDRS",
+        "MACHINE_ADDRESSES",
+        "PUBLIC_ADDRESSES",
     }

@@ -35,10 +35,16 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = lab_unavailable()
     for item in items:
-        if str(item.path).startswith(HERE):
-            item.add_marker(pytest.mark.netlab)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
+        if not str(item.path).startswith(HERE):
+            continue
+        item.add_marker(pytest.mark.netlab)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+        # With `-n N --dist loadgroup`, one worker builds each scenario once.
+        callspec = getattr(item, "callspec", None)
+        scn = callspec.params.get("scenario_result") if callspec else None
+        group = scn.id if isinstance(scn, Scenario) else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -87,6 +87,8 @@ class Expect:
     # Counter check on the probe's watch: "lan" = left by the LAN only, "tunnel" = by
     # the tunnel only, "nowhere" = neither, None = not checked.
     path: str | None = None
+    # The source address the server must see (client addresses preserved), or None.
+    peer: str | None = None
 
     def __str__(self) -> str:
         what = f"ok ({self.ident})" if self.ok else "blocked"
@@ -171,9 +173,15 @@ def _dns(client: str, server: str, proto: str) -> Callable[[Lab], Outcome]:
     return lambda lab: lab[client].call(lambda: dns_query(server, 53, proto))
 
 
-def ok_if(cond: bool, ident: str, path: str | None = None, else_path: str | None = None) -> Expect:
-    """Success (answered by `ident`, leaving by `path`) when `cond`, else blocked."""
-    return Expect(True, ident, path) if cond else Expect(False, path=else_path)
+def ok_if(
+    cond: bool,
+    ident: str,
+    path: str | None = None,
+    else_path: str | None = None,
+    peer: str | None = None,
+) -> Expect:
+    """Success (answered by `ident`, leaving by `path`, seen from `peer`) when `cond`."""
+    return Expect(True, ident, path, peer) if cond else Expect(False, path=else_path)
 
 
 def probes_for(f: Fam) -> list[Probe]:
@@ -251,16 +259,16 @@ def probes_for(f: Fam) -> list[Probe]:
         probe(
             "pod_pod_tcp",
             "client",
-            "pod -> pod TCP across the bridge",
+            "pod -> pod TCP across the bridge; the server sees the client pod's address",
             _tcp("client", f.web_pod, WEB_PORT),
-            lambda s: ok_if(s.effective or s.lan, "web"),
+            lambda s: ok_if(s.effective or s.lan, "web", peer=f.client_pod),
         ),
         probe(
             "pod_svc_tcp",
             "client",
-            "pod -> ClusterIP service (TCP)",
+            "pod -> ClusterIP service (TCP); the endpoint sees the client pod's address",
             _tcp("client", f.web_svc, SVC_WEB_PORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web"),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=f.client_pod),
         ),
         probe(
             "pod_api_svc",
@@ -452,6 +460,8 @@ def check(
         problems.append(f"expected {want}, got {'ok' if got.ok else 'blocked'}: {got.detail}")
     elif want.ok and want.ident and got.ident != want.ident:
         problems.append(f"expected an answer from {want.ident}, got {got.detail}")
+    elif want.ok and want.peer and (got.peer or "").removeprefix("::ffff:") != want.peer:
+        problems.append(f"the server should see {want.peer} as the client, got {got.detail}")
     if probe.watch and want.path:
         tun, lan = counters[watch_name(probe.watch, probe.fam)]
         bad = {

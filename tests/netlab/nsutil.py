@@ -85,11 +85,20 @@ class Netns:
         return self.exec("nft", "-f", "-", stdin=text, check=check)
 
     def sysctl(self, values: dict[str, str | int]) -> None:
-        """Set sysctls of this namespace (net.* are per namespace)."""
-        self.exec("sysctl", "-q", "-w", *[f"{k}={v}" for k, v in values.items()])
+        """Set sysctls of this namespace (net.* are per namespace).
+
+        Written through /proc/sys from a thread inside the namespace: /proc/sys/net
+        shows the writer's namespace, and this needs no `sysctl` binary.
+        """
+
+        def write() -> None:
+            for key, value in values.items():
+                Path("/proc/sys", key.replace(".", "/")).write_text(f"{value}\n")
+
+        self.call(write)
 
     def read_sysctl(self, key: str) -> str:
-        return self.exec("sysctl", "-n", key).stdout.strip()
+        return self.call(lambda: Path("/proc/sys", key.replace(".", "/")).read_text().strip())
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` in a fresh thread that has entered this namespace; re-raise its error."""

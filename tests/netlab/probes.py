@@ -85,7 +85,7 @@ class Expect:
     ok: bool
     ident: str | None = None
     # Counter check on the probe's watch: "lan" = left by the LAN only, "tunnel" = by
-    # the tunnel only, "nowhere" = neither, None = not checked.
+    # the tunnel only, "nowhere" = neither, "not_lan" = not by the LAN, None = unchecked.
     path: str | None = None
     # The source address the server must see (client addresses preserved), or None.
     peer: str | None = None
@@ -197,6 +197,11 @@ def probes_for(f: Fam) -> list[Probe]:
         """
         return f.v == 4 or s.lan
 
+    def not_lan(s: Scenario) -> str | None:
+        """Blocked with allow LAN, Mullvad itself sends private destinations to the LAN
+        (no tunnel, so the main table's default route); elsewhere they must not go there."""
+        return None if s.lan and not s.connected else "not_lan"
+
     def probe(
         name: str,
         client: str,
@@ -254,6 +259,13 @@ def probes_for(f: Fam) -> list[Probe]:
             "client",
             "pod -> CoreDNS pod IP across the bridge (br_netfilter)",
             _dns("client", f.dns_pod, "udp"),
+            lambda s: ok_if(s.effective, "coredns"),
+        ),
+        probe(
+            "host_pod_dns",
+            "host",
+            "host -> CoreDNS pod IP directly (hostNetwork pods, node-local caches)",
+            _dns("host", f.dns_pod, "udp"),
             lambda s: ok_if(s.effective, "coredns"),
         ),
         probe(
@@ -412,6 +424,33 @@ def probes_for(f: Fam) -> list[Probe]:
             leak=True,
         ),
         probe(
+            "pod_other_node",
+            "client",
+            "pod -> a pod range of another node (no route here): never onto the LAN",
+            _tcp("client", f.other_node_pod, WEB_PORT),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="pod_other_node",
+            leak=True,
+        ),
+        probe(
+            "pod_unassigned_svc",
+            "client",
+            "pod -> a service address with nothing behind it: never onto the LAN",
+            _tcp("client", f.unassigned_svc, SVC_WEB_PORT),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="pod_unassigned_svc",
+            leak=True,
+        ),
+        probe(
+            "host_unassigned_svc",
+            "host",
+            "host -> a service address with nothing behind it: never onto the LAN",
+            _tcp("host", f.unassigned_svc, SVC_WEB_PORT + 1),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="host_unassigned_svc",
+            leak=True,
+        ),
+        probe(
             "pod_tunnel_dns",
             "client",
             "the in-tunnel resolver keeps working for pods",
@@ -468,6 +507,7 @@ def check(
             "lan": tun != 0 or lan == 0,
             "tunnel": lan != 0 or tun == 0,
             "nowhere": lan != 0 or tun != 0,
+            "not_lan": lan != 0,
         }[want.path]
         if bad:
             problems.append(

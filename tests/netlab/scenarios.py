@@ -30,7 +30,7 @@ def settings_text(lab: Lab, **overrides: str) -> str:
     """A settings file describing the lab's cluster, as a user would write it."""
     values = {
         "PRESET": "custom",
-        "POD_CIDRS": f"{V4.pod_cidr} {V6.pod_cidr}",
+        "POD_CIDRS": f"{V4.cluster_pod_cidr} {V6.cluster_pod_cidr}",
         "SERVICE_CIDRS": f"{V4.svc_cidr} {V6.svc_cidr}",
         "MACHINE_ADDRESSES": "auto",
         "INBOUND_PORTS": "non-ephemeral",
@@ -66,8 +66,9 @@ def naive_ruleset() -> str:
     """A deliberately leaky bypass, to show the leak probes catch leaks.
 
     What a hurried user might write: exempt everything from pods, every inbound
-    connection to any local address, all DNS the host sends, and every host packet
-    from a non-ephemeral source port ("server replies").
+    connection to any local address, all DNS the host sends, all host traffic to the
+    private ranges the cluster lives in (the guide's #allow-ip with 10.0.0.0/8, issue
+    #6243), and every host packet from a non-ephemeral source port ("server replies").
     """
     mark = f"ct mark set {mullvad_emu.CT_MARK} meta mark set {mullvad_emu.FWMARK}"
     return (
@@ -80,6 +81,8 @@ def naive_ruleset() -> str:
         "\t}\n"
         "\tchain output {\n\t\ttype route hook output priority -160; policy accept;\n"
         f"\t\tmeta l4proto {{ tcp, udp }} th dport 53 {mark}\n"
+        f"\t\tip daddr 10.0.0.0/8 {mark}\n"
+        f"\t\tip6 daddr fc00::/7 {mark}\n"
         f"\t\ttcp sport != 32768-60999 {mark}\n"
         "\t}\n}\n"
     )

@@ -83,12 +83,15 @@ class Fam:
     client_pod: str
     web_pod: str
     dns_pod: str
-    pod_cidr: str
+    pod_cidr: str  # this node's pod range (on cni0)
     svc_cidr: str
     kube_dns: str
     web_svc: str
     api_svc: str
     ext_svc: str  # a service whose endpoint is outside the cluster (the internet server)
+    cluster_pod_cidr: str  # the cluster's pod range (POD_CIDRS): other nodes have the rest
+    other_node_pod: str  # a pod on another node, unreachable from this one-node lab
+    unassigned_svc: str  # a service address with no service behind it (no DNAT)
 
     @property
     def any(self) -> str:
@@ -106,13 +109,14 @@ V4 = Fam(
     4, 24, "192.168.1.100", "192.168.1.1", "192.168.1.50", "203.0.113.7", "203.0.113.80",
     "198.51.100.53", "198.51.100.54", "10.64.0.2", "10.64.0.1", "10.244.0.1", "10.244.0.2",
     "10.244.0.3", "10.244.0.4", "10.244.0.0/24", "10.96.0.0/12", "10.96.0.10", "10.96.0.20",
-    "10.96.0.1", "10.96.0.30",
+    "10.96.0.1", "10.96.0.30", "10.244.0.0/16", "10.244.1.5", "10.96.0.99",
 )  # fmt: skip
 V6 = Fam(
     6, 64, "fd00:1::100", "fd00:1::1", "fd00:1::50", "2001:db8:203::7", "2001:db8:203::80",
     "2001:db8:53::53", "2001:db8:53::54", "fc00:bbbb:bbbb:bb01::2", "fc00:bbbb:bbbb:bb01::1",
     "fd00:10:244::1", "fd00:10:244::2", "fd00:10:244::3", "fd00:10:244::4", "fd00:10:244::/64",
     "fd00:10:96::/112", "fd00:10:96::a", "fd00:10:96::14", "fd00:10:96::1", "fd00:10:96::1e",
+    "fd00:10:244::/56", "fd00:10:244:1::5", "fd00:10:96::63",
 )  # fmt: skip
 FAMILIES = (V4, V6)
 TUNNEL = Tunnel(ips=(V4.tun_host, V6.tun_host), dns=(V4.tun_gw, V6.tun_gw), relay=RELAY)
@@ -131,6 +135,9 @@ WATCHES: dict[str, str] = {
     "host_ext_svc": "{ip} daddr {internet} tcp dport " + str(INET_EXT_HOST),
     "pod_outside_dns": "{ip} daddr {outside_dns_pod} meta l4proto {{ tcp, udp }} th dport 53",
     "host_outside_dns": "{ip} daddr {outside_dns_host} meta l4proto {{ tcp, udp }} th dport 53",
+    "pod_other_node": "{ip} daddr {other_node_pod}",
+    "pod_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT),
+    "host_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT + 1),
 }
 
 
@@ -195,7 +202,14 @@ def counter_rules(ifname: str) -> str:
     """Named counters for every watch, on packets arriving on `ifname`."""
     counters, rules = [], []
     for f in FAMILIES:
-        fields = ("remote", "internet", "outside_dns_pod", "outside_dns_host")
+        fields = (
+            "remote",
+            "internet",
+            "outside_dns_pod",
+            "outside_dns_host",
+            "other_node_pod",
+            "unassigned_svc",
+        )
         fmt = {"ip": f.nfproto, **{k: getattr(f, k) for k in fields}}
         for watch, match in WATCHES.items():
             name = watch_name(watch, f)

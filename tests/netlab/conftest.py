@@ -30,6 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "netlab: needs root; builds an emulated Mullvad + cluster in network namespaces"
     )
+    if not config.pluginmanager.hasplugin("xdist"):  # we add the marker either way
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist loadgroup key")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 
 import pytest
 
-from .nsutil import purge_stale
+from .nsutil import NETNS_DIR, Netns, delete_namespaces, purge_stale
 from .probes import Scenario
 from .scenarios import ScenarioResult, run_scenario
 from .topology import PREFIX
@@ -50,10 +51,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _purge_stale_namespaces() -> None:
-    """Remove namespaces left by lab runs that were killed (their pid is gone)."""
-    if lab_unavailable() is None:
-        purge_stale(PREFIX)
+def _namespace_hygiene() -> Iterator[None]:
+    """Remove namespaces of killed earlier runs; at the end, report (and remove) any
+    namespace of this run that a scenario failed to delete."""
+    if lab_unavailable() is not None:
+        yield
+        return
+    purge_stale(PREFIX)
+    yield
+    ours = f"{PREFIX}{os.getpid()}-"
+    left = sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(ours))
+    if left:
+        delete_namespaces([Netns(n) for n in left])
+        warnings.warn(f"netlab left namespaces behind (now deleted): {left}", stacklevel=1)
 
 
 @pytest.fixture(scope="module")

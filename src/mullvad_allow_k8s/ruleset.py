@@ -207,30 +207,38 @@ def _output() -> str:
 
 
 def _guard(hook: str) -> str:
-    return _chain(
-        f"{hook}_guard",
-        f"filter hook {hook}",
-        marks.GUARD_PRIORITY,
-        [
-            (
-                "A flow exempted for its cluster destination keeps the exemption only if, after "
-                "kube-proxy's DNAT, it still goes to the cluster and leaves by a cluster "
-                "interface (CLUSTER_INTERFACES) or loopback. A Service with external endpoints, "
-                "or a cluster address with nothing behind it (routed to the default route), is "
-                "then handled by Mullvad like any other traffic, also in its blocked state.",
-                [
-                    *_both(
-                        f"ct state new ct mark {CT} ct original {{ip}} daddr @cluster_{{v}} "
-                        "{ip} daddr != @cluster_{v} ct mark set 0x00000000"
-                    ),
-                    *_both(
-                        f"ct state new ct mark {CT} ct original {{ip}} daddr @cluster_{{v}} "
-                        "oifname != @cluster_interfaces ct mark set 0x00000000"
-                    ),
-                ],
+    rules: list[Rule] = [
+        (
+            "A flow exempted for its cluster destination keeps the exemption only if, after "
+            "kube-proxy's DNAT, it still goes to the cluster and leaves by a cluster "
+            "interface (CLUSTER_INTERFACES) or loopback. A Service with external endpoints, "
+            "or a cluster address with nothing behind it (routed to the default route), is "
+            "then handled by Mullvad like any other traffic, also in its blocked state.",
+            _both(
+                f"ct state new ct mark {CT} ct original {{ip}} daddr @cluster_{{v}} "
+                "{ip} daddr != @cluster_{v} ct mark set 0x00000000"
             ),
-        ],
+        ),
+    ]
+    # In the output hook the interface is the one routing chose before DNAT re-routed
+    # the packet, so only flows without DNAT can be judged by it there.
+    dnat = "ct status & dnat == 0 " if hook == "output" else ""
+    rules.append(
+        (
+            "The interface test"
+            + (
+                " (only without DNAT: in the output hook the interface is the one chosen "
+                "before DNAT re-routed the packet; DNAT-ed flows go to Service endpoints)."
+                if dnat
+                else "."
+            ),
+            _both(
+                f"ct state new ct mark {CT} {dnat}ct original {{ip}} daddr @cluster_{{v}} "
+                "oifname != @cluster_interfaces ct mark set 0x00000000"
+            ),
+        )
     )
+    return _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, rules)
 
 
 def _nat_park() -> str:

@@ -62,18 +62,13 @@ GUARD_PRIORITY = Constant(
 
 PARKED_CT_MARK = Constant(
     0x00000F42,
-    "ours, not Mullvad's: held by pod-to-pod flows only between priorities 99 and 101 of "
-    "postrouting, so Mullvad's nat chain (srcnat, 100) does not masquerade them and pods "
-    "see each other's real addresses (NetworkPolicy, logs)",
+    "ours, not Mullvad's: set on a new pod-to-pod flow just before Mullvad's nat chain "
+    "(srcnat, 100), which then does not masquerade it, and turned back into 0x00000f41 "
+    "by the flow's next packet in our prerouting, before Mullvad's filters see it",
 )
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows",
-    hex=False,
-)
-NAT_RESTORE_PRIORITY = Constant(
-    101,
-    "srcnat + 1: just after Mullvad's nat chain, to give the flow its ct mark back",
     hex=False,
 )
 
@@ -118,7 +113,6 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("guard priority", GUARD_PRIORITY),
     ("parked ct mark", PARKED_CT_MARK),
     ("nat park priority", NAT_PARK_PRIORITY),
-    ("nat restore priority", NAT_RESTORE_PRIORITY),
 )
 
 # Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,

@@ -19,6 +19,7 @@ from .settings import Address, Network, PortRange, Settings, minimal_patterns, p
 
 CT = marks.CT_MARK.nft
 FW = marks.FW_MARK.nft
+PARKED = marks.PARKED_CT_MARK.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -145,6 +146,7 @@ def _prerouting(settings: Settings) -> str:
                 "connected); the rest return at once, which keeps the per-packet cost low.",
                 [
                     f"ct state established,related {tunnel} ct mark {CT} meta mark set {FW} return",
+                    f"ct state established,related ct mark {PARKED} ct mark set {CT} return",
                     "ct state established,related return",
                 ],
             ),
@@ -209,14 +211,18 @@ def _output() -> str:
 def _guard(hook: str) -> str:
     rules: list[Rule] = [
         (
+            "Only new exempted flows are judged.",
+            ["ct state != new return", f"ct mark != {CT} return"],
+        ),
+        (
             "A flow exempted for its cluster destination keeps the exemption only if, after "
             "kube-proxy's DNAT, it still goes to the cluster and leaves by a cluster "
             "interface (CLUSTER_INTERFACES) or loopback. A Service with external endpoints, "
             "or a cluster address with nothing behind it (routed to the default route), is "
             "then handled by Mullvad like any other traffic, also in its blocked state.",
             _both(
-                f"ct state new ct mark {CT} ct original {{ip}} daddr @cluster_{{v}} "
-                "{ip} daddr != @cluster_{v} ct mark set 0x00000000"
+                "ct original {ip} daddr @cluster_{v} {ip} daddr != @cluster_{v} "
+                "ct mark set 0x00000000"
             ),
         ),
     ]
@@ -233,7 +239,7 @@ def _guard(hook: str) -> str:
                 else "."
             ),
             _both(
-                f"ct state new ct mark {CT} {dnat}ct original {{ip}} daddr @cluster_{{v}} "
+                f"{dnat}ct original {{ip}} daddr @cluster_{{v}} "
                 "oifname != @cluster_interfaces ct mark set 0x00000000"
             ),
         )
@@ -242,33 +248,23 @@ def _guard(hook: str) -> str:
 
 
 def _nat_park() -> str:
-    park, parked = marks.PARKED_CT_MARK.nft, CT
-    return (
-        _chain(
-            "nat_park",
-            "filter hook postrouting",
-            marks.NAT_PARK_PRIORITY,
-            [
-                (
-                    "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
-                    "which would masquerade them to the bridge address; pods then see each other's "
-                    "real addresses (NetworkPolicy, logs). Only the first packet meets NAT.",
-                    _both(
-                        f"ct state new ct mark {parked} {{ip}} saddr @pod_{{v}} "
-                        f"{{ip}} daddr @pod_{{v}} ct mark set {park}"
-                    ),
-                ),
-            ],
-        )
-        + "\n"
-        + _chain(
-            "nat_restore",
-            "filter hook postrouting",
-            marks.NAT_RESTORE_PRIORITY,
-            [
-                ("Give the flow its exemption back.", [f"ct mark {park} ct mark set {parked}"]),
-            ],
-        )
+    return _chain(
+        "nat_park",
+        "filter hook postrouting",
+        marks.NAT_PARK_PRIORITY,
+        [
+            (
+                "Only the first packet of a flow meets NAT.",
+                ["ct state != new return", f"ct mark != {CT} return"],
+            ),
+            (
+                "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
+                "which would masquerade them to the bridge address, so pods see each other's "
+                "real addresses (NetworkPolicy, logs). The next packet's prerouting gives the "
+                "mark back.",
+                _both(f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @pod_{{v}} ct mark set {PARKED}"),
+            ),
+        ],
     )
 
 

@@ -105,7 +105,9 @@ def test_protected_addresses_are_checked_before_any_mark() -> None:
     text = render()
     for chain in ("prerouting", "output"):
         statements = chain_rules(text, chain)
-        first_mark = next(i for i, r in enumerate(statements) if "ct mark set" in r)
+        first_mark = next(
+            i for i, r in enumerate(statements) if "ct mark set" in r and "established" not in r
+        )
         assert statements[first_mark - 2 : first_mark] == [
             "ip daddr @protected_v4 return",
             "ip6 daddr @protected_v6 return",
@@ -125,22 +127,24 @@ def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
 def test_established_flows_leave_every_chain_early() -> None:
     text = render()
     for chain in ("prerouting", "output"):
-        assert "ct state established,related return" in chain_rules(text, chain)[:2]
+        assert "ct state established,related return" in chain_rules(text, chain)[:3]
     for chain in ("forward_guard", "output_guard", "nat_park"):
-        assert all(r.startswith("ct state new ") for r in chain_rules(text, chain))
+        assert chain_rules(text, chain)[:2] == [
+            "ct state != new return",
+            f"ct mark != {marks.CT_MARK.nft} return",
+        ]
 
 
 def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     text = render()
+    parked, exempt = marks.PARKED_CT_MARK.nft, marks.CT_MARK.nft
     park = chain_rules(text, "nat_park")
-    assert park[0].endswith(
-        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {marks.PARKED_CT_MARK.nft}"
-    )
-    assert chain_rules(text, "nat_restore") == [
-        f"ct mark {marks.PARKED_CT_MARK.nft} ct mark set {marks.CT_MARK.nft}"
-    ]
-    assert f"priority {marks.NAT_PARK_PRIORITY.value};" in text
-    assert marks.NAT_PARK_PRIORITY.value < 100 < marks.NAT_RESTORE_PRIORITY.value
+    assert park[2] == f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
+    assert f"hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
+    assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
+    # The next packet of the flow gets the exemption back before any filter sees it.
+    restore = f"ct state established,related ct mark {parked} ct mark set {exempt} return"
+    assert restore in chain_rules(text, "prerouting")[:3]
 
 
 def test_bridge_table_only_when_asked() -> None:

@@ -45,6 +45,11 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/generate_bench.py
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python bench/netlab_bench.py; \
+	else echo "bench/netlab_bench.py skipped: needs root (network namespaces)"; fi
+
+netlab: venv
+	$(BIN)/python -m pytest tests/netlab $(PYTEST_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

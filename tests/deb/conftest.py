@@ -100,32 +100,31 @@ class Builds:
 
 
 @pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+def build_jobs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, subprocess.Popen[str]], float]:
+    """Start both builds (the second only has an extra changelog entry) in the background."""
     need_tools("dpkg-buildpackage", "dpkg-checkbuilddeps", "make")
     deps = run(["dpkg-checkbuilddeps"], check=False, cwd=REPO)
     if deps.returncode != 0:
         pytest.skip(f"build dependencies missing: {deps.stderr.strip()} (.ci/apt/deb.txt)")
     tmp = tmp_path_factory.mktemp("deb")
-    # Both builds at once (2 cores): the second only has an extra changelog entry.
+    make = ["make", "-s", "-C", str(REPO), "deb", "DEB_LINTIAN=no"]
     jobs = {
         name: subprocess.Popen(
-            [
-                "make",
-                "-s",
-                "-C",
-                str(REPO),
-                "deb",
-                f"DEB_DIR={tmp / name}",
-                "DEB_LINTIAN=no",
-                *extra,
-            ],
+            [*make, f"DEB_DIR={tmp / name}", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         for name, extra in (("v1", []), ("v2", [f"DEB_VERSION={UPGRADE_VERSION}"]))
     }
-    start = time.monotonic()
+    return tmp, jobs, time.monotonic()
+
+
+@pytest.fixture(scope="session")
+def builds(build_jobs: tuple[Path, dict[str, subprocess.Popen[str]], float]) -> Builds:
+    tmp, jobs, start = build_jobs
     for name, job in jobs.items():
         out, _ = job.communicate()
         assert job.returncode == 0, f"make deb ({name}) failed:\n{out}"
@@ -151,8 +150,11 @@ def _recipe(mirror: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def debian_root() -> Path:
-    """A cached bookworm tree with the package's dependencies (read-only lower layer)."""
+def debian_root(build_jobs: object) -> Path:
+    """A cached bookworm tree with the package's dependencies (read-only lower layer).
+
+    Requests build_jobs only so the package builds run while mmdebstrap downloads.
+    """
     need_root()
     need_tools("mmdebstrap", "unshare", "ip", "chroot", "mount")
     mirror = debian_mirror()

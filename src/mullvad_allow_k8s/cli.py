@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "settings", parents=[common], help="print the effective settings (env, json) or the schema"
     )
     sset.add_argument("--format", choices=("env", "json", "schema"), default="env")
+    sset.add_argument(
+        "--defaults",
+        action="store_true",
+        help="with --format env: the documented file with the schema's defaults, not the "
+        "resolved values (what packages ship)",
+    )
     return parser
 
 
@@ -136,8 +143,14 @@ def _read(path: str) -> str | None:
 
 
 def write_atomic(path: str, text: str) -> None:
+    """Replace OUTPUT atomically, unless a system configuration manager owns it."""
     from .atomicfile import write_atomic as write  # noqa: PLC0415  (start-up time)
 
+    target = Path(path)
+    if target.is_symlink() and os.readlink(target).startswith("/nix/store/"):
+        raise CommandError(
+            f"{path} is managed by NixOS: change services.mullvadAllowK8s and rebuild"
+        )
     write(path, text)
 
 
@@ -252,7 +265,7 @@ def cmd_doctor(settings: Settings, facts: MachineFacts) -> int:
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "env":
-        sys.stdout.write(render_settings_file(settings))
+        sys.stdout.write(render_settings_file(None if args.defaults else settings))
     elif args.format == "json":
         print(json.dumps(settings.as_strings(), indent=2))
     else:

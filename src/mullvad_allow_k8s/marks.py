@@ -40,10 +40,11 @@ TUNNEL_INTERFACE = Constant(
 
 # Chain priorities. Numbers, not names: nft 1.0.6 refuses some names on some hooks.
 PREROUTING_PRIORITY = Constant(
-    -150,
-    "mangle: after conntrack (-200) and Mullvad's prerouting (-199), before kube-proxy's "
-    "DNAT (-100) so the ClusterIP is still visible, before NixOS' rpfilter (-140) and the "
-    "routing decision so rp_filter sees the fwmark",
+    -151,
+    "mangle - 1: after conntrack (-200) and Mullvad's prerouting (-199), so ct state is "
+    "known; before kube-proxy's DNAT (-100), so the ClusterIP is still visible; before "
+    "iptables' mangle table (-150) and NixOS' nftables rpfilter (-140), where "
+    "reverse-path filters run, and before the routing decision, so both see the fwmark",
     hex=False,
 )
 OUTPUT_PRIORITY = Constant(

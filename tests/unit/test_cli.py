@@ -135,3 +135,20 @@ def test_help_mentions_every_command(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for command in ("generate", "apply", "remove", "status", "doctor", "settings"):
         assert command in out
+
+
+def test_refuses_to_overwrite_a_file_nixos_manages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "k8s.nft"
+    out.symlink_to("/nix/store/0000000000000000000000000000000-mak/k8s.nft")
+    assert main("generate", "--settings", "none", "--output", str(out), "--write") == 1
+    assert "is managed by NixOS: change services.mullvadAllowK8s" in capsys.readouterr().err
+    assert out.is_symlink()
+
+
+def test_settings_defaults_is_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """Packages ship the schema defaults (PRESET decides the ranges), not resolved values."""
+    assert main("settings", "--settings", "none", "--preset", "k3s", "--defaults") == 0
+    raw = parse_settings_file(capsys.readouterr().out)
+    assert raw == {f.key: f.default for f in SCHEMA}

@@ -1,0 +1,23 @@
+# A NixOS configuration using the module (the README quotes this file; tests/nix
+# evaluates it, with and without the nftables lines).
+{
+  # Mullvad's daemon: the table only changes how Mullvad's firewall treats the cluster.
+  services.mullvad-vpn.enable = true;
+
+  services.mullvadAllowK8s = {
+    enable = true;
+    preset = "k3s"; # pods 10.42.0.0/16, services 10.43.0.0/16; or give the ranges:
+    # podCidrs = [ "10.42.0.0/16" "fd42::/56" ];
+    # serviceCidrs = [ "10.43.0.0/16" "fd43::/112" ];
+    machineAddresses = "auto"; # or [ "192.168.1.20" ]
+    inboundPorts = "non-ephemeral"; # or [ 80 443 6443 "30000-32767" ]
+    # ephemeralPorts follows boot.kernel.sysctl."net.ipv4.ip_local_port_range".
+  };
+
+  # Both NixOS firewalls work, strict reverse-path filtering included: our prerouting
+  # chain sets the fwmark before their rpfilter runs (iptables mangle -150, nftables
+  # -140). With the nftables firewall our table becomes one of networking.nftables.tables. Never flush the whole ruleset: that deletes
+  # Mullvad's and kube-proxy's tables on every firewall reload.
+  # networking.nftables.enable = true;
+  # networking.nftables.flushRuleset = false;
+}

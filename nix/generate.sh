@@ -1,0 +1,43 @@
+# Build step of the NixOS module (sourced by pkgs.runCommand; tests run it with sh).
+# Usage: sh generate.sh SETTINGS_JSON OUTDIR, with mullvad-allow-k8s on PATH.
+#
+# OUTDIR/k8s_bypass_mullvad.nft  the ruleset, byte for byte what `mullvad-allow-k8s
+#                                generate` prints on Debian/RPM for the same settings
+# OUTDIR/settings.env            the same settings as a KEY=VALUE file (status, doctor)
+# OUTDIR/settings.json           the JSON the module passed in
+# OUTDIR/inet-body.nft           the inside of `table inet mullvad_allow_k8s { ... }`,
+# OUTDIR/bridge-body.nft         and of the bridge table (empty without BRIDGE_TABLE), for
+#                                networking.nftables.tables, which adds the braces itself
+set -eu
+json=$1
+out=$2
+mkdir -p "$out"
+cp "$json" "$out/settings.json"
+
+if ! mullvad-allow-k8s generate --settings none --json "$json" >"$out/k8s_bypass_mullvad.nft"; then
+    echo "services.mullvadAllowK8s: the generator rejected the settings above; its KEYs" \
+        "are the module's options in camelCase (POD_CIDRS is podCidrs)." >&2
+    exit 1
+fi
+{
+    echo "# Written by the NixOS module services.mullvadAllowK8s: change the options in"
+    echo "# your NixOS configuration, not this file. Read by mullvad-allow-k8s status/doctor."
+    mullvad-allow-k8s settings --format env --settings none --json "$json"
+} >"$out/settings.env"
+
+# Print the lines between `table FAMILY mullvad_allow_k8s {` and its closing `}` (the
+# only line that is exactly `}`: everything inside the table is indented).
+body() {
+    awk -v open="table $1 mullvad_allow_k8s {" '
+        $0 == open { inside = 1; next }
+        inside && $0 == "}" { exit }
+        inside { print }
+    ' "$out/k8s_bypass_mullvad.nft"
+}
+body inet >"$out/inet-body.nft"
+body bridge >"$out/bridge-body.nft"
+if ! [ -s "$out/inet-body.nft" ]; then
+    echo "services.mullvadAllowK8s: no 'table inet mullvad_allow_k8s {' block in the" \
+        "generated ruleset" >&2
+    exit 1
+fi

@@ -1,0 +1,293 @@
+# NixOS module: services.mullvadAllowK8s.
+#
+# Thin on purpose: the options are the settings schema of mullvad-allow-k8s
+# (`mullvad-allow-k8s settings --format schema`, one option per KEY, camelCase), the
+# module turns them into the generator's JSON (./settings.nix), and the generator itself
+# writes the ruleset at build time (./generate.sh). So a NixOS machine gets byte for byte
+# the file the Debian and RPM packages write for the same settings.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types literalExpression;
+  cfg = config.services.mullvadAllowK8s;
+  mapping = import ./settings.nix;
+
+  # Our table names (mullvad_allow_k8s.marks.TABLE_NAME / BRIDGE_TABLE_NAME).
+  tableName = "mullvad_allow_k8s";
+
+  nftables = config.networking.nftables;
+  sysctlPorts = config.boot.kernel.sysctl."net.ipv4.ip_local_port_range" or null;
+  etcPath = lib.removePrefix "/etc/" cfg.output;
+
+  presets = [
+    "kubeadm"
+    "k3s"
+    "rke2"
+    "kind"
+    "minikube"
+    "microk8s"
+    "k0s"
+    "custom"
+  ];
+  portRange = types.strMatching "[0-9]{1,5}-[0-9]{1,5}";
+
+  generated =
+    pkgs.runCommand "mullvad-allow-k8s-ruleset"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        settings = builtins.toJSON (mapping.toGeneratorSettings cfg);
+        passAsFile = [ "settings" ];
+      }
+      ''
+        sh ${./generate.sh} "$settingsPath" "$out"
+      '';
+in
+{
+  options.services.mullvadAllowK8s = {
+    enable = lib.mkEnableOption ''
+      the Kubernetes bypass for the Mullvad VPN firewall: an nftables table
+      (`inet mullvad_allow_k8s`) that gives a local cluster's traffic Mullvad's
+      split-tunnel marks, so pods, services and NodePorts keep working while Mullvad is
+      connected or blocking, and nothing else is exempted
+    '';
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.mullvad-allow-k8s or (pkgs.callPackage ./package.nix { });
+      defaultText = literalExpression ''pkgs.mullvad-allow-k8s or (pkgs.callPackage "''${mullvad-allow-k8s}/nix/package.nix" { })'';
+      description = "The mullvad-allow-k8s package (its generator also runs at build time).";
+    };
+
+    preset = mkOption {
+      type = types.enum presets;
+      default = "kubeadm";
+      example = "k3s";
+      description = ''
+        Kubernetes distribution whose default pod and service ranges are used when
+        {option}`services.mullvadAllowK8s.podCidrs` and `serviceCidrs` are empty.
+        `custom`: no defaults, set both lists.
+      '';
+    };
+
+    podCidrs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "10.42.0.0/16"
+        "fd42::/56"
+      ];
+      description = "Pod network ranges (IPv4 and/or IPv6, private ranges only). Empty: the preset's.";
+    };
+
+    serviceCidrs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "10.43.0.0/16" ];
+      description = "Service (ClusterIP) ranges (IPv4 and/or IPv6). Empty: the preset's.";
+    };
+
+    machineAddresses = mkOption {
+      type = types.either (types.enum [ "auto" ]) (types.nonEmptyListOf types.str);
+      default = "auto";
+      example = [ "192.168.1.20" ];
+      description = ''
+        Addresses of this machine that clients connect to (NodePorts, API server,
+        ingress). `"auto"`: any address configured on the interface a connection arrives
+        on (except the tunnel), checked per packet, so DHCP changes need no rebuild.
+      '';
+    };
+
+    publicAddresses = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "203.0.113.7" ];
+      description = ''
+        Extra addresses routed to this machine that are not configured on the incoming
+        interface (for example a public address on `lo`).
+      '';
+    };
+
+    inboundPorts = mkOption {
+      type = types.either (types.enum [ "non-ephemeral" ]) (
+        types.nonEmptyListOf (types.either types.port portRange)
+      );
+      default = "non-ephemeral";
+      example = [
+        80
+        443
+        6443
+        "30000-32767"
+      ];
+      description = ''
+        Destination ports of incoming connections whose replies bypass the tunnel.
+        `"non-ephemeral"`: every port outside
+        {option}`services.mullvadAllowK8s.ephemeralPorts` (covers NodePorts 30000-32767,
+        6443, 80, 443). Must not overlap `ephemeralPorts`.
+      '';
+    };
+
+    ephemeralPorts = mkOption {
+      type = portRange;
+      default = mapping.ephemeralPortsFromSysctl sysctlPorts;
+      defaultText = lib.literalMD ''
+        `boot.kernel.sysctl."net.ipv4.ip_local_port_range"` as `"LOW-HIGH"` when set,
+        else Linux's default `"32768-60999"`
+      '';
+      example = "49152-65535";
+      description = ''
+        Local port range of this machine's own outgoing connections, never exempted.
+        The other front ends can read it from the running kernel (`auto`); NixOS builds
+        the ruleset ahead of time, so it is explicit here.
+      '';
+    };
+
+    tunnelInterface = mkOption {
+      type = types.str;
+      default = "wg0-mullvad";
+      description = "Mullvad's tunnel interface; traffic arriving on it is never exempted.";
+    };
+
+    output = mkOption {
+      type = types.str;
+      default = "/etc/nftables.d/k8s_bypass_mullvad.nft";
+      description = ''
+        Where the generated ruleset is installed (through {option}`environment.etc`, so
+        it must lie under /etc). Part of the settings the table's fingerprint covers.
+      '';
+    };
+
+    bridgeTable = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Also mark bridged pod traffic in a bridge-family table. Needs a kernel with
+        nf_conntrack_bridge; not needed with br_netfilter, which Kubernetes enables.
+      '';
+    };
+
+    loader = mkOption {
+      type = types.enum [
+        "nftables"
+        "unit"
+      ];
+      default = if nftables.enable then "nftables" else "unit";
+      defaultText = literalExpression ''if config.networking.nftables.enable then "nftables" else "unit"'';
+      description = ''
+        How the table reaches the kernel. `nftables`: as
+        {option}`networking.nftables.tables` entries, loaded, checked at build time and
+        replaced by nftables.service with the rest of the NixOS ruleset. `unit`: by
+        mullvad-allow-k8s.service, which loads only our file (plus the tunnel's current
+        addresses) and loads it again whenever nftables.service restarts or reloads.
+      '';
+    };
+
+    generated = mkOption {
+      type = types.package;
+      readOnly = true;
+      default = generated;
+      defaultText = lib.literalMD "the generator's output for these settings";
+      description = ''
+        The generator's output: {file}`k8s_bypass_mullvad.nft`, {file}`settings.env`,
+        {file}`settings.json` and the table bodies. Build it to review the ruleset:
+        `nix build .#nixosConfigurations.HOST.config.services.mullvadAllowK8s.generated`.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+      {
+        assertions = [
+          {
+            assertion = !(nftables.enable && nftables.flushRuleset);
+            message = ''
+              services.mullvadAllowK8s: networking.nftables.flushRuleset is true, so every start
+              and reload of nftables.service runs `flush ruleset`, which also deletes Mullvad's
+              `inet mullvad` table (its firewall and kill switch) and kube-proxy's tables.
+              Set networking.nftables.flushRuleset = false; (it defaults to true when
+              system.stateVersion is older than 23.11 or networking.nftables.ruleset or
+              rulesetFile is set) and declare your own tables in networking.nftables.tables,
+              which nftables.service replaces one by one.
+            '';
+          }
+          {
+            assertion = cfg.loader == "nftables" -> nftables.enable;
+            message = ''
+              services.mullvadAllowK8s.loader = "nftables" needs networking.nftables.enable = true;
+              use loader = "unit" otherwise.
+            '';
+          }
+          {
+            assertion = lib.hasPrefix "/etc/" cfg.output && etcPath != "";
+            message = ''
+              services.mullvadAllowK8s.output = "${cfg.output}": the file is installed through
+              environment.etc, so it must be a path under /etc/.
+            '';
+          }
+        ];
+
+        warnings =
+          lib.optional (!(config.services.mullvad-vpn.enable or false)) ''
+            services.mullvadAllowK8s is enabled but services.mullvad-vpn.enable is false. The
+            table only gives cluster traffic Mullvad's split-tunnel marks; without Mullvad's
+            daemon (and its `inet mullvad` table) it changes nothing. Enable
+            services.mullvad-vpn, or ignore this if the Mullvad app runs some other way.
+          ''
+          ++ lib.optional (sysctlPorts != null && cfg.ephemeralPorts != mapping.ephemeralPortsFromSysctl sysctlPorts) ''
+            services.mullvadAllowK8s.ephemeralPorts = "${cfg.ephemeralPorts}" differs from
+            boot.kernel.sysctl."net.ipv4.ip_local_port_range" = "${toString sysctlPorts}": replies
+            to this machine's own connections from ports outside ephemeralPorts could be taken
+            for new inbound connections and bypass the tunnel. Remove the setting to follow the
+            sysctl.
+          '';
+
+        environment.systemPackages = [ cfg.package ];
+        environment.etc.${etcPath}.source = "${generated}/k8s_bypass_mullvad.nft";
+        # The first settings file the CLI reads: `mullvad-allow-k8s status` and `doctor`
+        # then judge the loaded table against these settings.
+        environment.etc."default/mullvad-allow-k8s".source = "${generated}/settings.env";
+      }
+
+      (lib.mkIf (cfg.loader == "nftables") {
+        # networking.nftables wraps `content` in `table FAMILY NAME { ... }` itself and
+        # replaces the table atomically; `include` inside a table block is plain nft.
+        networking.nftables.tables.${tableName} = {
+          family = "inet";
+          content = ''include "${generated}/inet-body.nft"'';
+        };
+        networking.nftables.tables."${tableName}-bridge" = lib.mkIf cfg.bridgeTable {
+          name = tableName;
+          family = "bridge";
+          content = ''include "${generated}/bridge-body.nft"'';
+        };
+        # As the generated file's preamble does: remove the tables of the hand-edited
+        # k8s_bypass_mullvad.nft this package supersedes (mullvad_allow_k8s.marks.SEED_TABLES).
+        networking.nftables.extraDeletions = ''
+          table inet bypass-mullvad
+          delete table inet bypass-mullvad
+          table bridge k8s-bypass-mullvad
+          delete table bridge k8s-bypass-mullvad
+        '';
+      })
+
+      (lib.mkIf (cfg.loader == "unit") {
+        # The package's own unit: oneshot, before network-pre.target, PartOf=nftables.service.
+        systemd.packages = [ cfg.package ];
+        systemd.services.mullvad-allow-k8s = {
+          wantedBy = [ "multi-user.target" ];
+          # A new ruleset: load the new file (the package's ExecReload would regenerate
+          # it from the settings file and write into /etc, which is read-only here).
+          reloadTriggers = [ generated ];
+          serviceConfig.ExecReload = [
+            ""
+            "${lib.getExe cfg.package} apply --from-file"
+          ];
+        };
+      })
+    ]
+  );
+}

@@ -1,0 +1,87 @@
+"""Fixtures for the RPM tests: built packages (two releases), the Debian test root."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.rpm import harness
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "rpm: builds the RPM and installs it into Debian-userland test systems"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/rpm/" in item.nodeid:
+            item.add_marker(pytest.mark.rpm)
+
+
+@pytest.fixture(scope="session")
+def rpm_tools() -> None:
+    missing = harness.missing_tools()
+    if missing:
+        pytest.skip(
+            f"RPM tests need {', '.join(missing)} (apt-get install $(grep -v '^#' "
+            ".ci/apt/rpm.txt); CI installs them)"
+        )
+
+
+@pytest.fixture(scope="session")
+def rpm_workdir(rpm_tools: None) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mak-rpm-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def builds(rpm_workdir: Path) -> dict[int, harness.Build]:
+    """Release 1 and release 2 (for upgrades) of the same sources, built side by side."""
+    return harness.build_releases(rpm_workdir, (1, 2))
+
+
+@pytest.fixture(scope="session")
+def release1(builds: dict[int, harness.Build]) -> harness.Build:
+    return builds[1]
+
+
+@pytest.fixture(scope="session")
+def release2(builds: dict[int, harness.Build]) -> harness.Build:
+    return builds[2]
+
+
+@pytest.fixture(scope="session")
+def shim(rpm_workdir: Path) -> Path:
+    return harness.build_shim(rpm_workdir / "shim")
+
+
+@pytest.fixture(scope="session")
+def debian_root(rpm_tools: None) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("installing into test systems needs root (mounts, namespaces); CI is root")
+    return harness.debian_root()
+
+
+SystemFactory = Callable[..., harness.System]
+
+
+@pytest.fixture
+def system(debian_root: Path, shim: Path, tmp_path: Path) -> Iterator[SystemFactory]:
+    """make(live=True): a fresh system with the Provides helper installed."""
+    made: list[harness.System] = []
+
+    def make(*, live: bool = True) -> harness.System:
+        sys_ = harness.System(debian_root, tmp_path / f"sys{len(made)}", live=live)
+        made.append(sys_)
+        sys_.rpm("-i", shim)
+        return sys_
+
+    yield make
+    for sys_ in made:
+        sys_.close()

@@ -1,0 +1,346 @@
+"""Build the RPM and install it into throwaway Debian-userland systems.
+
+No Fedora or openSUSE root can be built on the test machine, so the package's
+scriptlets run for real in a minimal Debian root (mmdebstrap: python3, netaddr, the
+nftables bindings, nftables, iproute2, systemd for `systemctl` run offline). rpm
+learns what that userland already has from a Provides-only helper package, so
+dependencies are checked, not skipped.
+
+Each `System` is an overlayfs copy of the cached root with its own network, mount and
+PID namespaces. `live=True` runs a PID 1 inside the root, as on a booted machine or in
+a container: the scriptlets see `/proc/1/root` equal to `/` and load tables.
+`live=False` keeps PID 1 outside, as under `dnf --installroot` or an image build.
+The host's rpm installs with `--root`, so scriptlets run chrooted in the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "rpm" / "mullvad-allow-k8s.spec"
+SHIM_SPEC = Path(__file__).with_name("debian-userland-provides.spec")
+TABLE = "inet mullvad_allow_k8s"
+SYSCONFIG = "/etc/sysconfig/mullvad-allow-k8s"
+NFT_FILE = "/etc/nftables.d/k8s_bypass_mullvad.nft"
+UNIT_LINK = "/etc/systemd/system/multi-user.target.wants/mullvad-allow-k8s.service"
+ROOT_PACKAGES = ("python3", "python3-netaddr", "python3-nftables", "nftables", "iproute2")
+ROOT_EXTRA = ("systemd",)  # systemctl for the preset/enable/disable scriptlet steps
+DBPATH = "/var/lib/rpm"
+CACHE = Path(os.environ.get("MULLVAD_TEST_CACHE", "/var/tmp/mullvad-allow-k8s-test-cache"))
+TOOLS = ("rpm", "rpmbuild", "rpmlint", "mmdebstrap", "unshare", "nsenter", "chroot", "git")
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if not shutil.which(tool)]
+
+
+def run(
+    args: Sequence[str | Path], *, check: bool = True, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(  # type: ignore[call-overload]
+        [str(a) for a in args], capture_output=True, text=True, check=False, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ building
+
+
+@dataclass
+class Build:
+    rpm: Path
+    log: str
+    seconds: float
+
+
+def build_rpm(topdir: Path, release: int) -> Build:
+    """`make rpm` into `topdir` (the tracked files of the working tree)."""
+    start = time.monotonic()
+    make = ["make", "-s", "-C", REPO, "rpm"]
+    proc = run([*make, f"RPM_TOPDIR={topdir}", f"RPM_RELEASE={release}"])
+    seconds = time.monotonic() - start
+    (rpm,) = (topdir / "RPMS" / "noarch").glob(f"mullvad-allow-k8s-*-{release}.noarch.rpm")
+    return Build(rpm, proc.stdout + proc.stderr, seconds)
+
+
+def build_releases(workdir: Path, releases: Sequence[int]) -> dict[int, Build]:
+    """Build several releases at once (rpmbuild is mostly waiting on single-threaded steps)."""
+    with ThreadPoolExecutor(len(releases)) as pool:
+        futures = {r: pool.submit(build_rpm, workdir / f"top{r}", r) for r in releases}
+        return {r: f.result() for r, f in futures.items()}
+
+
+def build_shim(topdir: Path) -> Path:
+    run(["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {topdir}", SHIM_SPEC])
+    (rpm,) = (topdir / "RPMS" / "noarch").glob("debian-userland-provides-*.rpm")
+    return rpm
+
+
+# ------------------------------------------------------------- the Debian root
+
+
+def _host_sources() -> str:
+    """The host's apt sources for its own suite, as one-line entries (no host hard-coded)."""
+    codename = ""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            codename = line.split("=", 1)[1].strip('"')
+    entries: list[tuple[str, str, str]] = []
+    apt = Path("/etc/apt")
+    for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for raw in stanza.splitlines():
+                    if raw.startswith("#") or ":" not in raw:
+                        continue
+                    key, value = raw.split(":", 1)
+                    fields[key.strip().lower()] = value.strip()
+                if "deb" not in fields.get("types", "").split():
+                    continue
+                for uri in fields.get("uris", "").split():
+                    for suite in fields.get("suites", "").split():
+                        entries.append((uri, suite, fields.get("components", "main")))
+        elif path.suffix == ".list":
+            for raw in text.splitlines():
+                words = re.sub(r"\[[^]]*\]", "", raw).split()
+                if len(words) >= 4 and words[0] == "deb":
+                    entries.append((words[1], words[2], " ".join(words[3:])))
+    own = [e for e in entries if e[1] == codename or e[1].startswith(codename + "-")]
+    if not codename or not own:
+        raise RuntimeError("cannot find the host's apt sources for its own Debian suite")
+    return codename + "\n" + "".join(f"deb {u} {s} {c}\n" for u, s, c in own)
+
+
+def debian_root() -> Path:
+    """A cached minimal Debian root (about 25 s to build once, then reused)."""
+    sources = _host_sources()
+    codename, sources_list = sources.split("\n", 1)
+    packages = ROOT_PACKAGES + ROOT_EXTRA
+    key = hashlib.sha256((sources + ",".join(packages)).encode()).hexdigest()[:12]
+    root = CACHE / f"debian-root-{codename}-{key}"
+    if (root / ".complete").exists():
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="debian-root.", dir=CACHE))
+    try:
+        listing = tmp.with_suffix(".list")
+        listing.write_text(sources_list)
+        run(
+            [
+                "mmdebstrap",
+                "--quiet",
+                "--variant=minbase",
+                f"--include={','.join(packages)}",
+                codename,
+                tmp / "root",
+                listing,
+            ]
+        )
+        (tmp / "root" / ".complete").touch()
+        try:
+            (tmp / "root").rename(root)
+        except OSError:  # another run finished first
+            if not (root / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.with_suffix(".list").unlink(missing_ok=True)
+    return root
+
+
+def _rpm_extra_args() -> list[str]:
+    """Debian's rpm refuses to install without --force-debian; other hosts lack it."""
+    probe = run(["rpm", "--force-debian", "--version"], check=False)
+    return ["--force-debian"] if probe.returncode == 0 else []
+
+
+# ------------------------------------------------------------------ systems
+
+
+@dataclass
+class Transaction:
+    events: list[str] = field(default_factory=list)
+
+    def touches_table(self) -> bool:
+        return any(e.endswith(f"table {TABLE}") for e in self.events)
+
+    def leaves_table_loaded(self) -> bool:
+        table_events = [e for e in self.events if e.endswith(f"table {TABLE}")]
+        return bool(table_events) and table_events[-1].startswith("add ")
+
+
+class System:
+    """One throwaway Debian-userland system: overlay copy + namespaces (see module doc)."""
+
+    def __init__(self, base: Path, workdir: Path, *, live: bool) -> None:
+        self.workdir = workdir
+        self.root = workdir / "merged"
+        self.upper = workdir / "upper"
+        for name in ("merged", "upper", "work"):
+            (workdir / name).mkdir(parents=True)
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={base},upperdir={self.upper},workdir={workdir / 'work'}",
+                self.root,
+            ]
+        )
+        pid1 = ["chroot", str(self.root), "/bin/sleep", "infinity"] if live else ["sleep", "inf"]
+        namespaces = ["unshare", "--net", "--mount", "--pid", "--fork"]
+        self._holder = subprocess.Popen(
+            [*namespaces, f"--mount-proc={self.root}/proc", *pid1], start_new_session=True
+        )
+        self.pid = self._find_pid1()
+        self._rpm = ["rpm", *_rpm_extra_args(), "--root", str(self.root), "--dbpath", DBPATH]
+        self.enter(["ip", "link", "set", "lo", "up"])
+        self.enter(["rpmdb", "--root", self.root, "--dbpath", DBPATH, "--initdb"])
+
+    def _find_pid1(self) -> int:
+        for _ in range(200):
+            children = Path(f"/proc/{self._holder.pid}/task/{self._holder.pid}/children")
+            pids = children.read_text().split() if children.exists() else []
+            if pids:
+                pid = int(pids[0])
+                # wait until the child has exec'd its final program (sleep)
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                    return pid
+            time.sleep(0.01)
+        raise RuntimeError("the test system's PID 1 did not start")
+
+    # -- running things
+    def enter(
+        self, args: Sequence[str | Path], *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a host program in the system's namespaces (network, mounts, PIDs)."""
+        return run(["nsenter", "-t", str(self.pid), "-n", "-m", "-p", "--", *args], check=check)
+
+    def sh(self, command: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a shell command inside the root (its own python3, nft, systemctl)."""
+        return self.enter(["chroot", self.root, "/bin/sh", "-c", command], check=check)
+
+    def rpm(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.enter([*self._rpm, *args], check=check)
+
+    def nft(self, command: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.enter(["nft", *command.split()], check=check)
+
+    # -- looking at things
+    def path(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def read(self, path: str) -> str | None:
+        try:
+            return self.path(path).read_text()
+        except FileNotFoundError:
+            return None
+
+    def tables(self) -> set[str]:
+        out = self.nft("list tables").stdout
+        return {line.removeprefix("table ").strip() for line in out.splitlines() if line}
+
+    def table_text(self) -> str | None:
+        proc = self.nft(f"list table {TABLE}", check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def unit_enabled(self) -> bool:
+        return os.path.lexists(self.path(UNIT_LINK))
+
+    def leftovers(self) -> list[str]:
+        """Paths with our name that exist in the system (after erase: none but .rpmsave)."""
+        found = []
+        for top in ("etc", "usr", "var/lib/systemd"):
+            base = self.path(top)
+            for dirpath, dirnames, filenames in os.walk(base):
+                for name in dirnames + filenames:
+                    if "mullvad" in name or name == "nftables.d":
+                        found.append("/" + str(Path(dirpath, name).relative_to(self.root)))
+        return sorted(found)
+
+    @contextmanager
+    def monitor(self) -> Iterator[list[Transaction]]:
+        """Record the nftables transactions (`nft monitor`) made inside the block."""
+        proc = subprocess.Popen(
+            ["nsenter", "-t", str(self.pid), "-n", "--", "nft", "monitor"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def reader() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.strip())
+            lines.put(None)
+
+        threading.Thread(target=reader, daemon=True).start()
+        seen: list[Transaction] = []
+        current = Transaction()
+
+        def sync(tag: str) -> None:
+            """Make marker transactions until the monitor reports one: all before it is read."""
+            nonlocal current
+            for attempt in range(100):
+                name = f"monitor_{tag}_{attempt}"
+                self.nft(f"add table inet {name} ; delete table inet {name}")
+                deadline = time.monotonic() + 0.1
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        line = lines.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if line is None:
+                        raise AssertionError("nft monitor ended early")
+                    if line.startswith("# new generation"):
+                        if any(f"table inet {name}" in e for e in current.events):
+                            current = Transaction()
+                            return
+                        if not any("table inet monitor_" in e for e in current.events):
+                            seen.append(current)
+                        current = Transaction()
+                    elif line:
+                        current.events.append(line)
+            raise AssertionError("nft monitor did not report the marker transaction")
+
+        try:
+            sync("start")
+            seen.clear()
+            yield seen
+            sync("end")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=5)
+
+    def close(self) -> None:
+        if self._holder.poll() is None:
+            os.killpg(self._holder.pid, signal.SIGKILL)
+            self._holder.wait()
+        run(["umount", self.root], check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -155,6 +155,8 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
         settings.read_text()
         .replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=80,443,6443,30000-32767")
         .replace("PUBLIC_ADDRESSES=''", 'PUBLIC_ADDRESSES="198.51.100.9"  # our LB')
+        # Valid for the generator (shlex), though not for sh: must be read all the same.
+        .replace("POD_CIDRS=''", "POD_CIDRS=10.42.0.0/16 10.142.0.0/16")
         + "# edited by hand\n"
     )
     settings.write_text(edited)
@@ -183,6 +185,7 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
     # ... and debconf now holds the hand-edited answer.
     config = machine.sh("debconf-show mullvad-allow-k8s").stdout
     assert "mullvad-allow-k8s/public_addresses: 198.51.100.9" in config
+    assert "mullvad-allow-k8s/pod_cidrs: 10.42.0.0/16 10.142.0.0/16" in config
 
 
 def test_remove_deletes_the_table_and_purge_leaves_nothing(
@@ -192,14 +195,21 @@ def test_remove_deletes_the_table_and_purge_leaves_nothing(
     machine.apt_install(builds.deb)
     assert TABLE in machine.tables()
 
+    settings = machine.file(SETTINGS)
+    custom = "/etc/nftables.d/custom.nft"
+    settings.write_text(settings.read_text() + f'OUTPUT="{custom}"  # moved\n')
+    machine.sh("mullvad-allow-k8s apply")
+    assert machine.file(custom).exists()
+
     machine.sh("apt-get -o Dpkg::Use-Pty=0 remove -y mullvad-allow-k8s")
     assert machine.tables() == set()
-    assert machine.file(SETTINGS).exists()  # configuration stays until purge
+    assert settings.exists()  # configuration stays until purge
 
     machine.sh("apt-get -o Dpkg::Use-Pty=0 purge -y mullvad-allow-k8s")
     assert machine.tables() == set()
-    assert not machine.file(SETTINGS).exists()
+    assert not settings.exists()
     assert not machine.file(RULESET).exists()
+    assert not machine.file(custom).exists()
     assert not machine.file("/etc/nftables.d").exists()
     assert "mullvad-allow-k8s" not in machine.debconf_db()
     # Nothing of ours left anywhere: only package-manager state and logs changed.

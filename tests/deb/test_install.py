@@ -291,3 +291,16 @@ def test_with_systemd_the_unit_loads_the_table_reloads_on_upgrade_and_stops_on_r
     assert machine.tables() == set()
     machine.sh("apt-get -o Dpkg::Use-Pty=0 purge -y mullvad-allow-k8s")
     assert not machine.file(f"/etc/systemd/system/multi-user.target.wants/{unit}").exists()
+
+
+def test_when_policy_rc_d_forbids_starting_services_nothing_is_loaded(
+    machine: Machine, builds: Builds
+) -> None:
+    policy = machine.file("/usr/sbin/policy-rc.d")
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    proc = machine.apt_install(builds.deb)
+
+    assert "policy-rc.d forbids starting services" in proc.stderr
+    assert machine.file(RULESET).exists()
+    assert machine.tables() == set()

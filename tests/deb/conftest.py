@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUITE = "bookworm"
+# The suite of the test root: bookworm, or e.g. trixie with MAK_DEB_SUITE (then give
+# MAK_DEB_MIRROR unless apt on this machine knows that suite too).
+SUITE = os.environ.get("MAK_DEB_SUITE", "bookworm")
 # What the package needs installed beforehand (the test roots have no network), plus
 # apt-utils so that apt preconfigures: the config script then also runs before the
 # package is unpacked, as on most real systems.
@@ -261,6 +263,9 @@ class Machine:
         if mode == "nocap":
             inner = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *inner]
         pid = ["--pid", "--fork"] if mode in ("container", "nocap") else []
+        # Terminals (script(1), apt's log) need /dev/pts: the host's, in this mount
+        # namespace only.
+        pts = 'mount --bind /dev/pts "$0/dev/pts" && exec "$@"'
         return [
             "ip",
             "netns",
@@ -270,6 +275,10 @@ class Machine:
             "--mount",
             *pid,
             f"--mount-proc={self.root / 'proc'}",
+            "/bin/sh",
+            "-c",
+            pts,
+            str(self.root),
             *inner,
         ]
 

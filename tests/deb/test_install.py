@@ -107,10 +107,11 @@ def test_reconfigure_asks_again_after_a_bad_answer_and_changes_the_file(
         "",  # public addresses
         "10.200.0.0/16",  # pod ranges, asked again
     ]
+    # The teletype frontend wants a controlling terminal (trixie's insists): script(1).
     proc = machine.sh(
-        "dpkg-reconfigure mullvad-allow-k8s",
+        "script --quiet --return --command 'dpkg-reconfigure mullvad-allow-k8s' /dev/null",
         stdin="".join(f"{a}\n" for a in answers),
-        env={"DEBIAN_FRONTEND": "teletype"},
+        env={"DEBIAN_FRONTEND": "teletype", "TERM": "dumb"},
     )
 
     assert "Invalid answer" in proc.stdout

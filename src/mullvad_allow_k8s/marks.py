@@ -60,6 +60,23 @@ GUARD_PRIORITY = Constant(
     hex=False,
 )
 
+PARKED_CT_MARK = Constant(
+    0x00000F42,
+    "ours, not Mullvad's: held by pod-to-pod flows only between priorities 99 and 101 of "
+    "postrouting, so Mullvad's nat chain (srcnat, 100) does not masquerade them and pods "
+    "see each other's real addresses (NetworkPolicy, logs)",
+)
+NAT_PARK_PRIORITY = Constant(
+    99,
+    "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows",
+    hex=False,
+)
+NAT_RESTORE_PRIORITY = Constant(
+    101,
+    "srcnat + 1: just after Mullvad's nat chain, to give the flow its ct mark back",
+    hex=False,
+)
+
 TABLE_FAMILY = "inet"
 TABLE_NAME = "mullvad_allow_k8s"
 BRIDGE_TABLE_NAME = "mullvad_allow_k8s"
@@ -99,4 +116,31 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("prerouting priority", PREROUTING_PRIORITY),
     ("output priority", OUTPUT_PRIORITY),
     ("guard priority", GUARD_PRIORITY),
+    ("parked ct mark", PARKED_CT_MARK),
+    ("nat park priority", NAT_PARK_PRIORITY),
+    ("nat restore priority", NAT_RESTORE_PRIORITY),
+)
+
+# Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,
+# overlays and tunnels of the common CNIs (flannel, Calico, Cilium, kube-router, Weave,
+# Antrea, OVN), docker's bridges (kind and minikube nodes). A marked cluster flow routed
+# anywhere else (the LAN's default route, the tunnel) loses its exemption.
+CLUSTER_INTERFACES: tuple[str, ...] = (
+    "cni*",
+    "cbr0",
+    "veth*",
+    "flannel*",
+    "cali*",
+    "vxlan.calico",
+    "tunl0",
+    "cilium_*",
+    "lxc*",
+    "kube-bridge",
+    "kube-ipvs0",
+    "weave",
+    "genev*",
+    "antrea-*",
+    "ovn0",
+    "docker0",
+    "br-*",
 )

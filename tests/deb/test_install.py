@@ -305,3 +305,19 @@ def test_when_policy_rc_d_forbids_starting_services_nothing_is_loaded(
     assert "policy-rc.d forbids starting services" in proc.stderr
     assert machine.file(RULESET).exists()
     assert machine.tables() == set()
+
+
+def test_keys_missing_from_an_older_file_are_added_with_their_documentation(
+    machine: Machine, builds: Builds
+) -> None:
+    machine.apt_install(builds.deb)
+    settings = machine.file(SETTINGS)
+    full = settings.read_text()
+    # The last key's block (comments and line), as if the file predated that key.
+    blocks = full.split("\n\n")
+    older = "\n\n".join(blocks[:-1]) + "\n"
+    settings.write_text(older)
+
+    machine.sh("dpkg-reconfigure mullvad-allow-k8s")
+
+    assert settings.read_text() == older + "\n" + blocks[-1]

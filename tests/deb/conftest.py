@@ -140,7 +140,7 @@ def builds(build_jobs: tuple[Path, dict[str, subprocess.Popen[str]], float]) -> 
 # ---------------------------------------------------------------- the Debian root
 
 
-def _recipe(mirror: str) -> list[str]:
+def _recipe() -> list[str]:
     return [
         "mmdebstrap",
         "--quiet",
@@ -162,7 +162,7 @@ def debian_root(build_jobs: object) -> Path:
     mirror = debian_mirror()
     if not mirror:
         pytest.skip(f"no Debian {SUITE} mirror in apt's sources (set MAK_DEB_MIRROR)")
-    recipe = _recipe(mirror)
+    recipe = _recipe()
     key = hashlib.sha256("\0".join([*recipe, mirror]).encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,358 @@
+"""Harness for the Debian package tests: build the .deb, then install it in a Debian root.
+
+The root is a bookworm minbase tree made once by mmdebstrap and cached under
+$MAK_DEB_CACHE (default /var/tmp/mullvad-allow-k8s-tests), keyed on its recipe. Each
+test gets a copy-on-write overlay of it and a network namespace of its own, so tables
+the package loads never touch the host. Commands run in a new PID namespace, which
+makes the root look like a container (not a chroot) to the maintainer scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# The suite of the test root: bookworm, or e.g. trixie with MAK_DEB_SUITE (then give
+# MAK_DEB_MIRROR unless apt on this machine knows that suite too).
+SUITE = os.environ.get("MAK_DEB_SUITE", "bookworm")
+# What the package needs installed beforehand (the test roots have no network), plus
+# apt-utils so that apt preconfigures: the config script then also runs before the
+# package is unpacked, as on most real systems.
+# systemd is installed but only runs as PID 1 where a test boots the root (nspawn).
+INCLUDE = (
+    "python3",
+    "nftables",
+    "python3-nftables",
+    "python3-netaddr",
+    "iproute2",
+    "apt-utils",
+    "systemd",
+)
+CACHE = Path(os.environ.get("MAK_DEB_CACHE", "/var/tmp/mullvad-allow-k8s-tests"))
+UPGRADE_VERSION = "0.1.0+upgradetest1"
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "deb: builds the Debian package and installs it in a Debian root (root)"
+    )
+
+
+def run(args: list[str], *, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts an overlay and creates network namespaces (CI is root)")
+
+
+def need_tools(*tools: str) -> None:
+    missing = [t for t in tools if not shutil.which(t, path=PATH)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (install .ci/apt/deb.txt)")
+
+
+def debian_mirror() -> str | None:
+    """The Debian mirror apt on this machine uses for SUITE (or $MAK_DEB_MIRROR)."""
+    if os.environ.get("MAK_DEB_MIRROR"):
+        return os.environ["MAK_DEB_MIRROR"]
+    if not shutil.which("apt-get"):
+        return None
+    out = run(
+        ["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE) $(COMPONENT)"],
+        check=False,
+    ).stdout
+    for line in out.splitlines():
+        uri, _, rest = line.partition(" ")
+        if rest == f"{SUITE} main":
+            return uri
+    return None
+
+
+# ---------------------------------------------------------------- package builds
+
+
+@dataclass(frozen=True)
+class Builds:
+    """The package at its own version and at UPGRADE_VERSION, and where they are."""
+
+    deb: Path
+    upgrade_deb: Path
+    changes: Path
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def build_jobs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, subprocess.Popen[str]], float]:
+    """Start both builds (the second only has an extra changelog entry) in the background."""
+    need_tools("dpkg-buildpackage", "dpkg-checkbuilddeps", "make")
+    deps = run(["dpkg-checkbuilddeps"], check=False, cwd=REPO)
+    if deps.returncode != 0:
+        pytest.skip(f"build dependencies missing: {deps.stderr.strip()} (.ci/apt/deb.txt)")
+    tmp = tmp_path_factory.mktemp("deb")
+    make = ["make", "-s", "-C", str(REPO), "deb", "DEB_LINTIAN=no"]
+    jobs = {
+        name: subprocess.Popen(
+            [*make, f"DEB_DIR={tmp / name}", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, extra in (("v1", []), ("v2", [f"DEB_VERSION={UPGRADE_VERSION}"]))
+    }
+    return tmp, jobs, time.monotonic()
+
+
+@pytest.fixture(scope="session")
+def builds(build_jobs: tuple[Path, dict[str, subprocess.Popen[str]], float]) -> Builds:
+    tmp, jobs, start = build_jobs
+    for name, job in jobs.items():
+        out, _ = job.communicate()
+        assert job.returncode == 0, f"make deb ({name}) failed:\n{out}"
+    seconds = time.monotonic() - start
+    (deb,) = (tmp / "v1").glob("mullvad-allow-k8s_*_all.deb")
+    (upgrade,) = (tmp / "v2").glob(f"mullvad-allow-k8s_{UPGRADE_VERSION}_all.deb")
+    (changes,) = (tmp / "v1").glob("*.changes")
+    return Builds(deb, upgrade, changes, seconds)
+
+
+# ---------------------------------------------------------------- the Debian root
+
+
+def _recipe() -> list[str]:
+    return [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=minbase",
+        f"--include={','.join(INCLUDE)}",
+        "--format=directory",
+        SUITE,
+    ]
+
+
+@pytest.fixture(scope="session")
+def debian_root(build_jobs: object) -> Path:
+    """A cached bookworm tree with the package's dependencies (read-only lower layer).
+
+    Requests build_jobs only so the package builds run while mmdebstrap downloads.
+    """
+    need_root()
+    need_tools("mmdebstrap", "unshare", "ip", "chroot", "mount")
+    mirror = debian_mirror()
+    if not mirror:
+        pytest.skip(f"no Debian {SUITE} mirror in apt's sources (set MAK_DEB_MIRROR)")
+    recipe = _recipe()
+    key = hashlib.sha256("\0".join([*recipe, mirror]).encode()).hexdigest()[:12]
+    root = CACHE / f"{SUITE}-{key}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build even with pytest -n
+        if not (root / "usr/bin/python3").exists():
+            partial = CACHE / f".{root.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            run([*recipe, str(partial), mirror])
+            partial.rename(root)
+    return root
+
+
+class Machine:
+    """An overlay of the Debian root with a network namespace of its own.
+
+    mode "container": own PID namespace, so the root is not a chroot to ischroot(1);
+    "chroot": a plain chroot (the host's PIDs in /proc); "nocap": like container but
+    without CAP_NET_ADMIN. After boot() every command runs inside the booted system
+    (systemd as PID 1 under systemd-nspawn, with a private network namespace).
+    """
+
+    def __init__(self, lower: Path, work: Path) -> None:
+        self.work = work
+        self.root = work / "merged"
+        for d in ("upper", "ovl", "merged"):
+            (work / d).mkdir(parents=True)
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lower},upperdir={work / 'upper'},workdir={work / 'ovl'}",
+                str(self.root),
+            ]
+        )
+        self.netns = f"mak-deb-{uuid.uuid4().hex[:8]}"
+        run(["ip", "netns", "add", self.netns])
+        self.lower = lower
+        self.nspawn: subprocess.Popen[str] | None = None
+        self.init_pid = 0
+
+    def boot(self, timeout: float = 60) -> None:
+        """Boot the root with systemd as PID 1 and wait until it is up."""
+        self.nspawn = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--quiet",
+                f"--directory={self.root}",
+                "--boot",
+                "--private-network",
+                "--register=no",
+                "--keep-unit",
+                "--console=pipe",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            if self.nspawn.poll() is not None:
+                raise AssertionError(f"systemd-nspawn exited: {self.nspawn.stdout.read()}")  # type: ignore[union-attr]
+            if not self.init_pid:
+                children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children")
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    self.init_pid = int(children.read_text().split()[0])
+            if self.init_pid:
+                state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+                if state in ("running", "degraded"):
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"the booted root did not come up (state {state!r})")
+
+    def argv(
+        self, command: str, mode: str = "container", env: dict[str, str] | None = None
+    ) -> list[str]:
+        environment = {"PATH": PATH, "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+        environment.update(env or {})
+        variables = [f"{k}={v}" for k, v in environment.items()]
+        if self.init_pid:
+            shell = ["/usr/bin/env", "-i", *variables, "/bin/sh", "-c", command]
+            return ["nsenter", f"--target={self.init_pid}", "--all", "--root", "--wd", *shell]
+        inner = [
+            "chroot",
+            str(self.root),
+            "/usr/bin/env",
+            "-i",
+            *variables,
+            "/bin/sh",
+            "-c",
+            command,
+        ]
+        if mode == "nocap":
+            inner = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *inner]
+        pid = ["--pid", "--fork"] if mode in ("container", "nocap") else []
+        # Terminals (script(1), apt's log) need /dev/pts: the host's, in this mount
+        # namespace only.
+        pts = 'mount --bind /dev/pts "$0/dev/pts" && exec "$@"'
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "unshare",
+            "--mount",
+            *pid,
+            f"--mount-proc={self.root / 'proc'}",
+            "/bin/sh",
+            "-c",
+            pts,
+            str(self.root),
+            *inner,
+        ]
+
+    def sh(
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        mode: str = "container",
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return run(self.argv(command, mode, env), check=check, input=stdin)
+
+    def popen(self, command: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def copy_in(self, path: Path) -> str:
+        shutil.copy(path, self.root / "var/tmp" / path.name)
+        return f"/var/tmp/{path.name}"
+
+    def preseed(self, answers: dict[str, str]) -> None:
+        types = {"preset": "select"}
+        lines = "".join(
+            f"mullvad-allow-k8s mullvad-allow-k8s/{q} {types.get(q, 'string')} {v}\n"
+            for q, v in answers.items()
+        )
+        self.sh("debconf-set-selections", stdin=lines)
+
+    def apt_install(self, deb: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        inside = self.copy_in(deb)
+        return self.sh(f"apt-get -o Dpkg::Use-Pty=0 install -y {inside}", check=check)
+
+    def file(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def tables(self) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for line in self.sh("nft list tables").stdout.splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] == "table":
+                found.add((words[1], words[2]))
+        return found
+
+    def debconf_db(self) -> str:
+        return "".join(
+            self.file(f"/var/cache/debconf/{name}").read_text(errors="replace")
+            for name in ("config.dat", "templates.dat")
+        )
+
+    def close(self) -> None:
+        if self.nspawn:
+            self.nspawn.terminate()  # systemd-nspawn powers the container off
+            try:
+                self.nspawn.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.nspawn.kill()
+                self.nspawn.wait()
+        run(["ip", "netns", "delete", self.netns], check=False)
+        for _ in range(50):
+            if run(["umount", str(self.root)], check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@pytest.fixture
+def machine(debian_root: Path, tmp_path: Path) -> Iterator[Machine]:
+    need_tools("setpriv")
+    m = Machine(debian_root, tmp_path / "machine")
+    try:
+        yield m
+    finally:
+        with contextlib.suppress(Exception):
+            m.close()

@@ -151,6 +151,36 @@ in
       description = "Mullvad's tunnel interface; traffic arriving on it is never exempted.";
     };
 
+    clusterInterfaces = mkOption {
+      type = types.nonEmptyListOf types.str;
+      default = [
+        "cni*"
+        "cbr0"
+        "veth*"
+        "flannel*"
+        "cali*"
+        "vxlan.calico"
+        "tunl0"
+        "cilium_*"
+        "lxc*"
+        "kube-bridge"
+        "kube-ipvs0"
+        "weave"
+        "genev*"
+        "antrea-*"
+        "ovn0"
+        "docker0"
+        "br-*"
+      ];
+      example = [ "cni0" "flannel.1" "veth*" ];
+      description = ''
+        Interfaces cluster traffic may leave by (a trailing `*` matches any suffix): CNI
+        bridges, veths and overlays. An exempted flow to a cluster address routed
+        elsewhere (no such pod or service here, so the default route) loses the
+        exemption. Add the LAN interface only for host-gw style multi-node clusters.
+      '';
+    };
+
     output = mkOption {
       type = types.str;
       default = "/etc/nftables.d/k8s_bypass_mullvad.nft";

@@ -14,6 +14,7 @@ rec {
       if builtins.isList cfg.inboundPorts then map toString cfg.inboundPorts else cfg.inboundPorts;
     EPHEMERAL_PORTS = cfg.ephemeralPorts; # always explicit: "auto" would read the build machine
     TUNNEL_INTERFACE = cfg.tunnelInterface;
+    CLUSTER_INTERFACES = cfg.clusterInterfaces;
     OUTPUT = cfg.output;
     BRIDGE_TABLE = cfg.bridgeTable;
   };

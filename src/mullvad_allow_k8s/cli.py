@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sset.add_argument("--format", choices=("env", "json", "schema"), default="env")
     sset.add_argument(
+        "--raw",
+        action="store_true",
+        help="print only the values the sources give (quoting undone, no defaults, no "
+        "validation): KEY=VALUE lines, or JSON with --format json",
+    )
+    sset.add_argument(
         "--defaults",
         action="store_true",
         help="with --format env: the documented file with the schema's defaults, not the "
@@ -101,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_settings(args: argparse.Namespace, facts: MachineFacts) -> Settings:
+    return resolve(raw_sources(args), facts)
+
+
+def raw_sources(args: argparse.Namespace) -> list[dict[str, str]]:
+    """The settings file, JSON and flags as given, in order of precedence."""
     sources: list[dict[str, str]] = []
     path = args.settings
     if path is None:
@@ -120,7 +131,19 @@ def load_settings(args: argparse.Namespace, facts: MachineFacts) -> Settings:
     sources.append(
         {f.key: getattr(args, f.key) for f in SCHEMA if getattr(args, f.key) is not None}
     )
-    return resolve(sources, facts)
+    return sources
+
+
+def cmd_settings_raw(args: argparse.Namespace) -> int:
+    """What the sources say, for front ends that edit the file (the debconf scripts)."""
+    merged: dict[str, str] = {}
+    for source in raw_sources(args):
+        merged.update(source)
+    if args.format == "json":
+        print(json.dumps(merged, indent=2))
+    else:
+        sys.stdout.writelines(f"{key}={value}\n" for key, value in merged.items())
+    return EXIT_OK
 
 
 def _require_bridge_support(settings: Settings) -> None:
@@ -289,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     facts = MachineFacts()
     try:
+        if args.command == "settings" and args.raw:
+            return cmd_settings_raw(args)
         settings = load_settings(args, facts)
         if args.command == "generate":
             return cmd_generate(args, settings)

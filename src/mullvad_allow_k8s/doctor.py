@@ -55,26 +55,59 @@ def check_mullvad(table: list[dict[str, Any]]) -> list[Finding]:
                 "nothing to do; the bypass takes effect when Mullvad connects",
             )
         ]
+    honoured = {
+        chain: any(_accepts_ct_mark(r) for r in _rules(table, chain))
+        for chain in ("input", "output", "forward")
+    }
+    if not any(honoured.values()):
+        return [
+            Finding(
+                ERROR,
+                f"Mullvad's chains have no `ct mark {marks.CT_MARK.nft} accept` rules: split "
+                "tunnelling is unavailable (no net_cls cgroup v1 or cgroup2 support), so the "
+                "bypass cannot work.",
+                "check that `mullvad split-tunnel` works; the daemon log says 'no cgroups, "
+                "skipping' when it does not",
+            )
+        ]
     out: list[Finding] = []
-    for chain in ("input", "output", "forward"):
-        if any(_accepts_ct_mark(r) for r in _rules(table, chain)):
+    for chain, ok in honoured.items():
+        if ok:
             out.append(Finding(OK, f"Mullvad's {chain} chain accepts ct mark {marks.CT_MARK.nft}"))
         else:
-            why = (
-                "Mullvad older than 2023.5 has no forward-chain rule (mullvadvpn-app PR #5011)"
-                if chain == "forward"
-                else "split tunnelling is unavailable (no net_cls cgroup v1 or cgroup2 support)"
-            )
             out.append(
                 Finding(
                     ERROR,
-                    f"Mullvad's {chain} chain has no `ct mark {marks.CT_MARK.nft} accept` rule: "
-                    f"{why}, so the bypass cannot work.",
-                    "update the Mullvad app, and check `mullvad split-tunnel` works (the daemon "
-                    "log says 'no cgroups, skipping' when it does not)",
+                    f"Mullvad's {chain} chain has no `ct mark {marks.CT_MARK.nft} accept` rule "
+                    "while its other chains have one: this Mullvad is older than 2023.5 "
+                    "(mullvadvpn-app PR #5011), so pod traffic cannot be exempted.",
+                    "update the Mullvad app",
                 )
             )
     return out
+
+
+def mullvad_allows_lan(table: list[dict[str, Any]]) -> bool:
+    """Local network sharing adds input accepts for the private ranges (fc00::/7 among them)."""
+    return any('"fc00::"' in r and '"accept"' in r for r in _rules(table, "input"))
+
+
+def check_ipv6_lan(settings: Settings, table: list[dict[str, Any]]) -> list[Finding]:
+    """IPv6 pods need Mullvad's LAN sharing: their neighbour discovery cannot be marked."""
+    if not table or not any(n.version == 6 for n in settings.pod_cidrs):
+        return []
+    if mullvad_allows_lan(table):
+        return [Finding(OK, "Mullvad's local network sharing is on (IPv6 pods can reach the node)")]
+    return [
+        Finding(
+            WARN,
+            "IPv6 pod ranges are set but Mullvad's local network sharing is off: pods send "
+            "neighbour discovery from their ULA addresses, Mullvad's input chain accepts it "
+            "only from fe80::/10, and neighbour discovery is not conntracked, so no mark can "
+            "exempt it. IPv6 pods cannot reach the node.",
+            "mullvad lan set allow",
+        )
+    ]
 
 
 def check_kernel(settings: Settings, facts: MachineFacts) -> list[Finding]:
@@ -225,7 +258,9 @@ def run(settings: Settings, facts: MachineFacts, lister: Lister = nft.table_json
     try:
         findings.append(Finding(OK, f"nftables access through {nft.backend().name}"))
         if nft.can_admin_network():
-            findings += check_mullvad(lister("inet", "mullvad"))
+            mullvad = lister("inet", "mullvad")
+            findings += check_mullvad(mullvad)
+            findings += check_ipv6_lan(settings, mullvad)
         else:
             findings.append(
                 Finding(WARN, "not root: Mullvad's table cannot be inspected", "run doctor as root")

@@ -60,6 +60,18 @@ GUARD_PRIORITY = Constant(
     hex=False,
 )
 
+PARKED_CT_MARK = Constant(
+    0x00000F42,
+    "ours, not Mullvad's: set on a new pod-to-pod flow just before Mullvad's nat chain "
+    "(srcnat, 100), which then does not masquerade it, and turned back into 0x00000f41 "
+    "by the flow's next packet in our prerouting, before Mullvad's filters see it",
+)
+NAT_PARK_PRIORITY = Constant(
+    99,
+    "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows",
+    hex=False,
+)
+
 TABLE_FAMILY = "inet"
 TABLE_NAME = "mullvad_allow_k8s"
 BRIDGE_TABLE_NAME = "mullvad_allow_k8s"
@@ -99,4 +111,30 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("prerouting priority", PREROUTING_PRIORITY),
     ("output priority", OUTPUT_PRIORITY),
     ("guard priority", GUARD_PRIORITY),
+    ("parked ct mark", PARKED_CT_MARK),
+    ("nat park priority", NAT_PARK_PRIORITY),
+)
+
+# Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,
+# overlays and tunnels of the common CNIs (flannel, Calico, Cilium, kube-router, Weave,
+# Antrea, OVN), docker's bridges (kind and minikube nodes). A marked cluster flow routed
+# anywhere else (the LAN's default route, the tunnel) loses its exemption.
+CLUSTER_INTERFACES: tuple[str, ...] = (
+    "cni*",
+    "cbr0",
+    "veth*",
+    "flannel*",
+    "cali*",
+    "vxlan.calico",
+    "tunl0",
+    "cilium_*",
+    "lxc*",
+    "kube-bridge",
+    "kube-ipvs0",
+    "weave",
+    "genev*",
+    "antrea-*",
+    "ovn0",
+    "docker0",
+    "br-*",
 )

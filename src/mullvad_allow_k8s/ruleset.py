@@ -15,10 +15,11 @@ from collections.abc import Iterable
 import netaddr
 
 from . import __version__, marks
-from .settings import Address, Network, PortRange, Settings, protected
+from .settings import Address, Network, PortRange, Settings, minimal_patterns, protected
 
 CT = marks.CT_MARK.nft
 FW = marks.FW_MARK.nft
+PARKED = marks.PARKED_CT_MARK.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -49,7 +50,7 @@ def _set(name: str, kind: str, items: Iterable[object], why: str) -> str:
     )
 
 
-def _family(nets: Iterable[Network], version: int) -> list[Network]:
+def _family(nets: Iterable[Network | Address], version: int) -> list[Network | Address]:
     return [n for n in nets if n.version == version]
 
 
@@ -60,12 +61,6 @@ def _ports(ranges: Iterable[PortRange]) -> list[str]:
 def _comment(text: str, first: str, rest: str) -> list[str]:
     """Wrap a comment to 88 columns so the file reads well in a terminal."""
     return textwrap.wrap(text, 88, initial_indent=first, subsequent_indent=rest)
-
-
-def _priority(const: marks.Constant) -> str:
-    return "".join(
-        line + "\n" for line in _comment(f"{const.value}: {const.source}.", "\t\t# ", "\t\t# ")
-    )
 
 
 def _header(settings: Settings) -> str:
@@ -96,41 +91,187 @@ def _preamble(settings: Settings) -> str:
     return "\n".join(out) + "\n"
 
 
-def _machine_rules(settings: Settings, tunnel: str) -> list[str]:
-    new = f'iifname != "{tunnel}" ct state new meta l4proto {{ tcp, udp }} th dport @inbound_ports'
-    marks_both = f"ct mark set {CT} meta mark set {FW}"
-    rules: list[str] = []
+Rule = tuple[str, list[str]]  # (why, statements)
+
+
+def _chain(name: str, hook: str, priority: marks.Constant, rules: list[Rule]) -> str:
+    """A base chain: the priority's reason, then each group of rules under its reason."""
+    lines = [
+        f"\tchain {name} {{",
+        *_comment(f"{priority.value}: {priority.source}.", "\t\t# ", "\t\t# "),
+    ]
+    lines.append(f"\t\ttype {hook} priority {priority.value}; policy accept;")
+    for why, statements in rules:
+        lines += _comment(why, "\t\t# ", "\t\t# ")
+        lines += [f"\t\t{statement}" for statement in statements]
+    return "\n".join(lines) + "\n\t}\n"
+
+
+def _both(template: str) -> list[str]:
+    """The IPv4 and IPv6 forms of a rule written with {ip} and {v} placeholders."""
+    return [
+        template.replace("{ip}", ip).replace("{v}", v) for ip, v in (("ip", "v4"), ("ip6", "v6"))
+    ]
+
+
+def _prerouting(settings: Settings) -> str:
+    tunnel = f'iifname != "{settings.tunnel_interface}"'
+    both = f"ct mark set {CT} meta mark set {FW}"
+    new = f"{tunnel} ct state new meta l4proto {{ tcp, udp }} th dport @inbound_ports"
     if settings.machine_addresses is None:
-        rules.append(
-            "\t\t# Connections to this machine (NodePorts, API server, ingress) on any address\n"
-            "\t\t# configured on the interface they arrive on; checked per packet, so a new\n"
-            "\t\t# DHCP lease needs no regeneration. The tunnel's own address is not on the\n"
-            "\t\t# LAN interface, so attacks on it (CVE-2019-14899) stay under Mullvad's rules.\n"
-            "\t\t# Both marks: Mullvad's input/forward accept the ct mark, and the fwmark makes\n"
-            "\t\t# rp_filter and routing use the main table, not the tunnel.\n"
-            f"\t\t{new} fib daddr . iif type local {marks_both}\n"
+        inbound: Rule = (
+            "Connections to this machine (NodePorts, API server, ingress) on any address "
+            "configured on the interface they arrive on; checked per packet, so a new DHCP "
+            "lease needs no regeneration. The tunnel's own address is not on the LAN "
+            "interface, so probes of it (CVE-2019-14899) stay under Mullvad's rules. Both "
+            "marks: Mullvad's input/forward chains accept the ct mark, and the fwmark makes "
+            "rp_filter and routing use the main table instead of the tunnel.",
+            [f"{new} fib daddr . iif type local {both}"],
         )
     else:
-        rules.append(
-            "\t\t# Connections to this machine's configured addresses (NodePorts, API server,\n"
-            "\t\t# ingress). Both marks: Mullvad's input/forward accept the ct mark, and the\n"
-            "\t\t# fwmark makes rp_filter and routing use the main table, not the tunnel.\n"
-            f"\t\t{new} ip daddr @machine_v4 {marks_both}\n"
-            f"\t\t{new} ip6 daddr @machine_v6 {marks_both}\n"
+        inbound = (
+            "Connections to this machine's configured addresses (NodePorts, API server, "
+            "ingress). Both marks: Mullvad's input/forward chains accept the ct mark, and "
+            "the fwmark makes rp_filter and routing use the main table instead of the tunnel.",
+            _both(f"{new} {{ip}} daddr @machine_{{v}} {both}"),
         )
-    rules.append(
-        "\t\t# Extra addresses routed to this machine (PUBLIC_ADDRESSES).\n"
-        f"\t\t{new} ip daddr @public_v4 {marks_both}\n"
-        f"\t\t{new} ip6 daddr @public_v6 {marks_both}\n"
+    return _chain(
+        "prerouting",
+        "filter hook prerouting",
+        marks.PREROUTING_PRIORITY,
+        [
+            (
+                "Established flows: nothing to decide. Exempted ones carry the fwmark, so "
+                "replies route via the main table (Mullvad's prerouting does this only while "
+                "connected); the rest return at once, which keeps the per-packet cost low.",
+                [
+                    f"ct state established,related {tunnel} ct mark {CT} meta mark set {FW} return",
+                    f"ct state established,related ct mark {PARKED} ct mark set {CT} return",
+                    "ct state established,related return",
+                ],
+            ),
+            (
+                "Mullvad's in-tunnel gateway and resolvers and the tunnel's own address keep "
+                "Mullvad's rules, whatever the cluster ranges say (kubeadm's 10.96.0.0/12 lies "
+                "inside Mullvad's 10.64.0.0/10).",
+                _both("{ip} daddr @protected_{v} return"),
+            ),
+            (
+                "Pods to pods and to ClusterIPs, matched before kube-proxy's DNAT: Mullvad's "
+                "forward chain accepts the ct mark before it rejects port 53 (CoreDNS). No "
+                "fwmark on this first packet: kube-proxy masquerades fwmark bit 0x4000.",
+                _both(
+                    f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return"
+                ),
+            ),
+            (
+                "Pods to this machine's own addresses (kubelet, metrics, the API server on the "
+                "node's address): Mullvad's input chain accepts the ct mark.",
+                _both(f"{{ip}} saddr @pod_{{v}} fib daddr type local ct mark set {CT} return"),
+            ),
+            inbound,
+            (
+                "Extra addresses routed to this machine (PUBLIC_ADDRESSES).",
+                _both(f"{new} {{ip}} daddr @public_{{v}} {both}"),
+            ),
+        ],
     )
-    return rules
+
+
+def _output() -> str:
+    return _chain(
+        "output",
+        "route hook output",
+        marks.OUTPUT_PRIORITY,
+        [
+            (
+                "Replies of exempted incoming connections answered by this machine (API server, "
+                "ingress on the host): the fwmark re-routes them via the main table. Other "
+                "established flows: nothing to decide.",
+                [
+                    f"ct state established,related ct direction reply ct mark {CT} "
+                    f"meta mark set {FW} return",
+                    "ct state established,related return",
+                ],
+            ),
+            (
+                "Mullvad's gateway, resolvers and tunnel address are never exempted.",
+                _both("{ip} daddr @protected_{v} return"),
+            ),
+            (
+                "This machine to cluster services (hostNetwork pods, nslookup on the node, "
+                "kubectl port-forward; with IPVS, ClusterIPs are local addresses): the ct mark "
+                "lets Mullvad's output chain accept it. No fwmark, so routing is not changed.",
+                _both(f"{{ip}} daddr @cluster_{{v}} ct mark set {CT}"),
+            ),
+        ],
+    )
+
+
+def _guard(hook: str) -> str:
+    rules: list[Rule] = [
+        (
+            "Only new exempted flows are judged.",
+            ["ct state != new return", f"ct mark != {CT} return"],
+        ),
+        (
+            "A flow exempted for its cluster destination keeps the exemption only if, after "
+            "kube-proxy's DNAT, it still goes to the cluster and leaves by a cluster "
+            "interface (CLUSTER_INTERFACES) or loopback. A Service with external endpoints, "
+            "or a cluster address with nothing behind it (routed to the default route), is "
+            "then handled by Mullvad like any other traffic, also in its blocked state.",
+            _both(
+                "ct original {ip} daddr @cluster_{v} {ip} daddr != @cluster_{v} "
+                "ct mark set 0x00000000"
+            ),
+        ),
+    ]
+    # In the output hook the interface is the one routing chose before DNAT re-routed
+    # the packet, so only flows without DNAT can be judged by it there.
+    dnat = "ct status & dnat == 0 " if hook == "output" else ""
+    rules.append(
+        (
+            "The interface test"
+            + (
+                " (only without DNAT: in the output hook the interface is the one chosen "
+                "before DNAT re-routed the packet; DNAT-ed flows go to Service endpoints)."
+                if dnat
+                else "."
+            ),
+            _both(
+                f"{dnat}ct original {{ip}} daddr @cluster_{{v}} "
+                "oifname != @cluster_interfaces ct mark set 0x00000000"
+            ),
+        )
+    )
+    return _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, rules)
+
+
+def _nat_park() -> str:
+    return _chain(
+        "nat_park",
+        "filter hook postrouting",
+        marks.NAT_PARK_PRIORITY,
+        [
+            (
+                "Only the first packet of a flow meets NAT.",
+                ["ct state != new return", f"ct mark != {CT} return"],
+            ),
+            (
+                "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
+                "which would masquerade them to the bridge address, so pods see each other's "
+                "real addresses (NetworkPolicy, logs). The next packet's prerouting gives the "
+                "mark back.",
+                _both(f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @pod_{{v}} ct mark set {PARKED}"),
+            ),
+        ],
+    )
 
 
 def _inet_table(settings: Settings, comment: str) -> str:
-    tunnel = settings.tunnel_interface
     pods = settings.pod_cidrs
-    cluster = tuple(settings.pod_cidrs) + tuple(settings.service_cidrs)
-    machine = settings.machine_addresses or ()
+    cluster = _merge(tuple(settings.pod_cidrs) + tuple(settings.service_cidrs))
+    public = settings.public_addresses
     sets = [
         _set(
             "protected_v4",
@@ -141,114 +282,34 @@ def _inet_table(settings: Settings, comment: str) -> str:
         _set("protected_v6", "ipv6_addr", marks.PROTECTED_V6, "The same for IPv6."),
         _set("pod_v4", "ipv4_addr", _family(pods, 4), "POD_CIDRS, IPv4."),
         _set("pod_v6", "ipv6_addr", _family(pods, 6), "POD_CIDRS, IPv6."),
-        _set(
-            "cluster_v4",
-            "ipv4_addr",
-            _family(_merge(cluster), 4),
-            "POD_CIDRS and SERVICE_CIDRS, IPv4.",
-        ),
-        _set(
-            "cluster_v6",
-            "ipv6_addr",
-            _family(_merge(cluster), 6),
-            "POD_CIDRS and SERVICE_CIDRS, IPv6.",
-        ),
-        _set(
-            "public_v4",
-            "ipv4_addr",
-            [a for a in settings.public_addresses if a.version == 4],
-            "PUBLIC_ADDRESSES, IPv4.",
-        ),
-        _set(
-            "public_v6",
-            "ipv6_addr",
-            [a for a in settings.public_addresses if a.version == 6],
-            "PUBLIC_ADDRESSES, IPv6.",
-        ),
+        _set("cluster_v4", "ipv4_addr", _family(cluster, 4), "POD_CIDRS and SERVICE_CIDRS, IPv4."),
+        _set("cluster_v6", "ipv6_addr", _family(cluster, 6), "POD_CIDRS and SERVICE_CIDRS, IPv6."),
+        _set("public_v4", "ipv4_addr", _family(public, 4), "PUBLIC_ADDRESSES, IPv4."),
+        _set("public_v6", "ipv6_addr", _family(public, 6), "PUBLIC_ADDRESSES, IPv6."),
     ]
     if settings.machine_addresses is not None:
+        machine = settings.machine_addresses
         sets += [
-            _set(
-                "machine_v4",
-                "ipv4_addr",
-                [a for a in machine if a.version == 4],
-                "MACHINE_ADDRESSES, IPv4.",
-            ),
-            _set(
-                "machine_v6",
-                "ipv6_addr",
-                [a for a in machine if a.version == 6],
-                "MACHINE_ADDRESSES, IPv6.",
-            ),
+            _set("machine_v4", "ipv4_addr", _family(machine, 4), "MACHINE_ADDRESSES, IPv4."),
+            _set("machine_v6", "ipv6_addr", _family(machine, 6), "MACHINE_ADDRESSES, IPv6."),
         ]
-    sets.append(
+    sets += [
         _set(
             "inbound_ports",
             "inet_service",
             _ports(settings.effective_inbound_ports()),
             "INBOUND_PORTS: never the ephemeral range, so replies to this machine's own\n"
             "\t# outgoing connections are never matched as new inbound connections.",
-        )
-    )
-    prerouting = (
-        "\tchain prerouting {\n"
-        + _priority(marks.PREROUTING_PRIORITY)
-        + f"\t\ttype filter hook prerouting priority {marks.PREROUTING_PRIORITY.value}; "
-        "policy accept;\n"
-        "\t\t# Mullvad's in-tunnel gateway and resolvers keep Mullvad's rules, whatever\n"
-        "\t\t# the cluster ranges say (kubeadm's 10.96.0.0/12 lies inside 10.64.0.0/10).\n"
-        "\t\tip daddr @protected_v4 return\n"
-        "\t\tip6 daddr @protected_v6 return\n"
-        "\t\t# Later packets of an exempted flow (both directions) carry the fwmark so that\n"
-        "\t\t# replies route via the main table. Mullvad's prerouting (-199) does the same,\n"
-        "\t\t# but only while connected. Runs before the rules below, so the first packet\n"
-        "\t\t# of a pod flow gets no fwmark (kube-proxy masquerades fwmark bit 0x4000).\n"
-        f'\t\tiifname != "{tunnel}" ct mark {CT} meta mark set {FW}\n'
-        + "".join(_machine_rules(settings, tunnel))
-        + "\t\t# Pods to pods and to ClusterIPs, matched before kube-proxy's DNAT: Mullvad's\n"
-        "\t\t# forward chain accepts the ct mark before it rejects port 53 (CoreDNS).\n"
-        f"\t\tip saddr @pod_v4 ip daddr @cluster_v4 ct mark set {CT}\n"
-        f"\t\tip6 saddr @pod_v6 ip6 daddr @cluster_v6 ct mark set {CT}\n"
-        "\t}\n"
-    )
-    output = (
-        "\tchain output {\n"
-        + _priority(marks.OUTPUT_PRIORITY)
-        + f"\t\ttype route hook output priority {marks.OUTPUT_PRIORITY.value}; policy accept;\n"
-        "\t\t# Mullvad's gateway and resolvers are never exempted (see prerouting).\n"
-        "\t\tip daddr @protected_v4 return\n"
-        "\t\tip6 daddr @protected_v6 return\n"
-        "\t\t# This machine to cluster services (hostNetwork pods, nslookup on the node,\n"
-        "\t\t# kubectl port-forward): the ct mark lets Mullvad's output chain accept it.\n"
-        "\t\t# No fwmark: a ClusterIP without endpoints still routes into the tunnel, where\n"
-        "\t\t# Mullvad's nat chain drops ct-marked packets.\n"
-        "\t\tfib daddr type local return\n"
-        f"\t\tip daddr @cluster_v4 ct mark set {CT}\n"
-        f"\t\tip6 daddr @cluster_v6 ct mark set {CT}\n"
-        "\t\t# Replies of exempted incoming connections answered by this machine (API\n"
-        "\t\t# server, ingress on the host): the fwmark re-routes them via the main table.\n"
-        f"\t\tct direction reply ct mark {CT} meta mark set {FW}\n"
-        "\t}\n"
-    )
-    guard_rules = (
-        f"\t\tct direction original ct mark {CT} ct original ip daddr @cluster_v4 "
-        f"ip daddr != @cluster_v4 ct mark set 0x00000000\n"
-        f"\t\tct direction original ct mark {CT} ct original ip6 daddr @cluster_v6 "
-        f"ip6 daddr != @cluster_v6 ct mark set 0x00000000\n"
-    )
-    guard_why = (
-        "\t\t# A flow exempted for its cluster destination whose real destination after\n"
-        "\t\t# kube-proxy's DNAT is outside the cluster (a Service with external endpoints)\n"
-        "\t\t# loses the exemption: Mullvad then handles it like any other traffic.\n"
-    )
-    guards = "".join(
-        f"\tchain {name}_guard {{\n"
-        + _priority(marks.GUARD_PRIORITY)
-        + f"\t\ttype filter hook {name} priority {marks.GUARD_PRIORITY.value}; policy accept;\n"
-        f"{guard_why}{guard_rules}\t}}\n"
-        for name in ("forward", "output")
-    )
-    body = "\n".join([*sets, prerouting, output, guards.replace("\t}\n\tchain", "\t}\n\n\tchain")])
+        ),
+        _set(
+            "cluster_interfaces",
+            "ifname",
+            [f'"{name}"' for name in minimal_patterns(("lo", *settings.cluster_interfaces))],
+            "CLUSTER_INTERFACES and loopback: where exempted cluster flows may go.",
+        ),
+    ]
+    chains = [_prerouting(settings), _output(), _guard("forward"), _guard("output"), _nat_park()]
+    body = "\n".join([*sets, *chains])
     return f'\ntable {T} {{\n\tcomment "{comment}"\n\n{body}}}\n'
 
 

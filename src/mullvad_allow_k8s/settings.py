@@ -28,6 +28,8 @@ CUSTOM_PRESET = "custom"
 DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 # Linux interface names: at most 15 bytes; we accept the conservative portable subset.
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# A name, or a prefix with a trailing * (never a bare *: that would match everything).
+_IFPATTERN = re.compile(r"[A-Za-z0-9_.-]{1,15}|[A-Za-z0-9_.-]{1,14}\*")
 _PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
 _TRUE = {"yes", "true", "1", "on"}
 _FALSE = {"no", "false", "0", "off", ""}
@@ -127,6 +129,15 @@ SCHEMA: tuple[Field, ...] = (
         "Mullvad's tunnel interface; traffic arriving on it is never exempted.",
     ),
     Field(
+        "CLUSTER_INTERFACES",
+        "ifnames",
+        " ".join(marks.CLUSTER_INTERFACES),
+        "Interfaces cluster traffic may leave by (a trailing * matches any suffix): CNI "
+        "bridges, veths and overlays. An exempted flow to a cluster address routed "
+        "elsewhere (no such pod or service here, so the default route) loses the "
+        "exemption. Add the LAN interface only for host-gw style multi-node clusters.",
+    ),
+    Field(
         "OUTPUT",
         "path",
         DEFAULT_OUTPUT,
@@ -166,6 +177,7 @@ class Settings(NamedTuple):
     inbound_ports: tuple[PortRange, ...] | None  # None: non-ephemeral
     ephemeral_ports: PortRange
     tunnel_interface: str
+    cluster_interfaces: tuple[str, ...]
     output: str
     bridge_table: bool
 
@@ -188,6 +200,7 @@ class Settings(NamedTuple):
             "INBOUND_PORTS": inbound,
             "EPHEMERAL_PORTS": _ports((self.ephemeral_ports,)),
             "TUNNEL_INTERFACE": self.tunnel_interface,
+            "CLUSTER_INTERFACES": " ".join(self.cluster_interfaces),
             "OUTPUT": self.output,
             "BRIDGE_TABLE": "yes" if self.bridge_table else "no",
         }
@@ -467,8 +480,38 @@ def resolve(raw_sources: Iterable[Mapping[str, str]], facts: Facts) -> Settings:
             _IFNAME,
             "not an interface name (1-15 of A-Z a-z 0-9 _ . -)",
         ),
+        cluster_interfaces=_interface_patterns(
+            "CLUSTER_INTERFACES", given["CLUSTER_INTERFACES"], given["TUNNEL_INTERFACE"]
+        ),
         output=_output(given["OUTPUT"]),
         bridge_table=_bool("BRIDGE_TABLE", given["BRIDGE_TABLE"]),
+    )
+
+
+def _interface_patterns(key: str, value: str, tunnel: str) -> tuple[str, ...]:
+    patterns = _words(value)
+    if not patterns:
+        raise SettingsError(key, value, "empty (cluster traffic needs at least its bridge)")
+    for word in patterns:
+        if not _IFPATTERN.fullmatch(word):
+            raise SettingsError(
+                key, word, "not an interface name or NAME* pattern (A-Z a-z 0-9 _ . -)"
+            )
+        if word == tunnel or (word.endswith("*") and tunnel.startswith(word[:-1])):
+            raise SettingsError(key, word, f"matches the tunnel interface {tunnel}")
+    return minimal_patterns(patterns)
+
+
+def minimal_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
+    """Sorted, without names another NAME* pattern covers (nft refuses overlapping ones)."""
+    unique = set(patterns)
+    prefixes = [p[:-1] for p in unique if p.endswith("*")]
+    return tuple(
+        sorted(
+            p
+            for p in unique
+            if not any(p.rstrip("*").startswith(q) and p != q + "*" for q in prefixes)
+        )
     )
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUITE = "bookworm"
+# The suite of the test root: bookworm, or e.g. trixie with MAK_DEB_SUITE (then give
+# MAK_DEB_MIRROR unless apt on this machine knows that suite too).
+SUITE = os.environ.get("MAK_DEB_SUITE", "bookworm")
 # What the package needs installed beforehand (the test roots have no network), plus
 # apt-utils so that apt preconfigures: the config script then also runs before the
 # package is unpacked, as on most real systems.
@@ -100,32 +102,31 @@ class Builds:
 
 
 @pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+def build_jobs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, subprocess.Popen[str]], float]:
+    """Start both builds (the second only has an extra changelog entry) in the background."""
     need_tools("dpkg-buildpackage", "dpkg-checkbuilddeps", "make")
     deps = run(["dpkg-checkbuilddeps"], check=False, cwd=REPO)
     if deps.returncode != 0:
         pytest.skip(f"build dependencies missing: {deps.stderr.strip()} (.ci/apt/deb.txt)")
     tmp = tmp_path_factory.mktemp("deb")
-    # Both builds at once (2 cores): the second only has an extra changelog entry.
+    make = ["make", "-s", "-C", str(REPO), "deb", "DEB_LINTIAN=no"]
     jobs = {
         name: subprocess.Popen(
-            [
-                "make",
-                "-s",
-                "-C",
-                str(REPO),
-                "deb",
-                f"DEB_DIR={tmp / name}",
-                "DEB_LINTIAN=no",
-                *extra,
-            ],
+            [*make, f"DEB_DIR={tmp / name}", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         for name, extra in (("v1", []), ("v2", [f"DEB_VERSION={UPGRADE_VERSION}"]))
     }
-    start = time.monotonic()
+    return tmp, jobs, time.monotonic()
+
+
+@pytest.fixture(scope="session")
+def builds(build_jobs: tuple[Path, dict[str, subprocess.Popen[str]], float]) -> Builds:
+    tmp, jobs, start = build_jobs
     for name, job in jobs.items():
         out, _ = job.communicate()
         assert job.returncode == 0, f"make deb ({name}) failed:\n{out}"
@@ -139,7 +140,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
 # ---------------------------------------------------------------- the Debian root
 
 
-def _recipe(mirror: str) -> list[str]:
+def _recipe() -> list[str]:
     return [
         "mmdebstrap",
         "--quiet",
@@ -151,14 +152,17 @@ def _recipe(mirror: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def debian_root() -> Path:
-    """A cached bookworm tree with the package's dependencies (read-only lower layer)."""
+def debian_root(build_jobs: object) -> Path:
+    """A cached bookworm tree with the package's dependencies (read-only lower layer).
+
+    Requests build_jobs only so the package builds run while mmdebstrap downloads.
+    """
     need_root()
     need_tools("mmdebstrap", "unshare", "ip", "chroot", "mount")
     mirror = debian_mirror()
     if not mirror:
         pytest.skip(f"no Debian {SUITE} mirror in apt's sources (set MAK_DEB_MIRROR)")
-    recipe = _recipe(mirror)
+    recipe = _recipe()
     key = hashlib.sha256("\0".join([*recipe, mirror]).encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -259,6 +263,9 @@ class Machine:
         if mode == "nocap":
             inner = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *inner]
         pid = ["--pid", "--fork"] if mode in ("container", "nocap") else []
+        # Terminals (script(1), apt's log) need /dev/pts: the host's, in this mount
+        # namespace only.
+        pts = 'mount --bind /dev/pts "$0/dev/pts" && exec "$@"'
         return [
             "ip",
             "netns",
@@ -268,6 +275,10 @@ class Machine:
             "--mount",
             *pid,
             f"--mount-proc={self.root / 'proc'}",
+            "/bin/sh",
+            "-c",
+            pts,
+            str(self.root),
             *inner,
         ]
 

@@ -107,10 +107,11 @@ def test_reconfigure_asks_again_after_a_bad_answer_and_changes_the_file(
         "",  # public addresses
         "10.200.0.0/16",  # pod ranges, asked again
     ]
+    # The teletype frontend wants a controlling terminal (trixie's insists): script(1).
     proc = machine.sh(
-        "dpkg-reconfigure mullvad-allow-k8s",
+        "script --quiet --return --command 'dpkg-reconfigure mullvad-allow-k8s' /dev/null",
         stdin="".join(f"{a}\n" for a in answers),
-        env={"DEBIAN_FRONTEND": "teletype"},
+        env={"DEBIAN_FRONTEND": "teletype", "TERM": "dumb"},
     )
 
     assert "Invalid answer" in proc.stdout
@@ -155,6 +156,8 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
         settings.read_text()
         .replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=80,443,6443,30000-32767")
         .replace("PUBLIC_ADDRESSES=''", 'PUBLIC_ADDRESSES="198.51.100.9"  # our LB')
+        # Valid for the generator (shlex), though not for sh: must be read all the same.
+        .replace("POD_CIDRS=''", "POD_CIDRS=10.42.0.0/16 10.142.0.0/16")
         + "# edited by hand\n"
     )
     settings.write_text(edited)
@@ -183,6 +186,7 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
     # ... and debconf now holds the hand-edited answer.
     config = machine.sh("debconf-show mullvad-allow-k8s").stdout
     assert "mullvad-allow-k8s/public_addresses: 198.51.100.9" in config
+    assert "mullvad-allow-k8s/pod_cidrs: 10.42.0.0/16 10.142.0.0/16" in config
 
 
 def test_remove_deletes_the_table_and_purge_leaves_nothing(
@@ -192,14 +196,21 @@ def test_remove_deletes_the_table_and_purge_leaves_nothing(
     machine.apt_install(builds.deb)
     assert TABLE in machine.tables()
 
+    settings = machine.file(SETTINGS)
+    custom = "/etc/nftables.d/custom.nft"
+    settings.write_text(settings.read_text() + f'OUTPUT="{custom}"  # moved\n')
+    machine.sh("mullvad-allow-k8s apply")
+    assert machine.file(custom).exists()
+
     machine.sh("apt-get -o Dpkg::Use-Pty=0 remove -y mullvad-allow-k8s")
     assert machine.tables() == set()
-    assert machine.file(SETTINGS).exists()  # configuration stays until purge
+    assert settings.exists()  # configuration stays until purge
 
     machine.sh("apt-get -o Dpkg::Use-Pty=0 purge -y mullvad-allow-k8s")
     assert machine.tables() == set()
-    assert not machine.file(SETTINGS).exists()
+    assert not settings.exists()
     assert not machine.file(RULESET).exists()
+    assert not machine.file(custom).exists()
     assert not machine.file("/etc/nftables.d").exists()
     assert "mullvad-allow-k8s" not in machine.debconf_db()
     # Nothing of ours left anywhere: only package-manager state and logs changed.
@@ -281,3 +292,32 @@ def test_with_systemd_the_unit_loads_the_table_reloads_on_upgrade_and_stops_on_r
     assert machine.tables() == set()
     machine.sh("apt-get -o Dpkg::Use-Pty=0 purge -y mullvad-allow-k8s")
     assert not machine.file(f"/etc/systemd/system/multi-user.target.wants/{unit}").exists()
+
+
+def test_when_policy_rc_d_forbids_starting_services_nothing_is_loaded(
+    machine: Machine, builds: Builds
+) -> None:
+    policy = machine.file("/usr/sbin/policy-rc.d")
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    proc = machine.apt_install(builds.deb)
+
+    assert "policy-rc.d forbids starting services" in proc.stderr
+    assert machine.file(RULESET).exists()
+    assert machine.tables() == set()
+
+
+def test_keys_missing_from_an_older_file_are_added_with_their_documentation(
+    machine: Machine, builds: Builds
+) -> None:
+    machine.apt_install(builds.deb)
+    settings = machine.file(SETTINGS)
+    full = settings.read_text()
+    # The last key's block (comments and line), as if the file predated that key.
+    blocks = full.split("\n\n")
+    older = "\n\n".join(blocks[:-1]) + "\n"
+    settings.write_text(older)
+
+    machine.sh("dpkg-reconfigure mullvad-allow-k8s")
+
+    assert settings.read_text() == older + "\n" + blocks[-1]

@@ -51,10 +51,10 @@ def test_doctor_reads_mullvads_split_tunnel_rules(
         assert "[error]" not in result.stdout, result.stdout
         assert result.returncode == 0
     else:
-        assert "[error] Mullvad's forward chain has no `ct mark 0x00000f41 accept` rule" in (
+        assert "[error] Mullvad's chains have no `ct mark 0x00000f41 accept` rules: split " in (
             result.stdout
         )
-        assert "fix: update the Mullvad app" in result.stdout
+        assert "fix: check that `mullvad split-tunnel` works" in result.stdout
         assert result.returncode == 3
 
 

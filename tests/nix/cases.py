@@ -26,6 +26,11 @@ DEFAULTS_NIX = """{
   inboundPorts = "non-ephemeral";
   ephemeralPorts = "32768-60999";
   tunnelInterface = "wg0-mullvad";
+  clusterInterfaces = [
+    "cni*" "cbr0" "veth*" "flannel*" "cali*" "vxlan.calico"
+    "tunl0" "cilium_*" "lxc*" "kube-bridge" "kube-ipvs0" "weave"
+    "genev*" "antrea-*" "ovn0" "docker0" "br-*"
+  ];
   output = "/etc/nftables.d/k8s_bypass_mullvad.nft";
   bridgeTable = false;
 }"""

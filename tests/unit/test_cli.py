@@ -152,3 +152,15 @@ def test_settings_defaults_is_the_shipped_file(capsys: pytest.CaptureFixture[str
     assert main("settings", "--settings", "none", "--preset", "k3s", "--defaults") == 0
     raw = parse_settings_file(capsys.readouterr().out)
     assert raw == {f.key: f.default for f in SCHEMA}
+
+
+def test_settings_raw_prints_what_the_file_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For the debconf scripts: no defaults, no validation, quoting undone."""
+    conf = tmp_path / "settings"
+    conf.write_text('PRESET=k3s\nPOD_CIDRS="10.42.0.0/16 fd00::/56"\nPOD_CIDRS=10.0.0.1/8\n')
+    assert main("settings", "--settings", str(conf), "--raw") == 0
+    assert capsys.readouterr().out == "PRESET=k3s\nPOD_CIDRS=10.0.0.1/8\n"
+    conf.write_text("PRESETT=k3s\n")
+    assert main("settings", "--settings", str(conf), "--raw") == 2

@@ -62,7 +62,39 @@ def test_mullvad_table_check_parses_nft_json() -> None:
             ],
         }
     }
-    findings = doctor.check_mullvad([{"table": {"name": "mullvad"}}, accept])
-    levels = {f.message.split(" chain")[0].split()[-1]: f.level for f in findings}
-    assert levels == {"input": doctor.ERROR, "output": doctor.ERROR, "forward": doctor.OK}
+
+    def rule(chain: str) -> dict[str, object]:
+        return {"rule": {**accept["rule"], "chain": chain}}
+
+    (only_forward,) = doctor.check_mullvad([{"table": {"name": "mullvad"}}])
+    assert only_forward.level == doctor.ERROR and "split tunnelling is unavailable" in (
+        only_forward.message
+    )
+    findings = doctor.check_mullvad([rule("input"), rule("output")])
+    assert [f.level for f in findings] == [doctor.OK, doctor.OK, doctor.ERROR]
+    assert "older than 2023.5" in findings[2].message
     assert doctor.check_mullvad([])[0].level == doctor.WARN
+
+
+def test_ipv6_pods_without_lan_sharing_get_a_warning() -> None:
+    lan = {
+        "rule": {
+            "chain": "input",
+            "expr": [
+                {
+                    "match": {
+                        "op": "==",
+                        "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                        "right": {"prefix": {"addr": "fc00::", "len": 7}},
+                    }
+                },
+                {"accept": None},
+            ],
+        }
+    }
+    v6 = resolve([{"POD_CIDRS": "10.244.0.0/16 fd00:10:244::/56"}], FixedFacts())
+    table = [{"table": {"name": "mullvad"}}]
+    (warn,) = doctor.check_ipv6_lan(v6, table)
+    assert warn.level == doctor.WARN and warn.fix == "mullvad lan set allow"
+    assert doctor.check_ipv6_lan(v6, [*table, lan])[0].level == doctor.OK
+    assert doctor.check_ipv6_lan(resolve([], FixedFacts()), table) == []

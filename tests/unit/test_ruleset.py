@@ -95,26 +95,56 @@ def test_auto_machine_addresses_use_fib_and_explicit_ones_a_set() -> None:
 
 
 def test_tunnel_traffic_is_never_marked_as_inbound() -> None:
-    for line in rules(render(TUNNEL_INTERFACE="wg1")):
-        if "ct state new" in line:
-            assert line.startswith('iifname != "wg1" ')
+    inbound = [r for r in rules(render(TUNNEL_INTERFACE="wg1")) if "@inbound_ports" in r]
+    assert len(inbound) == 3
+    for line in inbound:
+        assert line.startswith('iifname != "wg1" ct state new ')
 
 
 def test_protected_addresses_are_checked_before_any_mark() -> None:
     text = render()
     for chain in ("prerouting", "output"):
-        assert chain_rules(text, chain)[:2] == [
+        statements = chain_rules(text, chain)
+        first_mark = next(
+            i for i, r in enumerate(statements) if "ct mark set" in r and "established" not in r
+        )
+        assert statements[first_mark - 2 : first_mark] == [
             "ip daddr @protected_v4 return",
             "ip6 daddr @protected_v6 return",
         ]
 
 
 def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
-    """The ct->meta copy runs before the pod rule, so kube-proxy's 0x4000 bit stays clear."""
+    """Only established flows copy the ct mark to the fwmark: kube-proxy's 0x4000 bit stays
+    clear on the first packet, the only one its nat chains see."""
     pre = chain_rules(render(), "prerouting")
-    copy = next(i for i, r in enumerate(pre) if "meta mark set" in r and "ct mark 0x" in r)
-    pod = next(i for i, r in enumerate(pre) if r.startswith("ip saddr @pod_v4"))
-    assert copy < pod and "meta mark" not in pre[pod]
+    copy = [r for r in pre if "meta mark set" in r and "ct mark 0x" in r]
+    assert copy and all(r.startswith("ct state established,related ") for r in copy)
+    pod = [r for r in pre if "saddr @pod_" in r]
+    assert len(pod) == 4 and not any("meta mark" in r for r in pod)
+
+
+def test_established_flows_leave_every_chain_early() -> None:
+    text = render()
+    for chain in ("prerouting", "output"):
+        assert "ct state established,related return" in chain_rules(text, chain)[:3]
+    for chain in ("forward_guard", "output_guard", "nat_park"):
+        assert chain_rules(text, chain)[:2] == [
+            "ct state != new return",
+            f"ct mark != {marks.CT_MARK.nft} return",
+        ]
+
+
+def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
+    text = render()
+    parked, exempt = marks.PARKED_CT_MARK.nft, marks.CT_MARK.nft
+    park = chain_rules(text, "nat_park")
+    assert park[2] == f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
+    assert f"hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
+    assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
+    # The next packet of the flow gets the exemption back before any filter sees it.
+    restore = f"ct state established,related ct mark {parked} ct mark set {exempt} return"
+    assert restore in chain_rules(text, "prerouting")[:3]
 
 
 def test_bridge_table_only_when_asked() -> None:

@@ -37,6 +37,8 @@ def test_defaults_are_kubeadm_auto_and_non_ephemeral() -> None:
         "INBOUND_PORTS": "non-ephemeral",
         "EPHEMERAL_PORTS": "32768-60999",
         "TUNNEL_INTERFACE": "wg0-mullvad",
+        "CLUSTER_INTERFACES": "antrea-* br-* cali* cbr0 cilium_* cni* docker0 flannel* genev* "
+        "kube-bridge kube-ipvs0 lxc* ovn0 tunl0 veth* vxlan.calico weave",
         "OUTPUT": "/etc/nftables.d/k8s_bypass_mullvad.nft",
         "BRIDGE_TABLE": "no",
     }
@@ -110,6 +112,11 @@ def test_later_sources_win() -> None:
         ("OUTPUT", "/etc/../x.nft", "without '..'"),
         ("OUTPUT", "/etc/x\n.nft", "must be an absolute path"),
         ("BRIDGE_TABLE", "maybe", "must be yes or no"),
+        ("CLUSTER_INTERFACES", "*", "not an interface name or NAME* pattern"),
+        ("CLUSTER_INTERFACES", "cni0 eth0;", "not an interface name or NAME* pattern"),
+        ("CLUSTER_INTERFACES", "wg*", "matches the tunnel interface wg0-mullvad"),
+        ("CLUSTER_INTERFACES", "wg0-mullvad", "matches the tunnel interface"),
+        ("CLUSTER_INTERFACES", "", "empty"),
         ("PRESET", "openshift", "unknown preset"),
     ],
 )
@@ -138,6 +145,11 @@ def test_all_inbound_ports_ephemeral_is_refused() -> None:
 def test_machine_addresses_list_is_deduplicated_and_sorted() -> None:
     s = settle(MACHINE_ADDRESSES="192.168.1.20 2001:db8::1 192.168.1.10/32 192.168.1.20")
     assert [str(a) for a in s.machine_addresses] == ["192.168.1.10", "192.168.1.20", "2001:db8::1"]
+
+
+def test_interface_patterns_drop_names_a_wildcard_covers() -> None:
+    s = settle(CLUSTER_INTERFACES="veth* vethwe* cni0 cni* eth0 eth0")
+    assert s.cluster_interfaces == ("cni*", "eth0", "veth*")
 
 
 def test_complement_ports_edges() -> None:

@@ -1,0 +1,516 @@
+"""Every check the lab makes, and what each scenario must show for it.
+
+A probe is one connection attempt (TCP, or a DNS query over UDP or TCP) from a client
+namespace, run in a thread that entered that namespace. Its expectation is a function
+of the scenario, written out so that the same probe asserts success with the bypass
+and failure without it: a probe whose expectation never says "blocked" for some
+scenario could not fail, and `test_matrix.py` checks that none is like that.
+
+Servers name themselves (banner line or fixed DNS answer), and nft counters in the
+relay and LAN namespaces tell which way a reply or connection left the machine.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import agent
+from .mullvad_emu import MullvadState
+from .topology import (
+    API_PORT,
+    CLIENT_FIXED_SPORT,
+    FAMILIES,
+    HOST_EPHEMERAL_PORT,
+    IDENT_BY_ANSWER,
+    INET_HOST,
+    INET_HOST_SPORT,
+    INET_POD,
+    LAN_SERVICE_PORT,
+    NODEPORT,
+    SVC_API_PORT,
+    SVC_WEB_PORT,
+    WEB_PORT,
+    Fam,
+    Lab,
+    watch_name,
+)
+
+TIMEOUT = 1.0  # client timeout: a blocked flow costs this much, once per scenario
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Mullvad's state + which bypass is loaded (+ rp_filter, + when it was applied)."""
+
+    mullvad: MullvadState
+    bypass: str = "none"  # "none" | "generated" | "naive" (deliberately leaky)
+    rp_filter: int = 2
+    apply_in: str = "connected"  # state the bypass was applied in (then switched)
+
+    @property
+    def id(self) -> str:
+        parts = [self.mullvad.label, self.bypass]
+        if self.rp_filter != 2:
+            parts.append(f"rp_filter{self.rp_filter}")
+        if self.bypass != "none" and self.apply_in != self.mullvad.state:
+            parts.append(f"applied_{self.apply_in}")
+        return "-".join(parts)
+
+    @property
+    def effective(self) -> bool:
+        """Ct-mark bypasses only work while Mullvad's ct-mark accept rules exist."""
+        return self.bypass != "none" and self.mullvad.split
+
+    @property
+    def connected(self) -> bool:
+        return self.mullvad.state == "connected"
+
+    @property
+    def lan(self) -> bool:
+        return self.mullvad.allow_lan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    detail: str
+    ident: str | None = None  # which server answered
+    peer: str | None = None  # source address the TCP server saw
+
+
+@dataclass(frozen=True)
+class Expect:
+    ok: bool
+    ident: str | None = None
+    # Counter check on the probe's watch: "lan" = left by the LAN only, "tunnel" = by
+    # the tunnel only, "nowhere" = neither, "not_lan" = not by the LAN, None = unchecked.
+    path: str | None = None
+    # The source address the server must see (client addresses preserved), or None.
+    peer: str | None = None
+
+    def __str__(self) -> str:
+        what = f"ok ({self.ident})" if self.ok else "blocked"
+        return what + (f", path {self.path}" if self.path else "")
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    fam: Fam
+    client: str  # role of the namespace it runs in
+    why: str
+    run: Callable[[Lab], Outcome]
+    expect: Callable[[Scenario], Expect]
+    watch: str | None = None
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}_v{self.fam.v}"
+
+
+# --- client operations (run inside a namespace) ---------------------------------------
+
+
+def _fail(exc: BaseException) -> Outcome:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return Outcome(False, "timeout")
+    if isinstance(exc, ConnectionRefusedError):
+        return Outcome(False, "refused")
+    if isinstance(exc, ConnectionResetError):
+        return Outcome(False, "reset")
+    if isinstance(exc, OSError):
+        return Outcome(False, exc.strerror or repr(exc))
+    return Outcome(False, repr(exc))
+
+
+def tcp_connect(dst: str, port: int, *, src: str | None = None, sport: int = 0) -> Outcome:
+    """Connect, read the server's banner line (`<ident> <peer address>`)."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT)
+            if src is not None or sport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((src or ("::" if family == socket.AF_INET6 else "0.0.0.0"), sport))
+            sock.connect((dst, port))
+            line = sock.makefile("r").readline().strip()
+    except (OSError, ValueError) as exc:
+        return _fail(exc)
+    if not line:
+        return Outcome(False, "connected, but no banner")
+    ident, _, peer = line.partition(" ")
+    return Outcome(True, f"banner {line!r}", ident, peer)
+
+
+def dns_query(server: str, port: int, proto: str) -> Outcome:
+    """One A (or AAAA) query; the answer tells which resolver replied."""
+    qtype = agent.QTYPE_AAAA if ":" in server else agent.QTYPE_A
+    qid = abs(hash((server, port, proto))) & 0xFFFF
+    msg = agent.build_query(qid, "probe.cluster.local", qtype)
+    try:
+        if proto == "udp":
+            resp = agent.query_udp(server, port, msg, TIMEOUT)
+        else:
+            resp = agent.query_tcp(server, port, msg, TIMEOUT)
+        addr = agent.parse_answer(resp, qid)
+    except (OSError, ValueError, ConnectionError) as exc:
+        return _fail(exc)
+    who = IDENT_BY_ANSWER.get(addr, f"unknown {addr}")
+    return Outcome(True, f"answer {addr} from {who}", who)
+
+
+# --- the probes -----------------------------------------------------------------------
+
+
+def _tcp(client: str, dst: str, port: int, **kw: object) -> Callable[[Lab], Outcome]:
+    return lambda lab: lab[client].call(lambda: tcp_connect(dst, port, **kw))  # type: ignore[arg-type]
+
+
+def _dns(client: str, server: str, proto: str) -> Callable[[Lab], Outcome]:
+    return lambda lab: lab[client].call(lambda: dns_query(server, 53, proto))
+
+
+def ok_if(
+    cond: bool,
+    ident: str,
+    path: str | None = None,
+    else_path: str | None = None,
+    peer: str | None = None,
+) -> Expect:
+    """Success (answered by `ident`, leaving by `path`, seen from `peer`) when `cond`."""
+    return Expect(True, ident, path, peer) if cond else Expect(False, path=else_path)
+
+
+def probes_for(f: Fam) -> list[Probe]:
+    """All probes of one family."""
+
+    def nd(s: Scenario) -> bool:
+        """Can a pod or LAN client resolve the host as its IPv6 neighbour?
+
+        They solicit the host from their own ULA address (RFC 4861 7.2.2: the source of
+        the packet that prompted the solicitation), and Mullvad's input chain accepts
+        neighbour solicitations only from fe80::/10 unless allow LAN is on. Neighbour
+        discovery is not conntracked, so no ct-mark bypass can change that.
+        """
+        return f.v == 4 or s.lan
+
+    def not_lan(s: Scenario) -> str | None:
+        """Blocked with allow LAN, Mullvad itself sends private destinations to the LAN
+        (no tunnel, so the main table's default route); elsewhere they must not go there."""
+        return None if s.lan and not s.connected else "not_lan"
+
+    def probe(
+        name: str,
+        client: str,
+        why: str,
+        run: Callable[[Lab], Outcome],
+        expect: Callable[[Scenario], Expect],
+        *,
+        watch: str | None = None,
+        leak: bool = False,
+    ) -> Probe:
+        tags = frozenset({"leak"}) if leak else frozenset()
+        return Probe(name, f, client, why, run, expect, watch, tags)
+
+    dns_probes = [
+        p
+        for proto in ("udp", "tcp")
+        for p in (
+            probe(
+                f"pod_svc_dns_{proto}",
+                "client",
+                "pod resolves through the cluster DNS service IP (CoreDNS path)",
+                _dns("client", f.kube_dns, proto),
+                lambda s: ok_if(nd(s) and s.effective, "coredns"),
+            ),
+            probe(
+                f"host_svc_dns_{proto}",
+                "host",
+                "the host itself (hostNetwork) queries the cluster DNS service IP",
+                _dns("host", f.kube_dns, proto),
+                lambda s: ok_if(s.effective, "coredns"),
+            ),
+            probe(
+                f"pod_outside_dns_{proto}",
+                "client",
+                "pod DNS to an outside resolver stays blocked",
+                _dns("client", f.outside_dns_pod, proto),
+                lambda s: Expect(False, path="nowhere"),
+                watch="pod_outside_dns",
+                leak=True,
+            ),
+            probe(
+                f"host_outside_dns_{proto}",
+                "host",
+                "host DNS to an outside resolver stays blocked",
+                _dns("host", f.outside_dns_host, proto),
+                lambda s: Expect(False, path="nowhere"),
+                watch="host_outside_dns",
+                leak=True,
+            ),
+        )
+    ]
+    works = [
+        probe(
+            "pod_pod_dns",
+            "client",
+            "pod -> CoreDNS pod IP across the bridge (br_netfilter)",
+            _dns("client", f.dns_pod, "udp"),
+            lambda s: ok_if(s.effective, "coredns"),
+        ),
+        probe(
+            "host_pod_dns",
+            "host",
+            "host -> CoreDNS pod IP directly (hostNetwork pods, node-local caches)",
+            _dns("host", f.dns_pod, "udp"),
+            lambda s: ok_if(s.effective, "coredns"),
+        ),
+        probe(
+            "pod_pod_tcp",
+            "client",
+            "pod -> pod TCP across the bridge; the server sees the client pod's address",
+            _tcp("client", f.web_pod, WEB_PORT),
+            lambda s: ok_if(s.effective or s.lan, "web", peer=f.client_pod),
+        ),
+        probe(
+            "pod_svc_tcp",
+            "client",
+            "pod -> ClusterIP service (TCP); the endpoint sees the client pod's address",
+            _tcp("client", f.web_svc, SVC_WEB_PORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=f.client_pod),
+        ),
+        probe(
+            "pod_api_svc",
+            "client",
+            "pod -> kubernetes API service (DNAT to the node's address)",
+            _tcp("client", f.api_svc, SVC_API_PORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "host"),
+        ),
+        probe(
+            "pod_node_ip",
+            "client",
+            "pod -> the node's LAN address (metrics-server -> kubelet, hostNetwork servers)",
+            _tcp("client", f.host_lan, API_PORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "host"),
+        ),
+        probe(
+            "host_pod_tcp",
+            "host",
+            "host -> pod IP (kubelet probes, port-forward)",
+            _tcp("host", f.web_pod, WEB_PORT),
+            lambda s: ok_if(s.effective or s.lan, "web"),
+        ),
+        # Without the bypass but with allow LAN, the source of host -> ClusterIP is the
+        # tunnel address (no main-table route), and the reply hits the CVE-2019-14899
+        # drop (notes 1.6); in the blocked state there is no tunnel, so it works.
+        probe(
+            "host_svc_tcp",
+            "host",
+            "host -> ClusterIP service (TCP)",
+            _tcp("host", f.web_svc, SVC_WEB_PORT),
+            lambda s: ok_if(s.effective or (s.lan and not s.connected), "web"),
+        ),
+        probe(
+            "lan_nodeport",
+            "lanclient",
+            "LAN client (on-link) -> NodePort",
+            _tcp("lanclient", f.host_lan, NODEPORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web"),
+        ),
+        probe(
+            "lan_api",
+            "lanclient",
+            "LAN client -> API server port on the host",
+            _tcp("lanclient", f.host_lan, API_PORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "host"),
+        ),
+        probe(
+            "remote_nodeport",
+            "lan",
+            "off-link client -> NodePort; replies must leave by the LAN",
+            _tcp("lan", f.host_lan, NODEPORT, src=f.remote),
+            lambda s: ok_if(s.effective, "web", path="lan"),
+            watch="remote_nodeport",
+        ),
+        probe(
+            "remote_api",
+            "lan",
+            "off-link client -> API server port; replies must leave by the LAN",
+            _tcp("lan", f.host_lan, API_PORT, src=f.remote),
+            lambda s: ok_if(s.effective, "host", path="lan"),
+            watch="remote_api",
+        ),
+    ]
+    leaks = [
+        probe(
+            "remote_ephemeral",
+            "lan",
+            "off-link client -> a host server on an ephemeral port: not an inbound port",
+            _tcp("lan", f.host_lan, HOST_EPHEMERAL_PORT, src=f.remote),
+            lambda s: Expect(False, path="nowhere"),
+            watch="remote_ephemeral",
+            leak=True,
+        ),
+        probe(
+            "lan_ephemeral",
+            "lanclient",
+            "LAN client -> host ephemeral port: only allow LAN opens it",
+            _tcp("lanclient", f.host_lan, HOST_EPHEMERAL_PORT),
+            lambda s: ok_if(s.lan, "host"),
+            leak=True,
+        ),
+        probe(
+            "pod_lan",
+            "client",
+            "pod -> a LAN device: only allow LAN opens it, never the bypass",
+            _tcp("client", f.lan_client, LAN_SERVICE_PORT),
+            lambda s: ok_if(s.lan, "lanclient"),
+            leak=True,
+        ),
+        probe(
+            "host_lan",
+            "host",
+            "host -> a LAN device: only allow LAN opens it, never the bypass",
+            _tcp("host", f.lan_client, LAN_SERVICE_PORT),
+            lambda s: ok_if(s.lan, "lanclient"),
+            leak=True,
+        ),
+        probe(
+            "host_inet",
+            "host",
+            "host's own connection leaves only through the tunnel",
+            _tcp("host", f.internet, INET_HOST),
+            lambda s: ok_if(s.connected, "vpn", "tunnel", else_path="nowhere"),
+            watch="host_inet",
+            leak=True,
+        ),
+        probe(
+            "host_inet_sport",
+            "host",
+            "host's own connection from a non-ephemeral source port still uses the tunnel",
+            _tcp("host", f.internet, INET_HOST_SPORT, sport=CLIENT_FIXED_SPORT),
+            lambda s: ok_if(s.connected, "vpn", "tunnel", else_path="nowhere"),
+            watch="host_inet_sport",
+            leak=True,
+        ),
+        probe(
+            "pod_inet",
+            "client",
+            "pod -> internet leaves only through the tunnel",
+            _tcp("client", f.internet, INET_POD),
+            lambda s: ok_if(nd(s) and s.connected, "vpn", "tunnel", else_path="nowhere"),
+            watch="pod_inet",
+            leak=True,
+        ),
+        probe(
+            "pod_ext_svc",
+            "client",
+            "pod -> service whose endpoint is outside the cluster: still through the tunnel",
+            _tcp("client", f.ext_svc, 80),
+            lambda s: ok_if(nd(s) and s.connected, "vpn", "tunnel", else_path="nowhere"),
+            watch="pod_ext_svc",
+            leak=True,
+        ),
+        probe(
+            "host_ext_svc",
+            "host",
+            "host -> service whose endpoint is outside the cluster: still through the tunnel",
+            _tcp("host", f.ext_svc, 81),
+            lambda s: ok_if(s.connected, "vpn", "tunnel", else_path="nowhere"),
+            watch="host_ext_svc",
+            leak=True,
+        ),
+        probe(
+            "pod_other_node",
+            "client",
+            "pod -> a pod range of another node (no route here): never onto the LAN",
+            _tcp("client", f.other_node_pod, WEB_PORT),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="pod_other_node",
+            leak=True,
+        ),
+        probe(
+            "pod_unassigned_svc",
+            "client",
+            "pod -> a service address with nothing behind it: never onto the LAN",
+            _tcp("client", f.unassigned_svc, SVC_WEB_PORT),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="pod_unassigned_svc",
+            leak=True,
+        ),
+        probe(
+            "host_unassigned_svc",
+            "host",
+            "host -> a service address with nothing behind it: never onto the LAN",
+            _tcp("host", f.unassigned_svc, SVC_WEB_PORT + 1),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="host_unassigned_svc",
+            leak=True,
+        ),
+        probe(
+            "pod_tunnel_dns",
+            "client",
+            "the in-tunnel resolver keeps working for pods",
+            _dns("client", f.tun_gw, "udp"),
+            lambda s: ok_if(nd(s) and s.connected, "tunnel"),
+            leak=True,
+        ),
+        probe(
+            "host_tunnel_dns",
+            "host",
+            "the in-tunnel resolver keeps working for the host",
+            _dns("host", f.tun_gw, "udp"),
+            lambda s: ok_if(s.connected, "tunnel"),
+            leak=True,
+        ),
+        probe(
+            "lan_tunnel_ip",
+            "lanclient",
+            "LAN attacker -> the tunnel's own address (CVE-2019-14899) is never exempted",
+            _tcp("lanclient", f.tun_host, API_PORT),
+            lambda s: Expect(False),
+            leak=True,
+        ),
+        probe(
+            "pod_tunnel_ip",
+            "client",
+            "pod -> the tunnel's own address is never exempted",
+            _tcp("client", f.tun_host, API_PORT),
+            lambda s: Expect(False),
+            leak=True,
+        ),
+    ]
+    return dns_probes + works + leaks
+
+
+PROBES: list[Probe] = [p for f in FAMILIES for p in probes_for(f)]
+PROBE_BY_ID = {p.id: p for p in PROBES}
+
+
+def check(
+    probe: Probe, got: Outcome, counters: dict[str, tuple[int, int]], want: Expect
+) -> list[str]:
+    """Differences between what a probe showed and what the scenario expects."""
+    problems = []
+    if got.ok != want.ok:
+        problems.append(f"expected {want}, got {'ok' if got.ok else 'blocked'}: {got.detail}")
+    elif want.ok and want.ident and got.ident != want.ident:
+        problems.append(f"expected an answer from {want.ident}, got {got.detail}")
+    elif want.ok and want.peer and (got.peer or "").removeprefix("::ffff:") != want.peer:
+        problems.append(f"the server should see {want.peer} as the client, got {got.detail}")
+    if probe.watch and want.path:
+        tun, lan = counters[watch_name(probe.watch, probe.fam)]
+        bad = {
+            "lan": tun != 0 or lan == 0,
+            "tunnel": lan != 0 or tun == 0,
+            "nowhere": lan != 0 or tun != 0,
+            "not_lan": lan != 0,
+        }[want.path]
+        if bad:
+            problems.append(
+                f"expected path {want.path}: {tun} packet(s) into the tunnel, {lan} onto the LAN"
+            )
+    return problems

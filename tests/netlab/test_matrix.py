@@ -1,0 +1,71 @@
+"""The scenario matrix: every probe in every Mullvad state, with and without the bypass.
+
+Each scenario builds fresh namespaces once and runs all probes concurrently (see
+conftest.scenario_result); each test then checks one probe's result against what
+that scenario must show. The same probe runs without the bypass and must fail there
+wherever it passes with it, which is what shows the tests can fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .mullvad_emu import MullvadState
+from .probes import PROBES, Probe, Scenario, check
+from .scenarios import ScenarioResult
+
+
+def _s(state: str, lan: bool, bypass: str, **kw: object) -> Scenario:
+    split = bool(kw.pop("split", True))
+    return Scenario(MullvadState(state, lan, split), bypass, **kw)  # type: ignore[arg-type]
+
+
+MATRIX: list[Scenario] = [
+    _s("connected", False, "none"),
+    _s("connected", False, "generated"),
+    _s("connected", True, "none"),
+    _s("connected", True, "generated"),
+    # Blocked (error state / lockdown): the bypass applied while connected stays in
+    # force after the app swaps its table, removes its routing rules and the tunnel...
+    _s("blocked", False, "none"),
+    _s("blocked", False, "generated"),
+    _s("blocked", True, "none"),
+    # ... and applying it while blocked (no tunnel interface at all) works too.
+    _s("blocked", True, "generated", apply_in="blocked"),
+    # Split tunnelling unavailable: Mullvad has no ct-mark accept rules.
+    _s("connected", True, "none", split=False),
+    _s("connected", True, "generated", split=False),
+    _s("connected", False, "generated", split=False),
+    # Strict reverse-path filtering (src_valid_mark=1 as Mullvad sets it).
+    _s("connected", False, "none", rp_filter=1),
+    _s("connected", False, "generated", rp_filter=1),
+]
+
+
+def describe(probe: Probe, result: ScenarioResult) -> str:
+    """Context for a failure: what the probe is for, what it saw, and the host's state."""
+    counters = {k: v for k, v in result.counters.items() if v != (0, 0)}
+    return (
+        f"\n{probe.id}: {probe.why}\nscenario {result.scenario.id}\n"
+        f"nonzero counters (tunnel, lan): {counters}\nloader: {result.loader_output.strip()}\n"
+        f"--- host snapshot ---\n{result.snapshot}"
+    )
+
+
+@pytest.mark.parametrize("scenario_result", MATRIX, ids=lambda s: s.id, indirect=True)
+@pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.id)
+def test_probe(scenario_result: ScenarioResult, probe: Probe) -> None:
+    want = probe.expect(scenario_result.scenario)
+    got = scenario_result.outcomes[probe.id]
+    problems = check(probe, got, scenario_result.counters, want)
+    assert not problems, "; ".join(problems) + describe(probe, scenario_result)
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.id)
+def test_probe_expectation_can_fail(probe: Probe) -> None:
+    """A probe must expect success somewhere and failure elsewhere, or be a leak probe
+    that test_leak_probes_catch_a_leaky_bypass shows failing on a leaky bypass."""
+    outcomes = {probe.expect(s).ok for s in MATRIX}
+    assert outcomes == {True, False} or "leak" in probe.tags, (
+        f"{probe.id} expects {outcomes} in every scenario and is not a leak probe"
+    )

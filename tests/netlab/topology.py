@@ -1,0 +1,496 @@
+"""The lab's topology: one machine running Mullvad and a one-node cluster, and its world.
+
+    lanclient ns 192.168.1.50 ---+
+                                  | (bridge lanbr)
+    lan ns: router 192.168.1.1 ---+   and "the internet" on its lo: remote client
+            |                         203.0.113.7, web server 203.0.113.80, resolvers
+         lan0
+            |
+         eth0 192.168.1.100 ------ host ns ------ wg0-mullvad 10.64.0.2 == tun0 vpn ns
+                                     |                 (relay side: in-tunnel resolver
+                                   cni0 10.244.0.1      10.64.0.1, the same internet
+                           /         |         \\        servers reached through the tunnel)
+                  client pod     web pod      coredns pod
+                  10.244.0.2   10.244.0.3:8080  10.244.0.4:53
+
+IPv6 mirrors it with ULA and documentation prefixes. Every namespace name carries the
+pytest process id and a random tag, so parallel or interrupted runs never collide.
+
+The tunnel is a veth pair with ARP off and the same MAC at both ends, so it behaves
+like WireGuard's L3 device (a plain `dev wg0-mullvad` default route works) while
+packets entering it can still be counted on the far side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import mullvad_emu
+from .mullvad_emu import MullvadState, Tunnel
+from .nsutil import LabError, Netns, create_namespaces, delete_namespaces, wait_ready
+
+PREFIX = "nlab"
+ROLES = ("host", "lan", "lanclient", "vpn", "client", "web", "coredns")
+
+NODEPORT = 30080
+WEB_PORT = 8080
+API_PORT = 6443
+DNS_ALT_PORT = 5300  # the same DNS responder on a port Mullvad does not filter (bench)
+IPERF_PORT = 5201
+SVC_WEB_PORT = 80
+SVC_API_PORT = 443
+# Ports of the internet server, one per probe so each probe has its own counter.
+INET_HOST, INET_HOST_SPORT, INET_POD, INET_EXT_POD, INET_EXT_HOST = 443, 444, 445, 446, 447
+CLIENT_FIXED_SPORT = 8443  # a non-ephemeral source port for an outgoing host connection
+HOST_EPHEMERAL_PORT = 40000  # a host server inside the ephemeral range: never exempted
+LAN_SERVICE_PORT = 8081  # a server on the LAN client (a NAS, a printer)
+
+# Which resolver answered: each answers every A/AAAA question with its own address.
+ANSWERS: dict[str, dict[str, str]] = {
+    "coredns": {"A": "192.0.2.1", "AAAA": "2001:db8::1"},
+    "tunnel": {"A": "192.0.2.2", "AAAA": "2001:db8::2"},
+    "outside-lan": {"A": "192.0.2.3", "AAAA": "2001:db8::3"},
+    "outside-vpn": {"A": "192.0.2.4", "AAAA": "2001:db8::4"},
+}
+IDENT_BY_ANSWER = {addr: who for who, a in ANSWERS.items() for addr in a.values()}
+
+RELAY = "198.51.100.10"
+
+
+@dataclass(frozen=True)
+class Fam:
+    """The lab's addresses in one IP family."""
+
+    v: int
+    plen_lan: int
+    host_lan: str
+    router: str
+    lan_client: str
+    remote: str
+    internet: str
+    outside_dns_pod: str  # an outside resolver that pods try
+    outside_dns_host: str  # and one the host tries (separate counters)
+    tun_host: str
+    tun_gw: str
+    cni_gw: str
+    client_pod: str
+    web_pod: str
+    dns_pod: str
+    pod_cidr: str  # this node's pod range (on cni0)
+    svc_cidr: str
+    kube_dns: str
+    web_svc: str
+    api_svc: str
+    ext_svc: str  # a service whose endpoint is outside the cluster (the internet server)
+    cluster_pod_cidr: str  # the cluster's pod range (POD_CIDRS): other nodes have the rest
+    other_node_pod: str  # a pod on another node, unreachable from this one-node lab
+    unassigned_svc: str  # a service address with no service behind it (no DNAT)
+
+    @property
+    def any(self) -> str:
+        return "0.0.0.0" if self.v == 4 else "::"
+
+    @property
+    def nfproto(self) -> str:
+        return "ip" if self.v == 4 else "ip6"
+
+    def hostport(self, addr: str, port: int) -> str:
+        return f"{addr}:{port}" if self.v == 4 else f"[{addr}]:{port}"
+
+
+V4 = Fam(
+    v=4,
+    plen_lan=24,
+    host_lan="192.168.1.100",
+    router="192.168.1.1",
+    lan_client="192.168.1.50",
+    remote="203.0.113.7",
+    internet="203.0.113.80",
+    outside_dns_pod="198.51.100.53",
+    outside_dns_host="198.51.100.54",
+    tun_host="10.64.0.2",
+    tun_gw="10.64.0.1",
+    cni_gw="10.244.0.1",
+    client_pod="10.244.0.2",
+    web_pod="10.244.0.3",
+    dns_pod="10.244.0.4",
+    pod_cidr="10.244.0.0/24",
+    svc_cidr="10.96.0.0/12",
+    kube_dns="10.96.0.10",
+    web_svc="10.96.0.20",
+    api_svc="10.96.0.1",
+    ext_svc="10.96.0.30",
+    cluster_pod_cidr="10.244.0.0/16",
+    other_node_pod="10.244.1.5",
+    unassigned_svc="10.96.0.99",
+)
+V6 = Fam(
+    v=6,
+    plen_lan=64,
+    host_lan="fd00:1::100",
+    router="fd00:1::1",
+    lan_client="fd00:1::50",
+    remote="2001:db8:203::7",
+    internet="2001:db8:203::80",
+    outside_dns_pod="2001:db8:53::53",
+    outside_dns_host="2001:db8:53::54",
+    tun_host="fc00:bbbb:bbbb:bb01::2",
+    tun_gw="fc00:bbbb:bbbb:bb01::1",
+    cni_gw="fd00:10:244::1",
+    client_pod="fd00:10:244::2",
+    web_pod="fd00:10:244::3",
+    dns_pod="fd00:10:244::4",
+    pod_cidr="fd00:10:244::/64",
+    svc_cidr="fd00:10:96::/112",
+    kube_dns="fd00:10:96::a",
+    web_svc="fd00:10:96::14",
+    api_svc="fd00:10:96::1",
+    ext_svc="fd00:10:96::1e",
+    cluster_pod_cidr="fd00:10:244::/56",
+    other_node_pod="fd00:10:244:1::5",
+    unassigned_svc="fd00:10:96::63",
+)
+FAMILIES = (V4, V6)
+TUNNEL = Tunnel(ips=(V4.tun_host, V6.tun_host), dns=(V4.tun_gw, V6.tun_gw), relay=RELAY)
+POD_ROLES = {"client": "client_pod", "web": "web_pod", "coredns": "dns_pod"}
+
+# Packets entering the vpn namespace from the tunnel (tun0) and the LAN router from the
+# host (lan0) are counted per watch: which way did a reply or a connection leave?
+WATCHES: dict[str, str] = {
+    "remote_nodeport": "{ip} daddr {remote} tcp sport " + str(NODEPORT),
+    "remote_api": "{ip} daddr {remote} tcp sport " + str(API_PORT),
+    "remote_ephemeral": "{ip} daddr {remote} tcp sport " + str(HOST_EPHEMERAL_PORT),
+    "host_inet": "{ip} daddr {internet} tcp dport " + str(INET_HOST),
+    "host_inet_sport": "{ip} daddr {internet} tcp dport " + str(INET_HOST_SPORT),
+    "pod_inet": "{ip} daddr {internet} tcp dport " + str(INET_POD),
+    "pod_ext_svc": "{ip} daddr {internet} tcp dport " + str(INET_EXT_POD),
+    "host_ext_svc": "{ip} daddr {internet} tcp dport " + str(INET_EXT_HOST),
+    "pod_outside_dns": "{ip} daddr {outside_dns_pod} meta l4proto {{ tcp, udp }} th dport 53",
+    "host_outside_dns": "{ip} daddr {outside_dns_host} meta l4proto {{ tcp, udp }} th dport 53",
+    "pod_other_node": "{ip} daddr {other_node_pod}",
+    "pod_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT),
+    "host_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT + 1),
+}
+
+
+def watch_name(watch: str, fam: Fam) -> str:
+    return f"{watch}_v{fam.v}"
+
+
+def _chain(name: str, head: str, rules: list[str]) -> str:
+    body = "".join(f"\t\t{r}\n" for r in rules)
+    return f"\tchain {name} {{\n\t\t{head}\n{body}\t}}\n"
+
+
+def services(f: Fam) -> list[tuple[str, str, int, str, int]]:
+    """(service address, protocols, port, endpoint, endpoint port) of the cluster."""
+    tcp_udp = "{ tcp, udp }"
+    return [
+        (f.kube_dns, tcp_udp, 53, f.dns_pod, 53),
+        (f.kube_dns, tcp_udp, DNS_ALT_PORT, f.dns_pod, DNS_ALT_PORT),
+        (f.web_svc, "tcp", SVC_WEB_PORT, f.web_pod, WEB_PORT),
+        (f.web_svc, "tcp", IPERF_PORT, f.web_pod, IPERF_PORT),
+        (f.api_svc, "tcp", SVC_API_PORT, f.host_lan, API_PORT),  # "kubernetes" service
+        (f.ext_svc, "tcp", 80, f.internet, INET_EXT_POD),  # endpoints outside the cluster
+        (f.ext_svc, "tcp", 81, f.internet, INET_EXT_HOST),
+    ]
+
+
+def kube_proxy_rules() -> str:
+    """kube-proxy (nft mode semantics) and the bridge CNI's masquerade, per family.
+
+    ClusterIP DNAT for prerouting and output at -100, NodePort DNAT on any local
+    address with kube-proxy's masquerade mark (`| 0x4000`, masqueraded in postrouting as
+    kube-proxy does for externalTrafficPolicy=Cluster), and pod -> outside masquerade.
+    """
+    out = []
+    for f in FAMILIES:
+        ip = f.nfproto
+        svc = [
+            f"{ip} daddr {vip} meta l4proto {protos} th dport {port} "
+            f"dnat to {f.hostport(dst, dport)}"
+            for vip, protos, port, dst, dport in services(f)
+        ]
+        nodeport = (
+            f"fib daddr type local tcp dport {NODEPORT} meta mark set meta mark | 0x4000 "
+            f"dnat to {f.hostport(f.web_pod, WEB_PORT)}"
+        )
+        post = [
+            "meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade",
+            f'{ip} saddr {f.pod_cidr} {ip} daddr != {f.pod_cidr} oifname != "cni0" masquerade',
+        ]
+        out.append(
+            f"table {ip} netlab_kube\ndelete table {ip} netlab_kube\n"
+            f"table {ip} netlab_kube {{\n"
+            + _chain("prerouting", "type nat hook prerouting priority -100;", [*svc, nodeport])
+            + _chain("output", "type nat hook output priority -100;", svc)
+            + _chain("postrouting", "type nat hook postrouting priority 100;", post)
+            + "}\n"
+        )
+    return "".join(out)
+
+
+def counter_rules(ifname: str) -> str:
+    """Named counters for every watch, on packets arriving on `ifname`."""
+    counters, rules = [], []
+    for f in FAMILIES:
+        fields = (
+            "remote",
+            "internet",
+            "outside_dns_pod",
+            "outside_dns_host",
+            "other_node_pod",
+            "unassigned_svc",
+        )
+        fmt = {"ip": f.nfproto, **{k: getattr(f, k) for k in fields}}
+        for watch, match in WATCHES.items():
+            name = watch_name(watch, f)
+            counters.append(f"\tcounter {name} {{ }}\n")
+            rules.append(f'iifname "{ifname}" {match.format(**fmt)} counter name "{name}"')
+    head = "type filter hook prerouting priority -400; policy accept;"
+    return (
+        "table inet netlab_counters {\n" + "".join(counters) + _chain("watch", head, rules) + "}\n"
+    )
+
+
+class Lab:
+    """One scenario's namespaces. `build()` then `destroy()` (always, also on failure)."""
+
+    def __init__(self, mullvad: MullvadState, *, rp_filter: int = 2, br_nf: bool = True) -> None:
+        self.mullvad = mullvad
+        self.rp_filter = rp_filter
+        self.br_nf = br_nf
+        self.uid = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.ns: dict[str, Netns] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.uid}-"))
+        self.tunnel_up = False
+
+    def __getitem__(self, role: str) -> Netns:
+        return self.ns[role]
+
+    # --- building --------------------------------------------------------------------
+
+    def build(self, *, extra_agents: dict[str, dict[str, Any]] | None = None) -> None:
+        """Namespaces, links, addresses, kube-proxy, counters, Mullvad, then servers."""
+        spaces = create_namespaces([f"{self.uid}-{r}" for r in ROLES])
+        self.ns = dict(zip(ROLES, spaces, strict=True))
+        base = {
+            "net.ipv6.conf.all.accept_dad": 0,
+            "net.ipv6.conf.default.accept_dad": 0,
+            "net.ipv6.conf.all.disable_ipv6": 0,
+            "net.ipv6.conf.default.disable_ipv6": 0,
+        }
+        for role, ns in self.ns.items():
+            extra: dict[str, str | int] = {}
+            if role == "host":
+                extra = {
+                    "net.ipv4.ip_forward": 1,
+                    "net.ipv6.conf.all.forwarding": 1,
+                    "net.ipv4.conf.all.rp_filter": self.rp_filter,
+                    "net.ipv4.conf.default.rp_filter": self.rp_filter,
+                    "net.bridge.bridge-nf-call-iptables": int(self.br_nf),
+                    "net.bridge.bridge-nf-call-ip6tables": int(self.br_nf),
+                }
+            if role == "lan":
+                # ARP from the router's own address, as a real router does for forwarded
+                # packets; the host's arp_ignore=2 (set by Mullvad) ignores other senders.
+                # Its LAN bridge is a plain switch: no netfilter on bridged frames.
+                extra = {
+                    "net.ipv4.conf.all.arp_announce": 2,
+                    "net.bridge.bridge-nf-call-iptables": 0,
+                    "net.bridge.bridge-nf-call-ip6tables": 0,
+                }
+            ns.sysctl({**base, **extra})
+        self._links()
+        self["host"].nft(kube_proxy_rules())
+        self["vpn"].nft(counter_rules("tun0"))
+        self["lan"].nft(counter_rules("lanbr"))
+        # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
+        self._start_agents(extra_agents or {})
+        self.set_mullvad(self.mullvad, initial=True)
+
+    def _links(self) -> None:
+        host = self["host"]
+        mac = "02:00:6d:6f:6c:65"
+        lines = [
+            "link set lo up",
+            "link add cni0 type bridge mcast_snooping 0",
+            f"link add eth0 type veth peer name lan0 netns {self['lan'].name}",
+            f"link add {mullvad_emu.TUNNEL} address {mac} type veth"
+            f" peer name tun0 address {mac} netns {self['vpn'].name}",
+        ]
+        for role in POD_ROLES:
+            lines.append(f"link add veth-{role} type veth peer name eth0 netns {self[role].name}")
+            lines.append(f"link set veth-{role} master cni0 up")
+        lines += [
+            f"link set {mullvad_emu.TUNNEL} arp off up",
+            "link set eth0 up",
+            "link set cni0 up",
+        ]
+        for f in FAMILIES:
+            lines += [
+                f"addr add {f.host_lan}/{f.plen_lan} dev eth0 nodad"
+                if f.v == 6
+                else f"addr add {f.host_lan}/{f.plen_lan} dev eth0",
+                f"addr add {f.cni_gw}/{f.pod_cidr.split('/')[1]} dev cni0"
+                + (" nodad" if f.v == 6 else ""),
+                f"addr add {f.tun_host}/{32 if f.v == 4 else 128} dev {mullvad_emu.TUNNEL}"
+                + (" nodad" if f.v == 6 else ""),
+                f"route add default via {f.router} dev eth0",
+            ]
+        host.ip("\n".join(lines) + "\n")
+        self.tunnel_up = True
+
+        lan = [
+            "link set lo up",
+            "link add lanbr type bridge mcast_snooping 0",
+            "link set lan0 master lanbr up",
+            f"link add veth-lanclient type veth peer name eth0 netns {self['lanclient'].name}",
+            "link set veth-lanclient master lanbr up",
+            "link set lanbr up",
+        ]
+        lanclient = ["link set lo up", "link set eth0 up"]
+        vpn = ["link set lo up", "link set tun0 arp off up"]
+        for f in FAMILIES:
+            nodad = " nodad" if f.v == 6 else ""
+            host_plen = 32 if f.v == 4 else 128
+            lan += [
+                f"addr add {f.router}/{f.plen_lan} dev lanbr{nodad}",
+                f"addr add {f.remote}/{host_plen} dev lo{nodad}",
+                f"addr add {f.internet}/{host_plen} dev lo{nodad}",
+                f"addr add {f.outside_dns_pod}/{host_plen} dev lo{nodad}",
+                f"addr add {f.outside_dns_host}/{host_plen} dev lo{nodad}",
+            ]
+            lanclient += [
+                f"addr add {f.lan_client}/{f.plen_lan} dev eth0{nodad}",
+                f"route add default via {f.router}",
+                # so a LAN attacker can aim at the tunnel address (CVE-2019-14899 probe)
+                f"route add {f.tun_host} via {f.host_lan}",
+            ]
+            vpn += [
+                f"addr add {f.tun_gw}/{host_plen} dev tun0{nodad}",
+                f"route add {f.tun_host} dev tun0",
+                f"addr add {f.internet}/{host_plen} dev lo{nodad}",
+                f"addr add {f.outside_dns_pod}/{host_plen} dev lo{nodad}",
+                f"addr add {f.outside_dns_host}/{host_plen} dev lo{nodad}",
+            ]
+        self["lan"].ip("\n".join(lan) + "\n")
+        self["lanclient"].ip("\n".join(lanclient) + "\n")
+        self["vpn"].ip("\n".join(vpn) + "\n")
+        for role, attr in POD_ROLES.items():
+            pod = ["link set lo up", "link set eth0 up"]
+            for f in FAMILIES:
+                nodad = " nodad" if f.v == 6 else ""
+                pod += [
+                    f"addr add {getattr(f, attr)}/{f.pod_cidr.split('/')[1]} dev eth0{nodad}",
+                    f"route add default via {f.cni_gw}",
+                ]
+            self[role].ip("\n".join(pod) + "\n")
+
+    def _start_agents(self, extra: dict[str, dict[str, Any]]) -> None:
+        def dns(who: str, addrs: list[str], ports: tuple[int, ...] = (53,)) -> dict[str, Any]:
+            return {"addrs": addrs, "ports": list(ports), "answers": ANSWERS[who]}
+
+        inet_ports = (INET_HOST, INET_HOST_SPORT, INET_POD, INET_EXT_POD, INET_EXT_HOST)
+        specs: dict[str, dict[str, Any]] = {
+            "coredns": {
+                "ident": "coredns",
+                "dns": [dns("coredns", [V4.dns_pod, V6.dns_pod], (53, DNS_ALT_PORT))],
+            },
+            "web": {"ident": "web", "tcp": [["::", WEB_PORT]]},
+            "host": {"ident": "host", "tcp": [["::", API_PORT], ["::", HOST_EPHEMERAL_PORT]]},
+            "lan": {
+                "ident": "lan",
+                "tcp": [[f.internet, p] for f in FAMILIES for p in inet_ports],
+                "dns": [
+                    dns(
+                        "outside-lan",
+                        [a for f in FAMILIES for a in (f.outside_dns_pod, f.outside_dns_host)],
+                    )
+                ],
+            },
+            "lanclient": {"ident": "lanclient", "tcp": [["::", LAN_SERVICE_PORT]]},
+            "vpn": {
+                "ident": "vpn",
+                "tcp": [[f.internet, p] for f in FAMILIES for p in inet_ports],
+                "dns": [
+                    dns("tunnel", [V4.tun_gw, V6.tun_gw]),
+                    dns(
+                        "outside-vpn",
+                        [a for f in FAMILIES for a in (f.outside_dns_pod, f.outside_dns_host)],
+                    ),
+                ],
+            },
+        }
+        for role, spec in extra.items():
+            specs.setdefault(role, {"ident": role}).update(spec)
+        procs = [self[role].spawn_agent(json.dumps(spec)) for role, spec in specs.items()]
+        wait_ready(procs)
+
+    # --- Mullvad ---------------------------------------------------------------------
+
+    def set_mullvad(self, st: MullvadState, *, initial: bool = False) -> None:
+        """Put the emulated app into state `st`, as the app does on a state change.
+
+        Leaving Connected removes both policy-routing rules and the tunnel device, then
+        the table is replaced atomically. Only connected -> blocked is supported.
+        """
+        host = self["host"]
+        if st.state == "connected":
+            if not initial and self.mullvad.state != "connected":
+                raise LabError("blocked -> connected is not emulated")
+            if initial:
+                v4, v6 = mullvad_emu.routing_up(TUNNEL.dns)
+                host.ip(v4, family="-4")
+                host.ip(v6, family="-6")
+        elif initial or self.mullvad.state == "connected":
+            if not initial:
+                host.ip(mullvad_emu.routing_down(), family="-4")
+                host.ip(mullvad_emu.routing_down(), family="-6")
+            host.ip(f"link del {mullvad_emu.TUNNEL}\n")
+            self.tunnel_up = False
+        cfg = mullvad_emu.kernel_config(st)
+        if cfg:
+            host.sysctl(cfg)
+        host.nft(mullvad_emu.ruleset(st, TUNNEL))
+        self.mullvad = st
+
+    # --- observation -----------------------------------------------------------------
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """watch name -> (packets into the tunnel, packets onto the LAN)."""
+
+        def read(ns: Netns) -> dict[str, int]:
+            data = json.loads(
+                ns.exec("nft", "-j", "list", "counters", "table", "inet", "netlab_counters").stdout
+            )
+            return {
+                item["counter"]["name"]: int(item["counter"]["packets"])
+                for item in data["nftables"]
+                if "counter" in item
+            }
+
+        tun, lan = read(self["vpn"]), read(self["lan"])
+        return {name: (tun[name], lan.get(name, 0)) for name in tun}
+
+    def snapshot(self) -> str:
+        """Host ruleset, rules and routes, kept for failure messages."""
+        host = self["host"]
+        parts = [
+            host.exec("nft", "list", "ruleset", check=False).stdout,
+            host.exec("ip", "rule", check=False).stdout,
+            host.exec("ip", "-6", "rule", check=False).stdout,
+        ]
+        return "\n".join(parts)
+
+    def destroy(self) -> list[str]:
+        errors = delete_namespaces(list(self.ns.values()))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return errors

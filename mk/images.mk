@@ -18,5 +18,5 @@ images: deps
 images-list:
 	$(PYTHON) -m tests.install.imagebuild --list
 
-install-test: venv
+install-test: deps venv
 	$(BIN)/python -m pytest tests/install $(PYTEST_ARGS)

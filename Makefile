@@ -22,7 +22,7 @@ deps: deps-core
 	@scripts/install-deps.sh
 
 # --system-site-packages: the nftables bindings exist only as Debian's python3-nftables.
-$(BIN)/mullvad-allow-k8s: pyproject.toml
+$(BIN)/mullvad-allow-k8s: pyproject.toml Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis pytest-container
 	touch $@

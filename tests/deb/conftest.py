@@ -205,6 +205,7 @@ class Machine:
         run(["ip", "netns", "add", self.netns])
         self.lower = lower
         self.nspawn: subprocess.Popen[str] | None = None
+        self.background: list[subprocess.Popen[str]] = []
         self.init_pid = 0
 
     def boot(self, timeout: float = 60) -> None:
@@ -262,7 +263,9 @@ class Machine:
         ]
         if mode == "nocap":
             inner = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *inner]
-        pid = ["--pid", "--fork"] if mode in ("container", "nocap") else []
+        # --kill-child: if unshare dies (a test failed and killed it), the namespace's
+        # PID 1 and so everything in it die too, instead of outliving the test.
+        pid = ["--pid", "--fork", "--kill-child"] if mode in ("container", "nocap") else []
         # Terminals (script(1), apt's log) need /dev/pts: the host's, in this mount
         # namespace only.
         pts = 'mount --bind /dev/pts "$0/dev/pts" && exec "$@"'
@@ -294,9 +297,12 @@ class Machine:
         return run(self.argv(command, mode, env), check=check, input=stdin)
 
     def popen(self, command: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        """A background command; close() kills it if the test did not finish it."""
+        process = subprocess.Popen(
             self.argv(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        self.background.append(process)
+        return process
 
     def copy_in(self, path: Path) -> str:
         shutil.copy(path, self.root / "var/tmp" / path.name)
@@ -332,6 +338,10 @@ class Machine:
         )
 
     def close(self) -> None:
+        for process in self.background:
+            if process.poll() is None:
+                process.kill()  # SIGKILL: a shell as PID 1 of its namespace ignores SIGTERM
+                process.wait(timeout=10)
         if self.nspawn:
             self.nspawn.terminate()  # systemd-nspawn powers the container off
             try:

@@ -16,14 +16,17 @@ Provides helper rpm for what the Debian userland already has.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
+
 from tests.deb.conftest import (  # noqa: F401 (build_jobs, builds: fixtures used here)
     INCLUDE,
     Builds,
@@ -52,6 +55,7 @@ TOOLS = {
     "make": "make",
 }
 DNF_ROOT_EXTRA = ("rpm", "dnf")
+RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-mullvad-allow-k8s"  # the .repo file's gpgkey
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -229,13 +233,14 @@ class Server:
         assert first.startswith("Serving HTTP"), f"http.server did not start: {first!r}"
 
     def requests(self) -> list[str]:
-        """The request lines served so far, e.g. 'GET /apt/dists/stable/InRelease HTTP/1.1 200'."""
+        """Requests served so far, e.g. 'GET /apt/dists/stable/InRelease HTTP/1.1 200'."""
         self._log_file.flush()
         lines = []
         for line in self.log.read_text().splitlines():
-            if '"' in line:
-                request, _, rest = line.partition('"')[2].partition('"')
-                lines.append(f"{request} {rest.split()[0] if rest.split() else ''}")
+            match = re.search(r'"(\S+) (\S+) (\S+)" (\d+)', line)
+            if match:
+                method, path, protocol, code = match.groups()
+                lines.append(f"{method} {unquote(path)} {protocol} {code}")
         return lines
 
     def stop(self) -> None:
@@ -321,10 +326,13 @@ class DnfSystem:
         self.server = Server(enter, repo, system.workdir / "http.log")
 
     def add_repository(self) -> None:
-        """What the README tells users: put the published .repo file in place."""
+        """What the README tells users: put the published .repo file and the key in place."""
         repos = self.system.path("/etc/yum.repos.d")
         repos.mkdir(exist_ok=True)
         shutil.copy(self.repo / "mullvad-allow-k8s.repo", repos / "mullvad-allow-k8s.repo")
+        keys = self.system.path(RPM_KEY).parent
+        keys.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.repo / "mullvad-allow-k8s.asc", keys / Path(RPM_KEY).name)
 
     def dnf(self, args: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
         # stderr into stdout: dnf splits its messages between the two

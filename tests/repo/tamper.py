@@ -88,10 +88,12 @@ def rpm_primary_edited(repo: Path) -> None:
     primary.write_bytes(gzip.compress(new, mtime=0))
 
 
-def rpm_package_replaced(repo: Path, other_rpm: Path) -> None:
-    """Serve other content under the published .rpm's name (metadata untouched)."""
+def rpm_package_modified(repo: Path) -> None:
+    """Change one byte of the published .rpm's payload (same size; metadata untouched)."""
     (published,) = (repo / "rpm/packages").glob("*.rpm")
-    published.write_bytes(other_rpm.read_bytes())
+    data = bytearray(published.read_bytes())
+    data[-100] ^= 0xFF
+    published.write_bytes(bytes(data))
 
 
 def sha256(path: Path) -> str:

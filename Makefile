@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run test unit kernel netlab lint bench clean help
+.PHONY: all deps deps-core venv run test unit kernel netlab lint bench clean help
 all: lint test
 
 help:
@@ -15,7 +15,10 @@ help:
 	@echo "make bench    print performance figures"
 
 # Debian packages (from .ci/apt/*.txt); a no-op when all are installed.
-deps:
+deps-core:
+	@scripts/install-deps.sh .ci/apt/core.txt
+
+deps: deps-core
 	@scripts/install-deps.sh
 
 # --system-site-packages: the nftables bindings exist only as Debian's python3-nftables.
@@ -24,12 +27,12 @@ $(BIN)/mullvad-allow-k8s: pyproject.toml
 	$(BIN)/pip install -q -e . ruff mypy pytest pytest-xdist hypothesis pytest-container
 	touch $@
 
-venv: deps $(BIN)/mullvad-allow-k8s
+venv: deps-core $(BIN)/mullvad-allow-k8s
 
 run: venv
 	$(BIN)/mullvad-allow-k8s generate --check
 
-test: venv
+test: deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: venv

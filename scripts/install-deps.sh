@@ -1,10 +1,11 @@
 #!/bin/sh
-# Install the Debian packages listed in .ci/apt/*.txt that are missing.
-# Used by `make deps` (and so by `make run`, `make test` and CI). Does nothing, and
-# needs no root, when everything is already installed.
+# Install the Debian packages listed in the given lists (default: .ci/apt/*.txt)
+# that are missing. `make run` needs only .ci/apt/core.txt; `make test` and CI all.
+# Does nothing, and needs no root, when everything is already installed.
 set -eu
 cd "$(dirname "$0")/.."
-wanted=$(grep -hv '^[[:space:]]*\(#\|$\)' .ci/apt/*.txt | sort -u)
+[ $# -gt 0 ] || set -- .ci/apt/*.txt
+wanted=$(grep -hv '^[[:space:]]*\(#\|$\)' "$@" | sort -u)
 missing=""
 for pkg in $wanted; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed"; then

@@ -25,12 +25,14 @@ REPO_TEST_KEY ?= build/repo-test-key
 .PHONY: repo repo-publish repo-test repo-clean
 
 repo:
+	@scripts/install-deps.sh .ci/apt/repo.txt .ci/apt/deb.txt .ci/apt/rpm.txt
 	$(MAKE) --no-print-directory -j2 deb rpm
 	$(MAKE) --no-print-directory repo-publish \
 		REPO_DEBS="$$(ls $(DEB_DIR)/*_all.deb)" \
 		REPO_RPMS="$$(ls $(RPM_TOPDIR)/RPMS/noarch/mullvad-allow-k8s-$(RPM_VERSION)-$(RPM_RELEASE)*.noarch.rpm)"
 
 repo-publish:
+	@scripts/install-deps.sh .ci/apt/repo.txt
 	@set -e; \
 	home='$(REPO_GNUPGHOME)'; \
 	if [ -z "$$home" ]; then \
@@ -47,6 +49,7 @@ repo-publish:
 	exit $$rc
 
 repo-test: venv
+	@scripts/install-deps.sh .ci/apt/repo.txt .ci/apt/deb.txt .ci/apt/rpm.txt
 	$(BIN)/python -m pytest tests/repo $(PYTEST_ARGS)
 
 repo-clean:

@@ -10,7 +10,7 @@
 #
 #   REPO_DIR=build/repo          the folder to serve as static files
 #   REPO_URL=https://host/path   where it will be served (default file://$(REPO_DIR))
-#   REPO_GNUPGHOME=~/.gnupg      keyring with the signing key; unset: a throwaway
+#   REPO_GNUPGHOME=$HOME/.gnupg  keyring with the signing key; unset: a throwaway
 #                                key in $(REPO_TEST_KEY) (for trying out only)
 #   REPO_KEY=FINGERPRINT         the signing key, when the keyring has several
 # Tools: .ci/apt/repo.txt.
@@ -40,6 +40,7 @@ repo-publish:
 		echo "make repo: no REPO_GNUPGHOME given: signing with a throwaway key in $$home (to try the repositories out; publish with your own key)" >&2; \
 		repo/test-key "$$home" >/dev/null; \
 	fi; \
+	case $$home in "~"/*) home="$$HOME/$${home#"~/"}" ;; esac; \
 	export GNUPGHOME="$$(cd "$$home" && pwd)"; \
 	rc=0; repo/publish \
 		$(foreach f,$(REPO_DEBS),--deb $(f)) $(foreach f,$(REPO_RPMS),--rpm $(f)) \

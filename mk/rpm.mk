@@ -13,6 +13,12 @@ RPM_VERSION = $(shell sed -n 's/^Version: *//p' $(RPM_SPEC))
 RPM_TARBALL = $(RPM_TOPDIR)/SOURCES/mullvad-allow-k8s-$(RPM_VERSION).tar.gz
 # Where rpm's own database does not list the build dependencies (Debian), skip the check.
 RPMBUILD_FLAGS ?= $(shell rpm -q --quiet rpm 2>/dev/null || echo --nodeps)
+# Reproducible: the same sources give a byte-identical package (build time from the
+# %changelog, file times clamped to it, no host name), so `make repo` run twice finds
+# the rpm already published instead of a different one under the same name.
+RPM_REPRODUCIBLE := --define 'source_date_epoch_from_changelog 1' \
+    --define 'use_source_date_epoch_as_buildtime 1' \
+    --define 'clamp_mtime_to_source_date_epoch 1' --define '_buildhost reproducible'
 
 .PHONY: rpm rpm-tarball rpm-lint rpm-test rpm-clean
 rpm-tarball:
@@ -23,7 +29,7 @@ rpm-tarball:
 	    -o $(RPM_TARBALL) $${ref:-HEAD}
 
 rpm: rpm-tarball
-	rpmbuild -bb $(RPMBUILD_FLAGS) --define '_topdir $(RPM_TOPDIR)' \
+	rpmbuild -bb $(RPMBUILD_FLAGS) $(RPM_REPRODUCIBLE) --define '_topdir $(RPM_TOPDIR)' \
 	    --define 'rpm_release $(RPM_RELEASE)' $(RPM_SPEC)
 
 rpm-lint: rpm

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,21 +71,36 @@ def need_tools(*tools: str) -> None:
         pytest.skip(f"needs {', '.join(missing)} (install .ci/apt/deb.txt)")
 
 
-def debian_mirror() -> str | None:
-    """The Debian mirror apt on this machine uses for SUITE (or $MAK_DEB_MIRROR)."""
+def debian_mirror(suite: str = SUITE) -> str | None:
+    """The Debian mirror apt on this machine uses for `suite` (or $MAK_DEB_MIRROR).
+
+    Where apt here does not list `suite` (a bookworm machine and trixie or sid), the
+    URI apt uses for Debian's own archive (Origin and Label "Debian"): a Debian mirror
+    carries every suite.
+    """
     if os.environ.get("MAK_DEB_MIRROR"):
         return os.environ["MAK_DEB_MIRROR"]
     if not shutil.which("apt-get"):
         return None
     out = run(
-        ["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE) $(COMPONENT)"],
+        [
+            "apt-get",
+            "indextargets",
+            "--format",
+            "$(REPO_URI) $(RELEASE) $(COMPONENT) $(ORIGIN) $(LABEL)",
+        ],
         check=False,
     ).stdout
+    archive = None
     for line in out.splitlines():
-        uri, _, rest = line.partition(" ")
-        if rest == f"{SUITE} main":
+        uri, release, component, origin, label = (line.split() + [""] * 5)[:5]
+        if component != "main":
+            continue
+        if release == suite:
             return uri
-    return None
+        if origin == "Debian" and label == "Debian":
+            archive = archive or uri
+    return archive
 
 
 # ---------------------------------------------------------------- package builds
@@ -140,31 +155,33 @@ def builds(build_jobs: tuple[Path, dict[str, subprocess.Popen[str]], float]) -> 
 # ---------------------------------------------------------------- the Debian root
 
 
-def _recipe() -> list[str]:
-    return [
+def _recipe(suite: str = SUITE, include: Sequence[str] = INCLUDE) -> list[str]:
+    recipe = [
         "mmdebstrap",
         "--quiet",
         "--variant=minbase",
-        f"--include={','.join(INCLUDE)}",
+        f"--include={','.join(include)}",
         "--format=directory",
-        SUITE,
     ]
+    if suite == "sid":  # the mirror's sid Release file is often past its Valid-Until
+        recipe.append('--aptopt=Acquire::Check-Valid-Until "false"')
+    return [*recipe, suite]
 
 
-@pytest.fixture(scope="session")
-def debian_root(build_jobs: object) -> Path:
-    """A cached bookworm tree with the package's dependencies (read-only lower layer).
+def cached_root(suite: str = SUITE, include: Sequence[str] = INCLUDE) -> Path:
+    """A cached minbase tree of `suite` with `include` (a read-only lower layer).
 
-    Requests build_jobs only so the package builds run while mmdebstrap downloads.
+    Built once by mmdebstrap and keyed on its recipe and mirror; skips the test where
+    root, the tools or a mirror are missing. tests/repo uses it for other suites.
     """
     need_root()
     need_tools("mmdebstrap", "unshare", "ip", "chroot", "mount")
-    mirror = debian_mirror()
+    mirror = debian_mirror(suite)
     if not mirror:
-        pytest.skip(f"no Debian {SUITE} mirror in apt's sources (set MAK_DEB_MIRROR)")
-    recipe = _recipe()
+        pytest.skip(f"no Debian {suite} mirror in apt's sources (set MAK_DEB_MIRROR)")
+    recipe = _recipe(suite, include)
     key = hashlib.sha256("\0".join([*recipe, mirror]).encode()).hexdigest()[:12]
-    root = CACHE / f"{SUITE}-{key}"
+    root = CACHE / f"{suite}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build even with pytest -n
@@ -174,6 +191,15 @@ def debian_root(build_jobs: object) -> Path:
             run([*recipe, str(partial), mirror])
             partial.rename(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def debian_root(build_jobs: object) -> Path:
+    """A cached tree of SUITE with the package's dependencies (read-only lower layer).
+
+    Requests build_jobs only so the package builds run while mmdebstrap downloads.
+    """
+    return cached_root()
 
 
 class Machine:

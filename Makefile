@@ -12,7 +12,11 @@ help:
 	@echo "make run      generate and check the ruleset for this machine (defaults)"
 	@echo "make test     run every test suite (kernel/netlab suites need root)"
 	@echo "make lint     ruff + mypy --strict"
-	@echo "make bench    print performance figures"
+	@echo "make bench    print performance figures (the lab part needs root)"
+	@echo "suites:       make unit | kernel | netlab | deb-test | rpm-test | nix-test |"
+	@echo "              install-test | repo-test"
+	@echo "packages:     make deb | rpm | repo (signed apt + dnf repositories) | images"
+	@echo "nix:          make nix-parse | nix-build | nix-vm (the last two need nixpkgs)"
 
 # Debian packages (from .ci/apt/*.txt); a no-op when all are installed.
 deps-core:

@@ -9,11 +9,9 @@ the file system, and record nftables transactions (`nft monitor`) during an upgr
 from __future__ import annotations
 
 import json
-import queue
 import re
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tests.install import engine
 from tests.install.imagelist import Image
+from tests.nftmonitor import Transaction, record
 
 if TYPE_CHECKING:
     from pytest_container.container import ContainerData
@@ -192,64 +191,13 @@ class Box:
         assert "file /etc/nftables.d/k8s_bypass_mullvad.nft: matches the settings" in proc.stdout
 
     @contextmanager
-    def monitor(self) -> Iterator[list[list[str]]]:
-        """Record the nftables transactions (`nft monitor`) made inside the block.
-
-        Every transaction the kernel commits is one list of event lines. Marker
-        transactions at start and end make sure nothing in between is missed.
-        """
-        proc = subprocess.Popen(
+    def monitor(self) -> Iterator[list[Transaction]]:
+        """Record the nftables transactions (`nft monitor`) made inside the block."""
+        with record(
             [engine.PODMAN, "exec", self.cid, "nft", "monitor"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def reader() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line.strip())
-            lines.put(None)
-
-        threading.Thread(target=reader, daemon=True).start()
-        seen: list[list[str]] = []
-        current: list[str] = []
-
-        def sync(tag: str) -> None:
-            nonlocal current
-            deadline = time.monotonic() + 20
-            for attempt in range(200):
-                name = f"mak_monitor_{tag}_{attempt}"
-                self.sh(f"nft 'add table inet {name}; delete table inet {name}'")
-                wait_until = time.monotonic() + 0.2
-                while (left := wait_until - time.monotonic()) > 0:
-                    try:
-                        line = lines.get(timeout=left)
-                    except queue.Empty:
-                        break
-                    if line is None:
-                        raise AssertionError("nft monitor ended early")
-                    if line.startswith("# new generation"):
-                        if any(f"table inet {name}" in e for e in current):
-                            current = []
-                            return
-                        if not any("table inet mak_monitor_" in e for e in current):
-                            seen.append(current)
-                        current = []
-                    elif line:
-                        current.append(line)
-                if time.monotonic() > deadline:
-                    break
-            raise AssertionError("nft monitor did not report the marker transaction")
-
-        try:
-            sync("start")
-            seen.clear()
-            yield seen
-            sync("end")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            lambda command: self.sh(f"nft {shlex.quote(command)}"),
+        ) as transactions:
+            yield transactions
 
     # ------------------------------------------------------------ systemd
 

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests.nftmonitor import Transaction, record
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "rpm" / "mullvad-allow-k8s.spec"
@@ -181,18 +181,6 @@ def _rpm_extra_args() -> list[str]:
 # ------------------------------------------------------------------ systems
 
 
-@dataclass
-class Transaction:
-    events: list[str] = field(default_factory=list)
-
-    def touches_table(self) -> bool:
-        return any(e.endswith(f"table {TABLE}") for e in self.events)
-
-    def leaves_table_loaded(self) -> bool:
-        table_events = [e for e in self.events if e.endswith(f"table {TABLE}")]
-        return bool(table_events) and table_events[-1].startswith("add ")
-
-
 class System:
     """One throwaway Debian-userland system: overlay copy + namespaces (see module doc)."""
 
@@ -287,56 +275,10 @@ class System:
     @contextmanager
     def monitor(self) -> Iterator[list[Transaction]]:
         """Record the nftables transactions (`nft monitor`) made inside the block."""
-        proc = subprocess.Popen(
-            ["nsenter", "-t", str(self.pid), "-n", "--", "nft", "monitor"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def reader() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line.strip())
-            lines.put(None)
-
-        threading.Thread(target=reader, daemon=True).start()
-        seen: list[Transaction] = []
-        current = Transaction()
-
-        def sync(tag: str) -> None:
-            """Make marker transactions until the monitor reports one: all before it is read."""
-            nonlocal current
-            for attempt in range(100):
-                name = f"monitor_{tag}_{attempt}"
-                self.nft(f"add table inet {name} ; delete table inet {name}")
-                deadline = time.monotonic() + 0.1
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        line = lines.get(timeout=left)
-                    except queue.Empty:
-                        break
-                    if line is None:
-                        raise AssertionError("nft monitor ended early")
-                    if line.startswith("# new generation"):
-                        if any(f"table inet {name}" in e for e in current.events):
-                            current = Transaction()
-                            return
-                        if not any("table inet monitor_" in e for e in current.events):
-                            seen.append(current)
-                        current = Transaction()
-                    elif line:
-                        current.events.append(line)
-            raise AssertionError("nft monitor did not report the marker transaction")
-
-        try:
-            sync("start")
-            seen.clear()
-            yield seen
-            sync("end")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=5)
+        with record(
+            ["nsenter", "-t", str(self.pid), "-n", "--", "nft", "monitor"], self.nft
+        ) as transactions:
+            yield transactions
 
     def close(self) -> None:
         if self._holder.poll() is None:

@@ -25,19 +25,9 @@ fi
     mullvad-allow-k8s settings --format env --settings none --json "$json"
 } >"$out/settings.env"
 
-# Print the lines between `table FAMILY mullvad_allow_k8s {` and its closing `}` (the
-# only line that is exactly `}`: everything inside the table is indented).
-body() {
-    awk -v open="table $1 mullvad_allow_k8s {" '
-        $0 == open { inside = 1; next }
-        inside && $0 == "}" { exit }
-        inside { print }
-    ' "$out/k8s_bypass_mullvad.nft"
-}
-body inet >"$out/inet-body.nft"
-body bridge >"$out/bridge-body.nft"
-if ! [ -s "$out/inet-body.nft" ]; then
-    echo "services.mullvadAllowK8s: no 'table inet mullvad_allow_k8s {' block in the" \
-        "generated ruleset" >&2
-    exit 1
-fi
+# The insides of our tables, for networking.nftables.tables (which writes the
+# `table ... { }` around them): printed by the generator, not cut out of the file.
+for family in inet bridge; do
+    mullvad-allow-k8s generate --settings none --json "$json" --table-body "$family" \
+        >"$out/$family-body.nft"
+done

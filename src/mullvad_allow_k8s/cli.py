@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--write", action="store_true", help="write it to OUTPUT atomically")
     gen.add_argument("--check", action="store_true", help="also ask the kernel whether it loads")
     gen.add_argument(
+        "--table-body",
+        choices=[family for family, _ in marks.OUR_TABLES],
+        help="print only the inside of our table of that family (for loaders that write "
+        "the table block themselves, like NixOS' networking.nftables.tables)",
+    )
+    gen.add_argument(
         "--dry-run",
         action="store_true",
         help="show the diff against the installed file; change nothing",
@@ -178,6 +184,9 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.table_body:
+        sys.stdout.write(ruleset.table_body(settings, args.table_body))
+        return EXIT_OK
     text = ruleset.render(settings)
     if args.check:
         _require_bridge_support(settings)
@@ -236,7 +245,7 @@ def cmd_remove() -> int:
     if not nft.can_admin_network():
         raise CommandError("remove needs root (CAP_NET_ADMIN)")
     present = nft.our_tables()
-    nft.load(nft.remove_text())
+    nft.load(ruleset.remove_text())
     gone = ", ".join(f"{f} {n}" for f, n in present) or "nothing (no table was loaded)"
     print(f"removed {gone}", file=sys.stderr)
     return EXIT_OK

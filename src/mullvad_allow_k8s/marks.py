@@ -75,6 +75,11 @@ NAT_PARK_PRIORITY = Constant(
 TABLE_FAMILY = "inet"
 TABLE_NAME = "mullvad_allow_k8s"
 BRIDGE_TABLE_NAME = "mullvad_allow_k8s"
+# Every table this package owns: loaded by `apply`, deleted by `remove`.
+OUR_TABLES: tuple[tuple[str, str], ...] = (
+    (TABLE_FAMILY, TABLE_NAME),
+    ("bridge", BRIDGE_TABLE_NAME),
+)
 
 # Tables of eat-correctly/mullvad-allow-k8s (k8s_bypass_mullvad.nft), deleted on load so
 # that users of that file migrate by installing this package.

@@ -175,26 +175,19 @@ def table_comment(family: str, name: str) -> str | None:
 
 
 def our_tables() -> list[tuple[str, str]]:
-    ours = {(marks.TABLE_FAMILY, marks.TABLE_NAME), ("bridge", marks.BRIDGE_TABLE_NAME)}
-    return [(t["family"], t["name"]) for t in table_list() if (t["family"], t["name"]) in ours]
-
-
-def remove_text() -> str:
-    """Commands deleting only our tables; add-then-delete so absence is not an error."""
-    out = []
-    for family, name in (
-        (marks.TABLE_FAMILY, marks.TABLE_NAME),
-        ("bridge", marks.BRIDGE_TABLE_NAME),
-    ):
-        out += [f"table {family} {name}", f"delete table {family} {name}"]
-    return "\n".join(out) + "\n"
+    return [
+        (t["family"], t["name"])
+        for t in table_list()
+        if (t["family"], t["name"]) in marks.OUR_TABLES
+    ]
 
 
 def bridge_conntrack_supported() -> bool:
     """Whether `ct` works in bridge-family tables (CONFIG_NF_CONNTRACK_BRIDGE)."""
     probe = (
         "table bridge mullvad_allow_k8s_probe {\n"
-        "\tchain p { type filter hook prerouting priority -150; policy accept;\n"
+        "\tchain p { type filter hook prerouting priority "
+        f"{marks.PREROUTING_PRIORITY.value}; policy accept;\n"
         f"\t\tct mark set {marks.CT_MARK.nft}\n\t}}\n}}\n"
     )
     try:

@@ -78,17 +78,23 @@ def _header(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _preamble(settings: Settings) -> str:
-    """Add-then-delete each table in the same transaction: loading twice is harmless."""
-    tables = [(marks.TABLE_FAMILY, marks.TABLE_NAME), ("bridge", marks.BRIDGE_TABLE_NAME)]
-    out = [
-        "",
-        "# Replace our tables atomically, and remove the tables of the hand-edited",
-        "# k8s_bypass_mullvad.nft this package supersedes (eat-correctly/mullvad-allow-k8s).",
-    ]
-    for family, name in tables + list(marks.SEED_TABLES):
-        out += [f"table {family} {name}", f"delete table {family} {name}"]
-    return "\n".join(out) + "\n"
+def delete_tables(tables: Iterable[tuple[str, str]]) -> str:
+    """Add-then-delete each table: deleting works whether or not it exists."""
+    return "".join(f"table {f} {n}\ndelete table {f} {n}\n" for f, n in tables)
+
+
+def remove_text() -> str:
+    """The `remove` transaction: our tables, and only ours."""
+    return delete_tables(marks.OUR_TABLES)
+
+
+def _preamble() -> str:
+    """Replacing in the same transaction as the definition: loading twice is harmless."""
+    return (
+        "\n# Replace our tables atomically, and remove the tables of the hand-edited\n"
+        "# k8s_bypass_mullvad.nft this package supersedes (eat-correctly/mullvad-allow-k8s).\n"
+        + delete_tables(marks.OUR_TABLES + marks.SEED_TABLES)
+    )
 
 
 Rule = tuple[str, list[str]]  # (why, statements)
@@ -268,7 +274,7 @@ def _nat_park() -> str:
     )
 
 
-def _inet_table(settings: Settings, comment: str) -> str:
+def _inet_body(settings: Settings, comment: str) -> str:
     pods = settings.pod_cidrs
     cluster = _merge(tuple(settings.pod_cidrs) + tuple(settings.service_cidrs))
     public = settings.public_addresses
@@ -310,10 +316,10 @@ def _inet_table(settings: Settings, comment: str) -> str:
     ]
     chains = [_prerouting(settings), _output(), _guard("forward"), _guard("output"), _nat_park()]
     body = "\n".join([*sets, *chains])
-    return f'\ntable {T} {{\n\tcomment "{comment}"\n\n{body}}}\n'
+    return f'\tcomment "{comment}"\n\n{body}'
 
 
-def _bridge_table(settings: Settings) -> str:
+def _bridge_body(settings: Settings) -> str:
     pods = settings.pod_cidrs
     cluster = _merge(tuple(settings.pod_cidrs) + tuple(settings.service_cidrs))
     sets = [
@@ -331,19 +337,33 @@ def _bridge_table(settings: Settings) -> str:
         f"\t\tip6 saddr @pod_v6 ip6 daddr @cluster_v6 ct mark set {CT}\n"
         "\t}\n"
     )
-    body = "\n".join([*sets, chain])
-    return f"\ntable bridge {marks.BRIDGE_TABLE_NAME} {{\n{body}}}\n"
+    return "\n".join([*sets, chain])
 
 
 def _merge(nets: Iterable[Network]) -> list[Network]:
     return sorted(netaddr.cidr_merge(list(nets)), key=lambda n: (n.version, int(n.first)))
 
 
+def table_body(settings: Settings, family: str) -> str:
+    """The inside of our FAMILY table ('' for a bridge table that is not wanted).
+
+    For loaders that write the `table ... { }` around it themselves (NixOS'
+    networking.nftables.tables): the same bytes as inside render()'s table.
+    """
+    if family == marks.TABLE_FAMILY:
+        return _inet_body(settings, table_comment(settings))
+    if family == "bridge":
+        return _bridge_body(settings) if settings.bridge_table else ""
+    raise ValueError(f"no table of family {family}")
+
+
 def render(settings: Settings) -> str:
     """The complete file: header, idempotent preamble, our inet table (+ bridge table)."""
-    text = _header(settings) + _preamble(settings) + _inet_table(settings, table_comment(settings))
-    if settings.bridge_table:
-        text += _bridge_table(settings)
+    text = _header(settings) + _preamble()
+    for family, name in marks.OUR_TABLES:
+        body = table_body(settings, family)
+        if body:
+            text += f"\ntable {family} {name} {{\n{body}}}\n"
     return text
 
 

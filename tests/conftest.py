@@ -1,4 +1,4 @@
-"""Shared helpers: fixed machine facts for pure tests, root/netns helpers for kernel tests."""
+"""Shared helpers: root/netns helpers for kernel tests."""
 
 from __future__ import annotations
 
@@ -14,21 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "mullvad_allow_k8s"]
-
-
-class FixedFacts:
-    """Facts for pure tests: Linux's default ephemeral range, nothing read from the host."""
-
-    def __init__(self, ephemeral: tuple[int, int] = (32768, 60999)) -> None:
-        self._ephemeral = ephemeral
-
-    def ephemeral_ports(self) -> tuple[int, int]:
-        return self._ephemeral
-
-
-@pytest.fixture
-def facts() -> FixedFacts:
-    return FixedFacts()
 
 
 def is_root() -> bool:

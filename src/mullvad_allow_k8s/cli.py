@@ -20,6 +20,7 @@ from .settings import (
     SCHEMA,
     Settings,
     SettingsError,
+    migrate,
     parse_json,
     parse_settings_file,
     render_settings_file,
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validation): KEY=VALUE lines, or JSON with --format json",
     )
     sset.add_argument(
+        "--migrate",
+        action="store_true",
+        help="rewrite the settings file in place (atomically) without the keys an earlier "
+        "version used, saying what became of each; a file without them is left as it is",
+    )
+    sset.add_argument(
         "--defaults",
         action="store_true",
         help="with --format env: the documented file with the schema's defaults, not the "
@@ -112,17 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(args: argparse.Namespace, facts: MachineFacts) -> Settings:
-    return resolve(raw_sources(args), facts)
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The settings of all sources, retired keys migrated (with a note on stderr)."""
+    sources = []
+    for source in raw_sources(args):
+        current, notes = migrate(source)
+        for note in notes:
+            print(
+                f"{PROG}: note: {note}; `{PROG} settings --migrate` rewrites the file",
+                file=sys.stderr,
+            )
+        sources.append(current)
+    return resolve(sources)
+
+
+def settings_path(args: argparse.Namespace) -> str | None:
+    """The settings file in effect: --settings, else the first default that exists."""
+    path: str | None = args.settings
+    if path is None:
+        path = next((p for p in SETTINGS_FILES if Path(p).exists()), None)
+    return None if path == "none" else path
 
 
 def raw_sources(args: argparse.Namespace) -> list[dict[str, str]]:
     """The settings file, JSON and flags as given, in order of precedence."""
     sources: list[dict[str, str]] = []
-    path = args.settings
-    if path is None:
-        path = next((p for p in SETTINGS_FILES if Path(p).exists()), None)
-    if path and path != "none":
+    path = settings_path(args)
+    if path:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
@@ -150,6 +173,33 @@ def cmd_settings_raw(args: argparse.Namespace) -> int:
     else:
         sys.stdout.writelines(f"{key}={value}\n" for key, value in merged.items())
     return EXIT_OK
+
+
+def cmd_settings_migrate(args: argparse.Namespace) -> int:
+    """Rewrite the settings file without retired keys; the file is judged first."""
+    from .migration import migrate_text  # noqa: PLC0415  (start-up time)
+
+    path = settings_path(args)
+    if not path:
+        raise CommandError("no settings file to migrate (give --settings FILE)")
+    old = _read(path)
+    if old is None:
+        raise CommandError(f"{path} does not exist")
+    new, notes = migrate_text(old, origin=path)
+    if not notes:
+        return EXIT_OK
+    # The rewritten file must be valid settings as a whole before it replaces the old.
+    resolve([parse_settings_file(new, origin=path)])
+    write_atomic(path, new)
+    for note in notes:
+        print(f"{PROG}: {path}: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _lan_overlaps(settings: Settings, facts: MachineFacts) -> list[SettingsError]:
+    from .overlap import lan_overlaps  # noqa: PLC0415  (start-up time of generate)
+
+    return lan_overlaps(settings, facts.networks())
 
 
 def _require_bridge_support(settings: Settings) -> None:
@@ -183,7 +233,7 @@ def write_atomic(path: str, text: str) -> None:
     write(path, text)
 
 
-def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_generate(args: argparse.Namespace, settings: Settings, facts: MachineFacts) -> int:
     if args.table_body:
         sys.stdout.write(ruleset.table_body(settings, args.table_body))
         return EXIT_OK
@@ -191,6 +241,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     if args.check:
         _require_bridge_support(settings)
         nft.check(text)
+    # generate may run where the target machine is not (a Nix build): warn only.
+    for err in _lan_overlaps(settings, facts):
+        print(f"{PROG}: warning: {err} (on this machine)", file=sys.stderr)
     if args.dry_run:
         import difflib  # noqa: PLC0415  (start-up time: only --dry-run needs it)
 
@@ -222,6 +275,9 @@ def cmd_apply(args: argparse.Namespace, settings: Settings, facts: MachineFacts)
         nft.load(text + extra)
         print(f"loaded {settings.output}", file=sys.stderr)
         return EXIT_OK
+    overlaps = _lan_overlaps(settings, facts)
+    if overlaps:
+        raise overlaps[0]
     _require_bridge_support(settings)
     text = ruleset.render(settings)
     nft.check(text + extra)
@@ -277,6 +333,8 @@ def cmd_status(settings: Settings) -> int:
         ok = False
     else:
         print(f"file {settings.output}: matches the settings")
+    ports = settings.as_strings()["HOST_PORTS"]
+    print(f"host ports reachable from outside (HOST_PORTS, TCP): {ports}")
     for family, name in marks.SEED_TABLES:
         if (family, name) in tables:
             print(
@@ -323,9 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "settings" and args.raw:
             return cmd_settings_raw(args)
-        settings = load_settings(args, facts)
+        if args.command == "settings" and args.migrate:
+            return cmd_settings_migrate(args)
+        settings = load_settings(args)
         if args.command == "generate":
-            return cmd_generate(args, settings)
+            return cmd_generate(args, settings, facts)
         if args.command == "apply":
             return cmd_apply(args, settings, facts)
         if args.command == "remove":

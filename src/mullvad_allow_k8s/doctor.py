@@ -208,43 +208,57 @@ def check_addresses(settings: Settings, facts: MachineFacts) -> list[Finding]:
     return out
 
 
-# Ports Kubernetes components listen on by default (kube-apiserver and the API ports of
-# k3s/rke2/MicroK8s/minikube, kubelet, etcd, rke2's supervisor, k0s' konnectivity and API,
-# ingress) and the NodePort range. Others found listening deserve a second look.
-KUBERNETES_PORTS: tuple[tuple[int, int], ...] = (
-    (80, 80),
-    (443, 443),
-    (2379, 2380),
-    (6443, 6443),
-    (8132, 8132),
-    (8443, 8443),
-    (9345, 9345),
-    (9443, 9443),
-    (10250, 10250),
-    (16443, 16443),
-    (30000, 32767),
-)
-
-
 def check_exposed_services(settings: Settings, facts: MachineFacts) -> list[Finding]:
-    """Other services listening on exempted ports become reachable from the LAN/internet."""
-    inbound = settings.effective_inbound_ports()
-    exposed = sorted(
-        port
-        for port in facts.listening_tcp_ports()
-        if any(lo <= port <= hi for lo, hi in inbound)
-        and not any(lo <= port <= hi for lo, hi in KUBERNETES_PORTS)
-    )
-    if not exposed:
-        return [Finding(OK, "no non-Kubernetes TCP service listens on an exempted port")]
-    return [
-        Finding(
-            WARN,
-            f"TCP port(s) {_join(exposed)} listen on this machine and are in INBOUND_PORTS: "
-            "connections to them from the LAN or the internet bypass Mullvad's firewall too, "
-            "even with local network sharing off.",
-            "set INBOUND_PORTS to the cluster's ports, e.g. 80,443,6443,30000-32767",
+    """The host's listening sockets that this table makes reachable from outside.
+
+    Only HOST_PORTS are: every other listener (sshd, CUPS, a database) stays under
+    Mullvad's rules, so this list should hold only the cluster's own servers.
+    """
+    ports = settings.host_ports
+    shown = settings.as_strings()["HOST_PORTS"]
+    machine = settings.machine_addresses
+    if machine is None:
+        machine = tuple(facts.machine_addresses(settings.tunnel_interface))
+    reachable = set(machine) | set(settings.public_addresses)
+    exposed = [
+        (ip, port)
+        for ip, port in facts.listening_tcp()
+        if any(lo <= port <= hi for lo, hi in ports) and (int(ip) == 0 or ip in reachable)
+    ]
+    out = [Finding(OK, f"host ports exempted (HOST_PORTS, TCP): {shown}")]
+    if exposed:
+        where = ", ".join(
+            f"{'*' if int(ip) == 0 else ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+            for ip, port in exposed
         )
+        out.append(
+            Finding(
+                OK,
+                f"listening sockets this table makes reachable from outside: {where} "
+                "(every other listener stays under Mullvad's rules)",
+            )
+        )
+    else:
+        out.append(
+            Finding(
+                OK,
+                "no listening socket of this machine is made reachable from outside by this "
+                "table (nothing listens on HOST_PORTS)",
+            )
+        )
+    return out
+
+
+def check_overlaps(settings: Settings, facts: MachineFacts) -> list[Finding]:
+    """Cluster ranges overlapping a network outside the cluster (apply refuses them)."""
+    from .overlap import lan_overlaps  # noqa: PLC0415
+
+    errors = lan_overlaps(settings, facts.networks())
+    if not errors:
+        return [Finding(OK, "no cluster range overlaps a network of a non-cluster interface")]
+    return [
+        Finding(ERROR, str(err), "set POD_CIDRS/SERVICE_CIDRS to the cluster's real ranges")
+        for err in errors
     ]
 
 
@@ -269,5 +283,6 @@ def run(settings: Settings, facts: MachineFacts, lister: Lister = nft.table_json
         findings.append(Finding(ERROR, str(err), "apt install python3-nftables nftables"))
     findings += check_kernel(settings, facts)
     findings += check_addresses(settings, facts)
+    findings += check_overlaps(settings, facts)
     findings += check_exposed_services(settings, facts)
     return findings

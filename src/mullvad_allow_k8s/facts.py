@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import netaddr
@@ -26,15 +27,6 @@ class MachineFacts:
         self.root = root
         self._addresses: list[dict[str, object]] | None = None
 
-    def ephemeral_ports(self) -> tuple[int, int]:
-        """Linux's ip_local_port_range (default 32768-60999)."""
-        path = self.root / "proc/sys/net/ipv4/ip_local_port_range"
-        try:
-            lo, hi = (int(x) for x in path.read_text().split())
-        except (OSError, ValueError):
-            return (32768, 60999)
-        return (lo, hi)
-
     def sysctl(self, name: str) -> str | None:
         """A sysctl value, or None where it does not exist (e.g. br_netfilter absent)."""
         path = self.root / "proc/sys" / name.replace(".", "/")
@@ -43,9 +35,12 @@ class MachineFacts:
         except OSError:
             return None
 
-    def listening_tcp_ports(self) -> set[int]:
-        """TCP ports with a listening socket on a non-loopback address (/proc/net/tcp*)."""
-        ports: set[int] = set()
+    def listening_tcp(self) -> list[tuple[netaddr.IPAddress, int]]:
+        """(address, port) of TCP listening sockets not bound to loopback (/proc/net/tcp*).
+
+        The address is the unspecified one (0.0.0.0 or ::) for wildcard listeners.
+        """
+        found: set[tuple[netaddr.IPAddress, int]] = set()
         for name in ("tcp", "tcp6"):
             try:
                 lines = (self.root / "proc/net" / name).read_text().splitlines()[1:]
@@ -56,10 +51,11 @@ class MachineFacts:
                 if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
                     continue
                 address, _, port = fields[1].rpartition(":")
-                if address.startswith("0100007F") or address == "0" * 24 + "01000000":
-                    continue  # 127.0.0.1 or ::1
-                ports.add(int(port, 16))
-        return ports
+                ip = _proc_address(address)
+                if ip is None or ip.is_loopback():
+                    continue
+                found.add((ip, int(port, 16)))
+        return sorted(found, key=lambda item: (item[1], item[0].version, int(item[0])))
 
     def interfaces(self) -> list[dict[str, object]]:
         """`ip -j addr` output (empty when iproute2 is missing)."""
@@ -90,6 +86,20 @@ class MachineFacts:
             and not ip.is_loopback()
         ]
 
+    def networks(self) -> list[tuple[str, netaddr.IPNetwork]]:
+        """(interface, network) of every configured address, e.g. ('eth0', 192.168.1.0/24)."""
+        out: list[tuple[str, netaddr.IPNetwork]] = []
+        for iface in self.interfaces():
+            name = str(iface.get("ifname", ""))
+            infos = iface.get("addr_info", [])
+            for info in infos if isinstance(infos, list) else []:
+                try:
+                    net = netaddr.IPNetwork(f"{info['local']}/{int(info['prefixlen'])}")
+                except (KeyError, TypeError, ValueError, netaddr.AddrFormatError):
+                    continue
+                out.append((name, net))
+        return out
+
     def has_interface(self, ifname: str) -> bool:
         return any(i.get("ifname") == ifname for i in self.interfaces())
 
@@ -104,3 +114,16 @@ class MachineFacts:
                 except (KeyError, TypeError, netaddr.AddrFormatError):
                     continue
         return out
+
+
+def _proc_address(hexaddr: str) -> netaddr.IPAddress | None:
+    """An address as /proc/net/tcp{,6} prints it: 32-bit words in host byte order."""
+    try:
+        words = [bytes.fromhex(hexaddr[i : i + 8]) for i in range(0, len(hexaddr), 8)]
+    except ValueError:
+        return None
+    raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+    if len(raw) not in (4, 16):
+        return None
+    ip = netaddr.IPAddress(int.from_bytes(raw, "big"), 4 if len(raw) == 4 else 6)
+    return ip.ipv4() if ip.version == 6 and ip.is_ipv4_mapped() else ip

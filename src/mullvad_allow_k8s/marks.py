@@ -60,15 +60,36 @@ GUARD_PRIORITY = Constant(
     hex=False,
 )
 
+CONFIRM_PRIORITY = Constant(
+    -99,
+    "dstnat + 1: right after kube-proxy's and the CNI portmap plugin's DNAT (-100), so "
+    "the real destination of a new inbound connection is known, and still before the "
+    "routing decision and the kernel's rp_filter, which must see the final fwmark",
+    hex=False,
+)
+TENTATIVE_CT_MARK = Constant(
+    0x00000F43,
+    "ours, not Mullvad's (so Mullvad's chains never accept it): set on a new inbound "
+    "connection before DNAT together with the fwmark, which reverse-path filters that "
+    "run before DNAT (iptables' mangle rpfilter at -150, NixOS' nftables rpfilter at "
+    "-140) need to see; turned into 0x00000f41 after DNAT only if the cluster serves "
+    "the connection, otherwise both marks are cleared",
+)
 PARKED_CT_MARK = Constant(
     0x00000F42,
-    "ours, not Mullvad's: set on a new pod-to-pod flow just before Mullvad's nat chain "
-    "(srcnat, 100), which then does not masquerade it, and turned back into 0x00000f41 "
-    "by the flow's next packet in our prerouting, before Mullvad's filters see it",
+    "ours, not Mullvad's: set on the first packet of a pod-to-pod flow just before "
+    "Mullvad's nat chain (srcnat, 100), which then does not masquerade it, and turned "
+    "back into 0x00000f41 right after it; NAT is decided once per flow, so later "
+    "packets never meet Mullvad's masquerade",
 )
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows",
+    hex=False,
+)
+NAT_UNPARK_PRIORITY = Constant(
+    101,
+    "srcnat + 1: just after Mullvad's nat chain (100), before conntrack confirms the flow",
     hex=False,
 )
 
@@ -115,9 +136,12 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("tunnel interface", TUNNEL_INTERFACE),
     ("prerouting priority", PREROUTING_PRIORITY),
     ("output priority", OUTPUT_PRIORITY),
+    ("confirm priority", CONFIRM_PRIORITY),
     ("guard priority", GUARD_PRIORITY),
+    ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
     ("nat park priority", NAT_PARK_PRIORITY),
+    ("nat unpark priority", NAT_UNPARK_PRIORITY),
 )
 
 # Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,

@@ -20,6 +20,7 @@ from .settings import Address, Network, PortRange, Settings, minimal_patterns, p
 CT = marks.CT_MARK.nft
 FW = marks.FW_MARK.nft
 PARKED = marks.PARKED_CT_MARK.nft
+TENTATIVE = marks.TENTATIVE_CT_MARK.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -122,25 +123,7 @@ def _both(template: str) -> list[str]:
 
 def _prerouting(settings: Settings) -> str:
     tunnel = f'iifname != "{settings.tunnel_interface}"'
-    both = f"ct mark set {CT} meta mark set {FW}"
-    new = f"{tunnel} ct state new meta l4proto {{ tcp, udp }} th dport @inbound_ports"
-    if settings.machine_addresses is None:
-        inbound: Rule = (
-            "Connections to this machine (NodePorts, API server, ingress) on any address "
-            "configured on the interface they arrive on; checked per packet, so a new DHCP "
-            "lease needs no regeneration. The tunnel's own address is not on the LAN "
-            "interface, so probes of it (CVE-2019-14899) stay under Mullvad's rules. Both "
-            "marks: Mullvad's input/forward chains accept the ct mark, and the fwmark makes "
-            "rp_filter and routing use the main table instead of the tunnel.",
-            [f"{new} fib daddr . iif type local {both}"],
-        )
-    else:
-        inbound = (
-            "Connections to this machine's configured addresses (NodePorts, API server, "
-            "ingress). Both marks: Mullvad's input/forward chains accept the ct mark, and "
-            "the fwmark makes rp_filter and routing use the main table instead of the tunnel.",
-            _both(f"{new} {{ip}} daddr @machine_{{v}} {both}"),
-        )
+    pods = "iifname @cluster_interfaces {ip} saddr @pod_{v}"
     return _chain(
         "prerouting",
         "filter hook prerouting",
@@ -152,7 +135,6 @@ def _prerouting(settings: Settings) -> str:
                 "connected); the rest return at once, which keeps the per-packet cost low.",
                 [
                     f"ct state established,related {tunnel} ct mark {CT} meta mark set {FW} return",
-                    f"ct state established,related ct mark {PARKED} ct mark set {CT} return",
                     "ct state established,related return",
                 ],
             ),
@@ -164,21 +146,72 @@ def _prerouting(settings: Settings) -> str:
             ),
             (
                 "Pods to pods and to ClusterIPs, matched before kube-proxy's DNAT: Mullvad's "
-                "forward chain accepts the ct mark before it rejects port 53 (CoreDNS). No "
-                "fwmark on this first packet: kube-proxy masquerades fwmark bit 0x4000.",
-                _both(
-                    f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return"
-                ),
+                "forward chain accepts the ct mark before it rejects port 53 (CoreDNS). Only "
+                "from a cluster interface (CLUSTER_INTERFACES): a pod address arriving from "
+                "the LAN or the tunnel is not a pod. No fwmark on this first packet: "
+                "kube-proxy masquerades fwmark bit 0x4000.",
+                _both(f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return"),
             ),
             (
                 "Pods to this machine's own addresses (kubelet, metrics, the API server on the "
                 "node's address): Mullvad's input chain accepts the ct mark.",
-                _both(f"{{ip}} saddr @pod_{{v}} fib daddr type local ct mark set {CT} return"),
+                _both(f"{pods} fib daddr type local ct mark set {CT} return"),
             ),
-            inbound,
             (
-                "Extra addresses routed to this machine (PUBLIC_ADDRESSES).",
-                _both(f"{new} {{ip}} daddr @public_{{v}} {both}"),
+                "A pod or service address from anywhere else is spoofed: never exempted.",
+                _both("{ip} saddr @cluster_{v} return"),
+            ),
+            (
+                "Every other new connection from outside (not the tunnel, not a cluster "
+                "interface) is a candidate, marked tentatively: the fwmark lets reverse-path "
+                "filters that run before DNAT pass it; the chain `confirm` decides after DNAT "
+                "and clears both marks unless the cluster serves it.",
+                [
+                    f"ct state new {tunnel} iifname != @cluster_interfaces meta mark 0 "
+                    f"meta l4proto {{ tcp, udp }} ct mark set {TENTATIVE} meta mark set {FW}"
+                ],
+            ),
+        ],
+    )
+
+
+def _confirm(settings: Settings) -> str:
+    if settings.machine_addresses is None:
+        host: list[str] = [
+            f"fib daddr . iif type local tcp dport @host_ports ct mark set {CT} return"
+        ]
+        where = "on an address configured on the interface it arrived on (checked per packet)"
+    else:
+        host = _both(f"{{ip}} daddr @machine_{{v}} tcp dport @host_ports ct mark set {CT} return")
+        where = "on MACHINE_ADDRESSES"
+    host += _both(f"{{ip}} daddr @public_{{v}} tcp dport @host_ports ct mark set {CT} return")
+    return _chain(
+        "confirm",
+        "filter hook prerouting",
+        marks.CONFIRM_PRIORITY,
+        [
+            (
+                "Only tentatively marked new connections are judged.",
+                [f"ct mark != {TENTATIVE} return"],
+            ),
+            (
+                "Served by the cluster: kube-proxy (NodePort, LoadBalancer, externalIPs), the "
+                "CNI portmap plugin (hostPort) or a container engine forwarded it into a pod. "
+                "Not from a ClusterIP: those are the cluster's own. Both marks stay.",
+                _both(
+                    f"ct status dnat ct original {{ip}} daddr != @cluster_{{v}} "
+                    f"{{ip}} daddr @pod_{{v}} ct mark set {CT} return"
+                ),
+            ),
+            (
+                f"A cluster service on this machine itself (HOST_PORTS), {where}, or on "
+                "PUBLIC_ADDRESSES.",
+                host,
+            ),
+            (
+                "Anything else (sshd, CUPS, a database, a port forwarded to a non-cluster "
+                "container) stays under Mullvad's rules: both marks go.",
+                ["ct mark set 0x00000000 meta mark set 0x00000000"],
             ),
         ],
     )
@@ -222,34 +255,38 @@ def _guard(hook: str) -> str:
         ),
         (
             "A flow exempted for its cluster destination keeps the exemption only if, after "
-            "kube-proxy's DNAT, it still goes to the cluster and leaves by a cluster "
-            "interface (CLUSTER_INTERFACES) or loopback. A Service with external endpoints, "
-            "or a cluster address with nothing behind it (routed to the default route), is "
-            "then handled by Mullvad like any other traffic, also in its blocked state.",
+            "kube-proxy's DNAT, it still goes to the cluster. A Service with external "
+            "endpoints is then handled by Mullvad like any other traffic, also in its "
+            "blocked state.",
             _both(
                 "ct original {ip} daddr @cluster_{v} {ip} daddr != @cluster_{v} "
                 "ct mark set 0x00000000"
             ),
         ),
     ]
-    # In the output hook the interface is the one routing chose before DNAT re-routed
-    # the packet, so only flows without DNAT can be judged by it there.
-    dnat = "ct status & dnat == 0 " if hook == "output" else ""
-    rules.append(
-        (
-            "The interface test"
-            + (
-                " (only without DNAT: in the output hook the interface is the one chosen "
-                "before DNAT re-routed the packet; DNAT-ed flows go to Service endpoints)."
-                if dnat
-                else "."
-            ),
-            _both(
-                f"{dnat}ct original {{ip}} daddr @cluster_{{v}} "
-                "oifname != @cluster_interfaces ct mark set 0x00000000"
-            ),
+    if hook == "forward":
+        rules.append(
+            (
+                "Every exempted forwarded flow (pods, and connections forwarded into pods) "
+                "leaves by a cluster interface (CLUSTER_INTERFACES): a cluster address with "
+                "nothing behind it here (routed to the default route) loses the exemption.",
+                ["oifname != @cluster_interfaces ct mark set 0x00000000"],
+            )
         )
-    )
+    else:
+        # In the output hook the interface is the one routing chose before DNAT
+        # re-routed the packet, so only flows without DNAT can be judged by it there.
+        rules.append(
+            (
+                "The interface test, only without DNAT: in the output hook the interface is "
+                "the one chosen before DNAT re-routed the packet; DNAT-ed flows go to Service "
+                "endpoints.",
+                _both(
+                    "ct status & dnat == 0 ct original {ip} daddr @cluster_{v} "
+                    "oifname != @cluster_interfaces ct mark set 0x00000000"
+                ),
+            )
+        )
     return _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, rules)
 
 
@@ -266,9 +303,23 @@ def _nat_park() -> str:
             (
                 "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
                 "which would masquerade them to the bridge address, so pods see each other's "
-                "real addresses (NetworkPolicy, logs). The next packet's prerouting gives the "
-                "mark back.",
+                "real addresses (NetworkPolicy, logs). `nat_unpark` gives it back.",
                 _both(f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @pod_{{v}} ct mark set {PARKED}"),
+            ),
+        ],
+    )
+
+
+def _nat_unpark() -> str:
+    return _chain(
+        "nat_unpark",
+        "filter hook postrouting",
+        marks.NAT_UNPARK_PRIORITY,
+        [
+            (
+                "Mullvad's nat chain has passed: the parked flow gets its ct mark back before "
+                "its next packet meets Mullvad's filters.",
+                [f"ct mark {PARKED} ct mark set {CT}"],
             ),
         ],
     )
@@ -301,11 +352,10 @@ def _inet_body(settings: Settings, comment: str) -> str:
         ]
     sets += [
         _set(
-            "inbound_ports",
+            "host_ports",
             "inet_service",
-            _ports(settings.effective_inbound_ports()),
-            "INBOUND_PORTS: never the ephemeral range, so replies to this machine's own\n"
-            "\t# outgoing connections are never matched as new inbound connections.",
+            _ports(settings.host_ports),
+            "HOST_PORTS: TCP ports of cluster services on this machine itself.",
         ),
         _set(
             "cluster_interfaces",
@@ -314,7 +364,15 @@ def _inet_body(settings: Settings, comment: str) -> str:
             "CLUSTER_INTERFACES and loopback: where exempted cluster flows may go.",
         ),
     ]
-    chains = [_prerouting(settings), _output(), _guard("forward"), _guard("output"), _nat_park()]
+    chains = [
+        _prerouting(settings),
+        _confirm(settings),
+        _output(),
+        _guard("forward"),
+        _guard("output"),
+        _nat_park(),
+        _nat_unpark(),
+    ]
     body = "\n".join([*sets, *chains])
     return f'\tcomment "{comment}"\n\n{body}'
 

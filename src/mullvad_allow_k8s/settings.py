@@ -15,7 +15,7 @@ import shlex
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
-from typing import Any, NamedTuple, Protocol, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import netaddr
 
@@ -23,7 +23,7 @@ from . import marks
 from .presets import DEFAULT_PRESET, PRESETS
 
 AUTO = "auto"
-NON_EPHEMERAL = "non-ephemeral"
+NONE = "none"
 CUSTOM_PRESET = "custom"
 DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 # Linux interface names: at most 15 bytes; we accept the conservative portable subset.
@@ -93,9 +93,9 @@ SCHEMA: tuple[Field, ...] = (
         "MACHINE_ADDRESSES",
         "addresses",
         AUTO,
-        "Addresses of this machine that clients connect to (NodePorts, API server, "
-        f"ingress). '{AUTO}': any address configured on the interface a connection "
-        "arrives on (except the tunnel), checked per packet, so DHCP changes need no "
+        "Addresses of this machine on which HOST_PORTS are reachable. "
+        f"'{AUTO}': any address configured on the interface a connection arrives on "
+        "(except the tunnel), checked per packet, so DHCP changes need no "
         "regeneration. Or a list of addresses.",
         asked=True,
     ),
@@ -103,24 +103,23 @@ SCHEMA: tuple[Field, ...] = (
         "PUBLIC_ADDRESSES",
         "addresses",
         "",
-        "Extra addresses routed to this machine that are not configured on the "
-        "incoming interface (e.g. a public address on lo). Optional.",
+        "Extra addresses routed to this machine, not configured on the incoming "
+        "interface (e.g. a public address on lo), on which HOST_PORTS are reachable "
+        "too. Optional.",
         asked=True,
     ),
     Field(
-        "INBOUND_PORTS",
+        "HOST_PORTS",
         "ports",
-        NON_EPHEMERAL,
-        "Destination ports of incoming connections whose replies bypass the tunnel. "
-        f"'{NON_EPHEMERAL}': every port outside EPHEMERAL_PORTS (covers NodePorts "
-        "30000-32767, 6443, 80, 443). Or a list such as '80,443,6443,30000-32767'.",
-    ),
-    Field(
-        "EPHEMERAL_PORTS",
-        "port-range",
-        AUTO,
-        "Local port range of the machine's own outgoing connections, never exempted. "
-        f"'{AUTO}': read from /proc/sys/net/ipv4/ip_local_port_range.",
+        "",
+        "TCP ports of cluster services that run on this machine itself (not in pods) "
+        "and must be reachable from the LAN or the internet: the API server. Empty: the "
+        f"preset's (kubeadm, k3s, k0s 6443; rke2 6443 9345; microk8s 16443; minikube "
+        f"8443; kind none); '{NONE}': none. NodePorts, hostPorts, LoadBalancer and "
+        "external IPs need no entry: a connection that kube-proxy or the CNI forwards "
+        "into a pod is exempted whatever port it came in on. Any other service of this "
+        "machine (sshd, CUPS, a database) stays under Mullvad's rules.",
+        asked=True,
     ),
     Field(
         "TUNNEL_INTERFACE",
@@ -154,10 +153,16 @@ SCHEMA: tuple[Field, ...] = (
 FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
 
 
-class Facts(Protocol):
-    """What settings defaults need from the running machine (see facts.py)."""
-
-    def ephemeral_ports(self) -> tuple[int, int]: ...
+# Keys of earlier versions, each with what became of it. Reading a file or JSON that
+# still has one is not an error: `migrate` turns it into the current settings (and
+# `settings --migrate` rewrites the file), saying so once.
+RETIRED: dict[str, str] = {
+    "INBOUND_PORTS": "0.2.0: new inbound connections are exempted only when the cluster "
+    "serves them (forwarded into a pod by kube-proxy or the CNI) or when they are for "
+    "HOST_PORTS; an explicit port list becomes HOST_PORTS",
+    "EPHEMERAL_PORTS": "0.2.0: no longer needed, only new inbound connections are judged",
+}
+OLD_INBOUND_DEFAULT = "non-ephemeral"
 
 
 # netaddr ships no type information: its objects are Any to mypy, named here for readers.
@@ -174,31 +179,22 @@ class Settings(NamedTuple):
     service_cidrs: tuple[Network, ...]
     machine_addresses: tuple[Address, ...] | None  # None: auto
     public_addresses: tuple[Address, ...]
-    inbound_ports: tuple[PortRange, ...] | None  # None: non-ephemeral
-    ephemeral_ports: PortRange
+    host_ports: tuple[PortRange, ...]  # () : none
     tunnel_interface: str
     cluster_interfaces: tuple[str, ...]
     output: str
     bridge_table: bool
 
-    def effective_inbound_ports(self) -> tuple[PortRange, ...]:
-        """The inbound port ranges, with 'non-ephemeral' expanded."""
-        if self.inbound_ports is not None:
-            return self.inbound_ports
-        return complement_ports(self.ephemeral_ports)
-
     def as_strings(self) -> dict[str, str]:
         """Canonical KEY=VALUE form (sorted, merged), used for headers and read-back."""
         machine = AUTO if self.machine_addresses is None else _join(self.machine_addresses)
-        inbound = NON_EPHEMERAL if self.inbound_ports is None else _ports(self.inbound_ports)
         return {
             "PRESET": self.preset,
             "POD_CIDRS": _join(self.pod_cidrs),
             "SERVICE_CIDRS": _join(self.service_cidrs),
             "MACHINE_ADDRESSES": machine,
             "PUBLIC_ADDRESSES": _join(self.public_addresses),
-            "INBOUND_PORTS": inbound,
-            "EPHEMERAL_PORTS": _ports((self.ephemeral_ports,)),
+            "HOST_PORTS": _ports(self.host_ports) or NONE,
             "TUNNEL_INTERFACE": self.tunnel_interface,
             "CLUSTER_INTERFACES": " ".join(self.cluster_interfaces),
             "OUTPUT": self.output,
@@ -214,15 +210,26 @@ def _ports(ranges: Iterable[PortRange]) -> str:
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
 
 
-def complement_ports(ephemeral: PortRange) -> tuple[PortRange, ...]:
-    """Ports 1-65535 outside the ephemeral range."""
-    lo, hi = ephemeral
-    out: list[PortRange] = []
-    if lo > 1:
-        out.append((1, lo - 1))
-    if hi < 65535:
-        out.append((hi + 1, 65535))
-    return tuple(out)
+def migrate(raw: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """One source's values with retired keys turned into current ones, and a note each.
+
+    The old default (INBOUND_PORTS=non-ephemeral) simply goes: the new model is the
+    default. A port list a user wrote keeps working as HOST_PORTS, unless HOST_PORTS is
+    set too, which then wins.
+    """
+    out = {k: v for k, v in raw.items() if k not in RETIRED}
+    notes: list[str] = []
+    for key in (k for k in raw if k in RETIRED):
+        value = raw[key].strip()
+        note = f"{key}={value!r} is retired ({RETIRED[key]})"
+        if key == "INBOUND_PORTS" and value.lower() not in ("", OLD_INBOUND_DEFAULT):
+            if "HOST_PORTS" in raw:
+                note += "; HOST_PORTS is set too and wins"
+            else:
+                out["HOST_PORTS"] = value
+                note += f"; now HOST_PORTS={value!r}"
+        notes.append(note)
+    return out, notes
 
 
 # ---------------------------------------------------------------- sources
@@ -237,7 +244,7 @@ def parse_settings_file(text: str, origin: str = "settings file") -> dict[str, s
             continue
         key, sep, value = stripped.partition("=")
         key = key.strip()
-        if not sep or key not in FIELDS:
+        if not sep or (key not in FIELDS and key not in RETIRED):
             what = "unknown setting" if sep else "not a KEY=VALUE line"
             raise SettingsError(f"{origin} line {number}", stripped, what)
         try:
@@ -258,7 +265,7 @@ def parse_json(text: str) -> dict[str, str]:
         raise SettingsError("JSON", text[:40], "must be an object of KEY: value")
     raw: dict[str, str] = {}
     for key, value in data.items():
-        if key not in FIELDS:
+        if key not in FIELDS and key not in RETIRED:
             raise SettingsError(str(key), value, "unknown setting")
         raw[key] = _json_value(key, value)
     return raw
@@ -402,13 +409,17 @@ def _single(key: str, value: str, pattern: re.Pattern[str], what: str) -> str:
     return value
 
 
-def resolve(raw_sources: Iterable[Mapping[str, str]], facts: Facts) -> Settings:
-    """Merge raw sources (later wins) over the schema defaults and validate them."""
+def resolve(raw_sources: Iterable[Mapping[str, str]]) -> Settings:
+    """Merge raw sources (later wins) over the schema defaults and validate them.
+
+    Sources must be migrated already (see `migrate`): a retired key is an error here.
+    """
     raw = {f.key: f.default for f in SCHEMA}
     for source in raw_sources:
         for key, value in source.items():
             if key not in FIELDS:
-                raise SettingsError(key, value, "unknown setting")
+                reason = f"retired ({RETIRED[key]})" if key in RETIRED else "unknown setting"
+                raise SettingsError(key, value, reason)
             raw[key] = value
     given = {k: v.strip() for k, v in raw.items()}
 
@@ -439,31 +450,14 @@ def resolve(raw_sources: Iterable[Mapping[str, str]], facts: Facts) -> Settings:
         raise SettingsError("MACHINE_ADDRESSES", given["MACHINE_ADDRESSES"], "empty (or 'auto')")
     public = _addresses("PUBLIC_ADDRESSES", given["PUBLIC_ADDRESSES"])
 
-    ephemeral_text = given["EPHEMERAL_PORTS"]
-    if ephemeral_text.lower() == AUTO:
-        ephemeral = facts.ephemeral_ports()
+    host_text = given["HOST_PORTS"]
+    if host_text.lower() == NONE:
+        host_ports: tuple[PortRange, ...] = ()
+    elif _words(host_text):
+        host_ports = _port_ranges("HOST_PORTS", host_text)
     else:
-        ranges = _port_ranges("EPHEMERAL_PORTS", ephemeral_text)
-        if len(ranges) != 1:
-            raise SettingsError("EPHEMERAL_PORTS", ephemeral_text, "must be one range LOW-HIGH")
-        ephemeral = ranges[0]
-
-    inbound: tuple[PortRange, ...] | None = None
-    if given["INBOUND_PORTS"].lower() == NON_EPHEMERAL:
-        if not complement_ports(ephemeral):
-            raise SettingsError(
-                "INBOUND_PORTS", given["INBOUND_PORTS"], "no port is outside EPHEMERAL_PORTS"
-            )
-    else:
-        inbound = _port_ranges("INBOUND_PORTS", given["INBOUND_PORTS"])
-        for lo, hi in inbound:
-            if lo <= ephemeral[1] and hi >= ephemeral[0]:
-                raise SettingsError(
-                    "INBOUND_PORTS",
-                    _ports([(lo, hi)]),
-                    f"overlaps the ephemeral range {_ports([ephemeral])} used by this "
-                    "machine's own outgoing connections",
-                )
+        defaults = () if preset == CUSTOM_PRESET else PRESETS[preset].host_ports
+        host_ports = _port_ranges("HOST_PORTS", " ".join(map(str, defaults))) if defaults else ()
 
     check: Callable[[str, str, re.Pattern[str], str], str] = _single
     return Settings(
@@ -472,8 +466,7 @@ def resolve(raw_sources: Iterable[Mapping[str, str]], facts: Facts) -> Settings:
         service_cidrs=cidrs["SERVICE_CIDRS"],
         machine_addresses=machine,
         public_addresses=public,
-        inbound_ports=inbound,
-        ephemeral_ports=ephemeral,
+        host_ports=host_ports,
         tunnel_interface=check(
             "TUNNEL_INTERFACE",
             given["TUNNEL_INTERFACE"],

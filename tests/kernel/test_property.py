@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from mullvad_allow_k8s import nft, ruleset
 from mullvad_allow_k8s.settings import SCHEMA, Settings, SettingsError, resolve
-from tests.conftest import FixedFacts
 
 pytestmark = pytest.mark.kernel
 
@@ -80,7 +79,6 @@ def template(s: Settings) -> list[str]:
                 "TUNNEL_INTERFACE": s.tunnel_interface,
             }
         ],
-        FixedFacts(),
     )
     return skeleton(ruleset.render(base))
 
@@ -89,7 +87,7 @@ def template(s: Settings) -> list[str]:
 @given(st.one_of(raw, valid))
 def test_any_input_renders_a_loadable_ruleset_or_is_refused(values: dict[str, str]) -> None:
     try:
-        s = resolve([values], FixedFacts())
+        s = resolve([values])
     except SettingsError as err:
         assert "\n" not in str(err)
         assert str(err).startswith(f"{err.key}: ")

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from mullvad_allow_k8s.settings import SettingsError, parse_json, resolve
-from tests.conftest import FixedFacts
 from tests.nix.cases import CASES, DEFAULTS_NIX, Case, schema
 from tests.nix.nixeval import MAPPING, eval_error, evaluate, mapping_settings, nix_path
 
@@ -58,7 +57,7 @@ def test_defaults_literal_maps_to_the_schema_defaults_except_ephemeral(nix: str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_case_json_is_valid_for_the_generator(nix: str, case: Case) -> None:
     try:
-        resolve([parse_json(json.dumps(mapping_settings(case.cfg())))], FixedFacts())
+        resolve([parse_json(json.dumps(mapping_settings(case.cfg())))])
     except SettingsError as err:
         pytest.fail(f"generator refused {case.name}: {err}")
 

@@ -17,7 +17,6 @@ import pytest
 from mullvad_allow_k8s import marks
 from mullvad_allow_k8s.presets import PRESETS
 from mullvad_allow_k8s.settings import CUSTOM_PRESET, parse_json, resolve
-from tests.conftest import FixedFacts
 from tests.nix.cases import DEFAULTS_NIX, MODULE_ONLY, schema
 from tests.nix.nixeval import (
     GENERATE_SH,

@@ -11,12 +11,6 @@ import pytest
 
 from mullvad_allow_k8s import cli, ruleset
 from mullvad_allow_k8s.settings import SCHEMA, parse_settings_file, resolve
-from tests.conftest import FixedFacts
-
-
-@pytest.fixture(autouse=True)
-def _fixed_ephemeral(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.MachineFacts, "ephemeral_ports", lambda self: (32768, 60999))
 
 
 def main(*args: str) -> int:
@@ -25,7 +19,7 @@ def main(*args: str) -> int:
 
 def test_generate_prints_the_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
     assert main("generate", "--settings", "none", "--preset", "k3s") == 0
-    expected = ruleset.render(resolve([{"PRESET": "k3s"}], FixedFacts()))
+    expected = ruleset.render(resolve([{"PRESET": "k3s"}]))
     assert capsys.readouterr().out == expected
 
 
@@ -164,3 +158,68 @@ def test_settings_raw_prints_what_the_file_says(
     assert capsys.readouterr().out == "PRESET=k3s\nPOD_CIDRS=10.0.0.1/8\n"
     conf.write_text("PRESETT=k3s\n")
     assert main("settings", "--settings", str(conf), "--raw") == 2
+
+
+OLD_DEFAULT = Path(__file__).resolve().parents[1] / "data" / "settings-0.1.0.default"
+
+
+def test_migrate_rewrites_a_0_1_0_default_file_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file 0.1.0 shipped (captured from its `settings --defaults`)."""
+    path = tmp_path / "settings"
+    path.write_text(OLD_DEFAULT.read_text().replace("PRESET=kubeadm", "PRESET=k3s"))
+    assert main("settings", "--settings", str(path), "--migrate") == 0
+    text = path.read_text()
+    notes = capsys.readouterr().err
+    assert "INBOUND_PORTS='non-ephemeral' is retired" in notes
+    assert "EPHEMERAL_PORTS='auto' is retired" in notes
+    assert "\nINBOUND_PORTS" not in text and "\nEPHEMERAL_PORTS" not in text
+    assert "'non-ephemeral': every port outside" not in text  # old documentation gone
+    assert "PRESET=k3s\n" in text and "# INBOUND_PORTS was retired in 0.2.0" in text
+    assert cli.load_settings(cli.build_parser().parse_args(["status", "--settings", str(path)]))
+    # Told once: a second run changes nothing and says nothing.
+    assert main("settings", "--settings", str(path), "--migrate") == 0
+    assert path.read_text() == text and capsys.readouterr().err == ""
+
+
+def test_migrate_keeps_an_explicit_port_list_as_host_ports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "settings"
+    path.write_text(
+        OLD_DEFAULT.read_text().replace(
+            "INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS='80 443,6443'"
+        )
+    )
+    assert main("settings", "--settings", str(path), "--migrate") == 0
+    assert "now HOST_PORTS='80 443,6443'" in capsys.readouterr().err
+    assert "\nHOST_PORTS='80 443,6443'\n" in path.read_text()
+    assert main("settings", "--settings", str(path), "--format", "json") == 0
+    assert json.loads(capsys.readouterr().out)["HOST_PORTS"] == "80,443,6443"
+
+
+def test_unmigrated_file_still_works_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "settings"
+    path.write_text(OLD_DEFAULT.read_text())
+    assert main("settings", "--settings", str(path), "--format", "json") == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["HOST_PORTS"] == "6443"
+    assert "settings --migrate` rewrites the file" in err
+
+
+def test_migrate_refuses_a_broken_file_and_leaves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "settings"
+    path.write_text("INBOUND_PORTS=http\n")
+    before = path.read_text()
+    assert main("settings", "--settings", str(path), "--migrate") == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == "mullvad-allow-k8s: error: HOST_PORTS: 'http': not a port or port range (e.g. 6443 or 30000-32767)"
+    )
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["settings"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import netaddr
+
 from mullvad_allow_k8s import doctor
 from mullvad_allow_k8s.facts import MachineFacts
 from mullvad_allow_k8s.settings import resolve
-from tests.conftest import FixedFacts
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
 
@@ -23,33 +24,49 @@ def fake_proc(tmp_path: Path, tcp: list[str], tcp6: list[str] | None = None) -> 
     return MachineFacts(root=tmp_path)
 
 
-def test_listening_ports_skip_loopback(tmp_path: Path) -> None:
+def test_listening_sockets_skip_loopback(tmp_path: Path) -> None:
     facts = fake_proc(
         tmp_path,
         ["00000000:0016", "0100007F:0277", "0A00000A:1A0B"],  # *:22, 127.0.0.1:631, 10.0.0.10:6667
         ["00000000000000000000000001000000:0019", "00000000000000000000000000000000:01BB"],
     )
-    assert facts.listening_tcp_ports() == {22, 6667, 443}
-    assert facts.ephemeral_ports() == (40000, 50000)
+    assert [(str(ip), port) for ip, port in facts.listening_tcp()] == [
+        ("0.0.0.0", 22),
+        ("::", 443),
+        ("10.0.0.10", 6667),
+    ]
 
 
-def test_missing_proc_files_give_linux_defaults(tmp_path: Path) -> None:
+def test_missing_proc_files_give_nothing(tmp_path: Path) -> None:
     facts = MachineFacts(root=tmp_path)
-    assert facts.ephemeral_ports() == (32768, 60999)
-    assert facts.listening_tcp_ports() == set()
+    assert facts.listening_tcp() == []
     assert facts.sysctl("net.bridge.bridge-nf-call-iptables") is None
 
 
-def test_doctor_warns_about_other_services_on_exempted_ports(tmp_path: Path) -> None:
+def test_doctor_lists_only_host_ports_as_reachable(tmp_path: Path) -> None:
     facts = fake_proc(
-        tmp_path, ["00000000:0016", "00000000:192B", "00000000:7690"]
-    )  # 22, 6443, 30352
-    settings = resolve([], FixedFacts())
-    (finding,) = doctor.check_exposed_services(settings, facts)
-    assert finding.level == doctor.WARN and "TCP port(s) 22 listen" in finding.message
-    narrow = resolve([{"INBOUND_PORTS": "6443,30000-32767"}], FixedFacts())
-    (finding,) = doctor.check_exposed_services(narrow, facts)
-    assert finding.level == doctor.OK
+        tmp_path, ["00000000:0016", "00000000:192B", "00000000:7690", "0A00000A:192B"]
+    )  # *:22, *:6443, *:30352, 10.0.0.10:6443 (an address not of this machine's LAN)
+    monkey_addresses = [netaddr.IPAddress("192.168.1.100")]
+    facts.machine_addresses = lambda tunnel: monkey_addresses  # type: ignore[method-assign]
+    ports, reachable = doctor.check_exposed_services(resolve([]), facts)
+    assert ports.message == "host ports exempted (HOST_PORTS, TCP): 6443"
+    assert "reachable from outside: *:6443 (every other" in reachable.message
+    (_, nothing) = doctor.check_exposed_services(resolve([{"HOST_PORTS": "none"}]), facts)
+    assert "no listening socket" in nothing.message
+
+
+def test_doctor_reports_ranges_overlapping_the_lan(tmp_path: Path) -> None:
+    facts = MachineFacts(root=tmp_path)
+    facts._addresses = [
+        {"ifname": "eth0", "addr_info": [{"local": "192.168.1.100", "prefixlen": 24}]},
+        {"ifname": "cni0", "addr_info": [{"local": "10.244.0.1", "prefixlen": 24}]},
+    ]
+    clean = doctor.check_overlaps(resolve([]), facts)
+    assert [f.level for f in clean] == [doctor.OK]
+    (bad,) = doctor.check_overlaps(resolve([{"POD_CIDRS": "192.168.0.0/16"}]), facts)
+    assert bad.level == doctor.ERROR
+    assert str(bad.message).startswith("POD_CIDRS: '192.168.0.0/16': overlaps 192.168.1.0/24")
 
 
 def test_mullvad_table_check_parses_nft_json() -> None:
@@ -92,9 +109,9 @@ def test_ipv6_pods_without_lan_sharing_get_a_warning() -> None:
             ],
         }
     }
-    v6 = resolve([{"POD_CIDRS": "10.244.0.0/16 fd00:10:244::/56"}], FixedFacts())
+    v6 = resolve([{"POD_CIDRS": "10.244.0.0/16 fd00:10:244::/56"}])
     table = [{"table": {"name": "mullvad"}}]
     (warn,) = doctor.check_ipv6_lan(v6, table)
     assert warn.level == doctor.WARN and warn.fix == "mullvad lan set allow"
     assert doctor.check_ipv6_lan(v6, [*table, lan])[0].level == doctor.OK
-    assert doctor.check_ipv6_lan(resolve([], FixedFacts()), table) == []
+    assert doctor.check_ipv6_lan(resolve([]), table) == []

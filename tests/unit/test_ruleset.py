@@ -8,11 +8,10 @@ import netaddr
 
 from mullvad_allow_k8s import marks, ruleset
 from mullvad_allow_k8s.settings import resolve
-from tests.conftest import FixedFacts
 
 
 def render(**values: str) -> str:
-    return ruleset.render(resolve([values], FixedFacts()))
+    return ruleset.render(resolve([values]))
 
 
 def rules(text: str) -> list[str]:
@@ -95,10 +94,50 @@ def test_auto_machine_addresses_use_fib_and_explicit_ones_a_set() -> None:
 
 
 def test_tunnel_traffic_is_never_marked_as_inbound() -> None:
-    inbound = [r for r in rules(render(TUNNEL_INTERFACE="wg1")) if "@inbound_ports" in r]
-    assert len(inbound) == 3
-    for line in inbound:
-        assert line.startswith('iifname != "wg1" ct state new ')
+    pre = chain_rules(render(TUNNEL_INTERFACE="wg1"), "prerouting")
+    candidates = [r for r in pre if f"ct mark set {marks.TENTATIVE_CT_MARK.nft}" in r]
+    assert candidates == [
+        'ct state new iifname != "wg1" iifname != @cluster_interfaces meta mark 0 '
+        f"meta l4proto {{ tcp, udp }} ct mark set {marks.TENTATIVE_CT_MARK.nft} "
+        f"meta mark set {marks.FW_MARK.nft}"
+    ]
+
+
+def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
+    """After DNAT: forwarded into a pod (not from a ClusterIP) or a HOST_PORTS port on a
+    local address; everything else loses both marks."""
+    confirm = chain_rules(render(), "confirm")
+    exempt = marks.CT_MARK.nft
+    assert confirm == [
+        f"ct mark != {marks.TENTATIVE_CT_MARK.nft} return",
+        "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @pod_v4 "
+        f"ct mark set {exempt} return",
+        "ct status dnat ct original ip6 daddr != @cluster_v6 ip6 daddr @pod_v6 "
+        f"ct mark set {exempt} return",
+        f"fib daddr . iif type local tcp dport @host_ports ct mark set {exempt} return",
+        f"ip daddr @public_v4 tcp dport @host_ports ct mark set {exempt} return",
+        f"ip6 daddr @public_v6 tcp dport @host_ports ct mark set {exempt} return",
+        "ct mark set 0x00000000 meta mark set 0x00000000",
+    ]
+    assert f"hook prerouting priority {marks.CONFIRM_PRIORITY.value};" in render()
+    assert -100 < marks.CONFIRM_PRIORITY.value < 0  # after DNAT, before routing
+
+
+def test_host_ports_are_the_only_ports_in_the_table() -> None:
+    text = render(PRESET="rke2")
+    assert re.search(r"set host_ports \{[^}]*elements = \{ 6443, 9345 \}", text)
+    assert "th dport" not in text and text.count("dport @host_ports") == 3
+    assert not re.search(r"set host_ports \{[^}]*elements", render(PRESET="kind"))
+
+
+def test_pod_sources_count_only_from_cluster_interfaces() -> None:
+    pre = chain_rules(render(), "prerouting")
+    pod = [r for r in pre if "saddr @pod_" in r]
+    assert len(pod) == 4 and all(r.startswith("iifname @cluster_interfaces ") for r in pod)
+    # Anything else with a cluster source returns before the inbound candidates.
+    spoofed = pre.index("ip saddr @cluster_v4 return")
+    assert pre[spoofed + 1] == "ip6 saddr @cluster_v6 return"
+    assert all("saddr @pod_" not in r for r in pre[spoofed:])
 
 
 def test_protected_addresses_are_checked_before_any_mark() -> None:
@@ -122,12 +161,17 @@ def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
     assert copy and all(r.startswith("ct state established,related ") for r in copy)
     pod = [r for r in pre if "saddr @pod_" in r]
     assert len(pod) == 4 and not any("meta mark" in r for r in pod)
+    assert marks.FW_MARK.value & 0x4000  # why: kube-proxy's masquerade bit
 
 
 def test_established_flows_leave_every_chain_early() -> None:
     text = render()
     for chain in ("prerouting", "output"):
-        assert "ct state established,related return" in chain_rules(text, chain)[:3]
+        assert "ct state established,related return" in chain_rules(text, chain)[:2]
+    assert chain_rules(text, "confirm")[0] == f"ct mark != {marks.TENTATIVE_CT_MARK.nft} return"
+    assert chain_rules(text, "nat_unpark") == [
+        f"ct mark {marks.PARKED_CT_MARK.nft} ct mark set {marks.CT_MARK.nft}"
+    ]
     for chain in ("forward_guard", "output_guard", "nat_park"):
         assert chain_rules(text, chain)[:2] == [
             "ct state != new return",
@@ -142,9 +186,11 @@ def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     assert park[2] == f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
     assert f"hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
     assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
-    # The next packet of the flow gets the exemption back before any filter sees it.
-    restore = f"ct state established,related ct mark {parked} ct mark set {exempt} return"
-    assert restore in chain_rules(text, "prerouting")[:3]
+    # Right after Mullvad's nat chain the flow gets the exemption back, before its next
+    # packet meets any filter.
+    assert chain_rules(text, "nat_unpark") == [f"ct mark {parked} ct mark set {exempt}"]
+    assert f"hook postrouting priority {marks.NAT_UNPARK_PRIORITY.value};" in text
+    assert marks.NAT_UNPARK_PRIORITY.value > 100
 
 
 def test_bridge_table_only_when_asked() -> None:

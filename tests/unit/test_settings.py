@@ -13,47 +13,94 @@ from mullvad_allow_k8s.settings import (
     FIELDS,
     SCHEMA,
     SettingsError,
-    complement_ports,
+    migrate,
     parse_json,
     parse_settings_file,
     render_settings_file,
     resolve,
 )
-from tests.conftest import FixedFacts
 
 
 def settle(**values: str) -> object:
-    return resolve([values], FixedFacts())
+    return resolve([values])
 
 
-def test_defaults_are_kubeadm_auto_and_non_ephemeral() -> None:
-    s = resolve([], FixedFacts())
+def test_defaults_are_kubeadm_with_its_api_server_port() -> None:
+    s = resolve([])
     assert s.as_strings() == {
         "PRESET": "kubeadm",
         "POD_CIDRS": "10.244.0.0/16",
         "SERVICE_CIDRS": "10.96.0.0/12",
         "MACHINE_ADDRESSES": "auto",
         "PUBLIC_ADDRESSES": "",
-        "INBOUND_PORTS": "non-ephemeral",
-        "EPHEMERAL_PORTS": "32768-60999",
+        "HOST_PORTS": "6443",
         "TUNNEL_INTERFACE": "wg0-mullvad",
         "CLUSTER_INTERFACES": "antrea-* br-* cali* cbr0 cilium_* cni* docker0 flannel* genev* "
         "kube-bridge kube-ipvs0 lxc* ovn0 tunl0 veth* vxlan.calico weave",
         "OUTPUT": "/etc/nftables.d/k8s_bypass_mullvad.nft",
         "BRIDGE_TABLE": "no",
     }
-    assert s.effective_inbound_ports() == ((1, 32767), (61000, 65535))
+    assert s.host_ports == ((6443, 6443),)
 
 
-def test_ephemeral_default_comes_from_the_machine() -> None:
-    s = resolve([], FixedFacts((1024, 65000)))
-    assert s.ephemeral_ports == (1024, 65000)
-    assert s.effective_inbound_ports() == ((1, 1023), (65001, 65535))
+@pytest.mark.parametrize(
+    ("preset", "ports"),
+    [
+        ("kubeadm", "6443"),
+        ("k3s", "6443"),
+        ("k0s", "6443"),
+        ("rke2", "6443,9345"),
+        ("microk8s", "16443"),
+        ("minikube", "8443"),
+        ("kind", "none"),
+    ],
+)
+def test_host_ports_default_to_the_presets_api_server(preset: str, ports: str) -> None:
+    assert settle(PRESET=preset).as_strings()["HOST_PORTS"] == ports
+    assert PRESETS[preset].host_ports_source
+
+
+def test_host_ports_none_or_a_list_win_over_the_preset() -> None:
+    assert settle(PRESET="rke2", HOST_PORTS="none").host_ports == ()
+    assert settle(PRESET="kind", HOST_PORTS="443 6443,8443-8444").host_ports == (
+        (443, 443),
+        (6443, 6443),
+        (8443, 8444),
+    )
+    custom = settle(PRESET="custom", POD_CIDRS="10.1.0.0/16", SERVICE_CIDRS="10.2.0.0/16")
+    assert custom.host_ports == ()
+
+
+def test_old_default_inbound_ports_goes_with_a_note() -> None:
+    current, notes = migrate({"PRESET": "k3s", "INBOUND_PORTS": "non-ephemeral"})
+    assert current == {"PRESET": "k3s"}
+    (note,) = notes
+    assert note.startswith("INBOUND_PORTS='non-ephemeral' is retired (0.2.0:")
+    assert resolve([current]).host_ports == ((6443, 6443),)
+
+
+def test_an_explicit_inbound_port_list_keeps_working_as_host_ports() -> None:
+    current, notes = migrate({"INBOUND_PORTS": "80,443,6443", "EPHEMERAL_PORTS": "auto"})
+    assert current == {"HOST_PORTS": "80,443,6443"}
+    assert len(notes) == 2 and "now HOST_PORTS='80,443,6443'" in notes[0]
+    assert "EPHEMERAL_PORTS='auto' is retired" in notes[1]
+    # ... unless HOST_PORTS is set too: then that wins.
+    current, notes = migrate({"INBOUND_PORTS": "80", "HOST_PORTS": "6443"})
+    assert current == {"HOST_PORTS": "6443"} and "HOST_PORTS is set too and wins" in notes[0]
+
+
+def test_retired_keys_are_read_but_never_resolved_unmigrated() -> None:
+    assert parse_settings_file("INBOUND_PORTS=non-ephemeral\n") == {
+        "INBOUND_PORTS": "non-ephemeral"
+    }
+    assert parse_json('{"EPHEMERAL_PORTS": "auto"}') == {"EPHEMERAL_PORTS": "auto"}
+    with pytest.raises(SettingsError, match=r"^INBOUND_PORTS: '80': retired \(0.2.0"):
+        resolve([{"INBOUND_PORTS": "80"}])
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_resolves_to_private_non_overlapping_ranges(name: str) -> None:
-    s = resolve([{"PRESET": name}], FixedFacts())
+    s = resolve([{"PRESET": name}])
     pods, services = netaddr.IPSet(s.pod_cidrs), netaddr.IPSet(s.service_cidrs)
     assert pods and services and not (pods & services)
     assert (pods | services).issubset(netaddr.IPSet(marks.PRIVATE_RANGES))
@@ -63,14 +110,13 @@ def test_every_preset_resolves_to_private_non_overlapping_ranges(name: str) -> N
 def test_explicit_ranges_win_over_the_preset_and_are_merged() -> None:
     s = resolve(
         [{"PRESET": "k3s", "POD_CIDRS": "10.42.0.0/24, 10.42.1.0/24 10.42.0.0/24 fd00:42::/56"}],
-        FixedFacts(),
     )
     assert [str(n) for n in s.pod_cidrs] == ["10.42.0.0/23", "fd00:42::/56"]
     assert [str(n) for n in s.service_cidrs] == ["10.43.0.0/16"]
 
 
 def test_later_sources_win() -> None:
-    s = resolve([{"PRESET": "k3s"}, {"PRESET": "microk8s"}], FixedFacts())
+    s = resolve([{"PRESET": "k3s"}, {"PRESET": "microk8s"}])
     assert s.preset == "microk8s"
 
 
@@ -100,12 +146,10 @@ def test_later_sources_win() -> None:
         ("MACHINE_ADDRESSES", "10.64.0.1", "one of Mullvad's in-tunnel addresses"),
         ("MACHINE_ADDRESSES", "192.168.1.300", "not an IPv4 or IPv6 address"),
         ("PUBLIC_ADDRESSES", "203.0.113.7 }", "not an IPv4 or IPv6 address"),
-        ("INBOUND_PORTS", "40000", "overlaps the ephemeral range 32768-60999"),
-        ("INBOUND_PORTS", "0", "ports must be 1-65535"),
-        ("INBOUND_PORTS", "443-80", "ports must be 1-65535, low-high"),
-        ("INBOUND_PORTS", "http", "not a port or port range"),
-        ("EPHEMERAL_PORTS", "1-100,200-300", "must be one range"),
-        ("EPHEMERAL_PORTS", "70000-80000", "ports must be 1-65535"),
+        ("HOST_PORTS", "0", "ports must be 1-65535"),
+        ("HOST_PORTS", "443-80", "ports must be 1-65535, low-high"),
+        ("HOST_PORTS", "http", "not a port or port range"),
+        ("HOST_PORTS", "70000", "ports must be 1-65535"),
         ("TUNNEL_INTERFACE", 'wg0" accept', "not an interface name"),
         ("TUNNEL_INTERFACE", "a-very-long-interface", "not an interface name"),
         ("OUTPUT", "relative.nft", "must be an absolute path"),
@@ -137,11 +181,6 @@ def test_custom_preset_needs_ranges() -> None:
         settle(PRESET="custom")
 
 
-def test_all_inbound_ports_ephemeral_is_refused() -> None:
-    with pytest.raises(SettingsError, match="no port is outside EPHEMERAL_PORTS"):
-        settle(EPHEMERAL_PORTS="1-65535")
-
-
 def test_machine_addresses_list_is_deduplicated_and_sorted() -> None:
     s = settle(MACHINE_ADDRESSES="192.168.1.20 2001:db8::1 192.168.1.10/32 192.168.1.20")
     assert [str(a) for a in s.machine_addresses] == ["192.168.1.10", "192.168.1.20", "2001:db8::1"]
@@ -150,12 +189,6 @@ def test_machine_addresses_list_is_deduplicated_and_sorted() -> None:
 def test_interface_patterns_drop_names_a_wildcard_covers() -> None:
     s = settle(CLUSTER_INTERFACES="veth* vethwe* cni0 cni* eth0 eth0")
     assert s.cluster_interfaces == ("cni*", "eth0", "veth*")
-
-
-def test_complement_ports_edges() -> None:
-    assert complement_ports((1, 65535)) == ()
-    assert complement_ports((1, 100)) == ((101, 65535),)
-    assert complement_ports((100, 65535)) == ((1, 99),)
 
 
 def test_settings_file_parsing_quotes_comments_and_errors() -> None:
@@ -190,13 +223,13 @@ def test_json_source_accepts_lists_and_booleans() -> None:
 
 
 def test_rendered_settings_file_round_trips_and_documents_every_field() -> None:
-    s = settle(PRESET="k3s", PUBLIC_ADDRESSES="203.0.113.7", INBOUND_PORTS="80,443,6443")
+    s = settle(PRESET="k3s", PUBLIC_ADDRESSES="203.0.113.7", HOST_PORTS="80,443,6443")
     text = render_settings_file(s)
     for field in SCHEMA:
         assert f"\n{field.key}=" in text
-    assert resolve([parse_settings_file(text)], FixedFacts()) == s
+    assert resolve([parse_settings_file(text)]) == s
     default_text = render_settings_file()
-    assert resolve([parse_settings_file(default_text)], FixedFacts()) == resolve([], FixedFacts())
+    assert resolve([parse_settings_file(default_text)]) == resolve([])
 
 
 def test_schema_names_derive_flags_and_nix_options() -> None:
@@ -209,4 +242,5 @@ def test_schema_names_derive_flags_and_nix_options() -> None:
         "SERVICE_CIDRS",
         "MACHINE_ADDRESSES",
         "PUBLIC_ADDRESSES",
+        "HOST_PORTS",
     }

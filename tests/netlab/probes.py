@@ -12,7 +12,9 @@ relay and LAN namespaces tell which way a reply or connection left the machine.
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,12 +25,17 @@ from .topology import (
     CLIENT_FIXED_SPORT,
     FAMILIES,
     HOST_EPHEMERAL_PORT,
+    HOST_SERVICE_PORT,
     IDENT_BY_ANSWER,
     INET_HOST,
     INET_HOST_SPORT,
     INET_POD,
     LAN_SERVICE_PORT,
+    LB_PORT,
     NODEPORT,
+    SPOOF_PAYLOAD,
+    SPOOF_PORT,
+    SPOOF_RECEIVERS,
     SVC_API_PORT,
     SVC_WEB_PORT,
     WEB_PORT,
@@ -160,6 +167,32 @@ def dns_query(server: str, port: int, proto: str) -> Outcome:
         return _fail(exc)
     who = IDENT_BY_ANSWER.get(addr, f"unknown {addr}")
     return Outcome(True, f"answer {addr} from {who}", who)
+
+
+def spoofed_udp(lab: Lab, f: Fam, dst: str, port: int, receiver: str) -> Outcome:
+    """A LAN host sends UDP from a pod address no pod has; count what the receiver got.
+
+    Counted at the receiver (a pod, or the host after Mullvad's input chain), not by
+    replies: a spoofer never sees replies, and a one-way packet is the whole attack.
+    """
+
+    def send() -> None:
+        family = socket.AF_INET6 if f.v == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            # Non-local bind (allowed in the lan namespace) and IP_TRANSPARENT, without
+            # which IPv4 refuses to route a packet from an address not configured here.
+            level, opt = (socket.IPPROTO_IPV6, 75) if f.v == 6 else (socket.SOL_IP, 19)
+            sock.setsockopt(level, opt, 1)  # IPV6_TRANSPARENT / IP_TRANSPARENT
+            sock.bind((f.spoof_pod, 0))
+            for _ in range(3):
+                sock.sendto(SPOOF_PAYLOAD, (dst, port))
+
+    lab["lan"].call(send)
+    time.sleep(0.3)
+    name = watch_name(SPOOF_RECEIVERS[receiver], f)
+    out = lab[receiver].exec("nft", "-j", "list", "counter", "inet", "netlab_rx", name).stdout
+    packets = int(json.loads(out)["nftables"][1]["counter"]["packets"])
+    return Outcome(packets > 0, f"{packets} of 3 spoofed packets delivered to {receiver}")
 
 
 # --- the probes -----------------------------------------------------------------------
@@ -343,8 +376,64 @@ def probes_for(f: Fam) -> list[Probe]:
             lambda s: ok_if(s.effective, "host", path="lan"),
             watch="remote_api",
         ),
+        probe(
+            "remote_lb",
+            "lan",
+            "off-link client -> a LoadBalancer IP not configured on the node; replies by the LAN",
+            _tcp("lan", f.lb_ip, LB_PORT, src=f.remote),
+            lambda s: ok_if(s.effective, "web", path="lan"),
+            watch="remote_lb",
+        ),
+        probe(
+            "lan_lb",
+            "lanclient",
+            "LAN client (on-link) -> a LoadBalancer IP routed to the node",
+            _tcp("lanclient", f.lb_ip, LB_PORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web"),
+        ),
     ]
     leaks = [
+        probe(
+            "remote_host_service",
+            "lan",
+            "off-link client -> a host service outside the cluster (sshd): as without the table",
+            _tcp("lan", f.host_lan, HOST_SERVICE_PORT, src=f.remote),
+            lambda s: Expect(False, path="nowhere"),
+            watch="remote_host_service",
+            leak=True,
+        ),
+        probe(
+            "lan_host_service",
+            "lanclient",
+            "LAN client -> a host service outside the cluster: only Mullvad's LAN sharing opens it",
+            _tcp("lanclient", f.host_lan, HOST_SERVICE_PORT),
+            lambda s: ok_if(s.lan, "host"),
+            leak=True,
+        ),
+        probe(
+            "spoof_pod",
+            "lan",
+            "UDP from the LAN claiming a pod source, to a pod: only LAN sharing forwards it",
+            lambda lab: spoofed_udp(lab, f, f.web_pod, SPOOF_PORT, "web"),
+            lambda s: Expect(s.lan and (f.v == 6 or s.rp_filter != 1)),
+            leak=True,
+        ),
+        probe(
+            "spoof_svc",
+            "lan",
+            "UDP from the LAN claiming a pod source, to the cluster DNS ClusterIP: never",
+            lambda lab: spoofed_udp(lab, f, f.kube_dns, 53, "coredns"),
+            lambda s: Expect(False),
+            leak=True,
+        ),
+        probe(
+            "spoof_host",
+            "lan",
+            "UDP from the LAN claiming a pod source, to the host: only LAN sharing accepts it",
+            lambda lab: spoofed_udp(lab, f, f.host_lan, SPOOF_PORT, "host"),
+            lambda s: Expect(s.lan and (f.v == 6 or s.rp_filter != 1)),
+            leak=True,
+        ),
         probe(
             "remote_ephemeral",
             "lan",

@@ -21,7 +21,7 @@ from . import mullvad_emu
 from .mullvad_emu import MullvadState
 from .nsutil import LabError
 from .probes import PROBES, Outcome, Probe, Scenario
-from .topology import V4, V6, Lab
+from .topology import API_PORT, V4, V6, Lab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def settings_text(lab: Lab, **overrides: str) -> str:
         "POD_CIDRS": f"{V4.cluster_pod_cidr} {V6.cluster_pod_cidr}",
         "SERVICE_CIDRS": f"{V4.svc_cidr} {V6.svc_cidr}",
         "MACHINE_ADDRESSES": "auto",
-        "INBOUND_PORTS": "non-ephemeral",
+        "HOST_PORTS": str(API_PORT),
         "TUNNEL_INTERFACE": mullvad_emu.TUNNEL,
         "OUTPUT": str(lab.tmp / "mullvad-allow-k8s.nft"),
         "BRIDGE_TABLE": "no",

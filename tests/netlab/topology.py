@@ -50,6 +50,10 @@ SVC_API_PORT = 443
 INET_HOST, INET_HOST_SPORT, INET_POD, INET_EXT_POD, INET_EXT_HOST = 443, 444, 445, 446, 447
 CLIENT_FIXED_SPORT = 8443  # a non-ephemeral source port for an outgoing host connection
 HOST_EPHEMERAL_PORT = 40000  # a host server inside the ephemeral range: never exempted
+HOST_SERVICE_PORT = 22  # a host service that is not part of the cluster (an sshd)
+LB_PORT = 80  # the web Service's port on its LoadBalancer IP
+SPOOF_PORT = 9999  # UDP port spoofed pod-source packets are sent to (counted, no server)
+HOST_ETH0_MAC = "02:00:00:00:01:00"  # pinned in the router's neighbour table (spoof probes)
 LAN_SERVICE_PORT = 8081  # a server on the LAN client (a NAS, a printer)
 
 # Which resolver answered: each answers every A/AAAA question with its own address.
@@ -92,6 +96,8 @@ class Fam:
     cluster_pod_cidr: str  # the cluster's pod range (POD_CIDRS): other nodes have the rest
     other_node_pod: str  # a pod on another node, unreachable from this one-node lab
     unassigned_svc: str  # a service address with no service behind it (no DNAT)
+    lb_ip: str  # a LoadBalancer IP (MetalLB style): routed to the node, not configured on it
+    spoof_pod: str  # a pod-range address no pod has: the LAN side claims it as its source
 
     @property
     def any(self) -> str:
@@ -130,6 +136,8 @@ V4 = Fam(
     cluster_pod_cidr="10.244.0.0/16",
     other_node_pod="10.244.1.5",
     unassigned_svc="10.96.0.99",
+    lb_ip="192.168.1.240",
+    spoof_pod="10.244.0.9",
 )
 V6 = Fam(
     v=6,
@@ -156,6 +164,8 @@ V6 = Fam(
     cluster_pod_cidr="fd00:10:244::/56",
     other_node_pod="fd00:10:244:1::5",
     unassigned_svc="fd00:10:96::63",
+    lb_ip="fd00:1::240",
+    spoof_pod="fd00:10:244::9",
 )
 FAMILIES = (V4, V6)
 TUNNEL = Tunnel(ips=(V4.tun_host, V6.tun_host), dns=(V4.tun_gw, V6.tun_gw), relay=RELAY)
@@ -167,6 +177,8 @@ WATCHES: dict[str, str] = {
     "remote_nodeport": "{ip} daddr {remote} tcp sport " + str(NODEPORT),
     "remote_api": "{ip} daddr {remote} tcp sport " + str(API_PORT),
     "remote_ephemeral": "{ip} daddr {remote} tcp sport " + str(HOST_EPHEMERAL_PORT),
+    "remote_host_service": "{ip} daddr {remote} tcp sport " + str(HOST_SERVICE_PORT),
+    "remote_lb": "{ip} saddr {lb_ip} {ip} daddr {remote} tcp sport " + str(LB_PORT),
     "host_inet": "{ip} daddr {internet} tcp dport " + str(INET_HOST),
     "host_inet_sport": "{ip} daddr {internet} tcp dport " + str(INET_HOST_SPORT),
     "pod_inet": "{ip} daddr {internet} tcp dport " + str(INET_POD),
@@ -222,6 +234,10 @@ def kube_proxy_rules() -> str:
             f"fib daddr type local tcp dport {NODEPORT} meta mark set meta mark | 0x4000 "
             f"dnat to {f.hostport(f.web_pod, WEB_PORT)}"
         )
+        lb = (
+            f"{ip} daddr {f.lb_ip} tcp dport {LB_PORT} meta mark set meta mark | 0x4000 "
+            f"dnat to {f.hostport(f.web_pod, WEB_PORT)}"
+        )
         post = [
             "meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade",
             f'{ip} saddr {f.pod_cidr} {ip} daddr != {f.pod_cidr} oifname != "cni0" masquerade',
@@ -229,12 +245,34 @@ def kube_proxy_rules() -> str:
         out.append(
             f"table {ip} netlab_kube\ndelete table {ip} netlab_kube\n"
             f"table {ip} netlab_kube {{\n"
-            + _chain("prerouting", "type nat hook prerouting priority -100;", [*svc, nodeport])
+            + _chain("prerouting", "type nat hook prerouting priority -100;", [*svc, lb, nodeport])
             + _chain("output", "type nat hook output priority -100;", svc)
             + _chain("postrouting", "type nat hook postrouting priority 100;", post)
             + "}\n"
         )
     return "".join(out)
+
+
+# Spoofed pod-source packets are counted where they would be received: in the pod
+# namespaces and, after Mullvad's input chain (priority 0), in the host.
+SPOOF_RECEIVERS = {"web": "spoof_pod", "coredns": "spoof_svc", "host": "spoof_host"}
+
+
+SPOOF_PAYLOAD = b"spoofed"
+
+
+def receiver_rules(counter: str, port: int, priority: int) -> str:
+    """Counters of the spoofed packets that reached this namespace, recognised by their
+    payload: a masquerade on the way (kube-proxy's, for fwmark bit 0x4000) changes the
+    source they arrive with, not the payload."""
+    counters, rules = [], []
+    payload = f"@th,64,{8 * len(SPOOF_PAYLOAD)} 0x{SPOOF_PAYLOAD.hex()}"
+    for f in FAMILIES:
+        name = watch_name(counter, f)
+        counters.append(f"\tcounter {name} {{ }}\n")
+        rules.append(f'meta nfproto ipv{f.v} udp dport {port} {payload} counter name "{name}"')
+    head = f"type filter hook input priority {priority}; policy accept;"
+    return "table inet netlab_rx {\n" + "".join(counters) + _chain("rx", head, rules) + "}\n"
 
 
 def counter_rules(ifname: str) -> str:
@@ -248,6 +286,7 @@ def counter_rules(ifname: str) -> str:
             "outside_dns_host",
             "other_node_pod",
             "unassigned_svc",
+            "lb_ip",
         )
         fmt = {"ip": f.nfproto, **{k: getattr(f, k) for k in fields}}
         for watch, match in WATCHES.items():
@@ -302,7 +341,10 @@ class Lab:
                 # ARP from the router's own address, as a real router does for forwarded
                 # packets; the host's arp_ignore=2 (set by Mullvad) ignores other senders.
                 # Its LAN bridge is a plain switch: no netfilter on bridged frames.
+                # Non-local bind: it also plays the LAN host that spoofs a pod source.
                 extra = {
+                    "net.ipv4.ip_nonlocal_bind": 1,
+                    "net.ipv6.ip_nonlocal_bind": 1,
                     "net.ipv4.conf.all.arp_announce": 2,
                     "net.bridge.bridge-nf-call-iptables": 0,
                     "net.bridge.bridge-nf-call-ip6tables": 0,
@@ -312,6 +354,9 @@ class Lab:
         self["host"].nft(kube_proxy_rules())
         self["vpn"].nft(counter_rules("tun0"))
         self["lan"].nft(counter_rules("lanbr"))
+        self["web"].nft(receiver_rules(SPOOF_RECEIVERS["web"], SPOOF_PORT, 0))
+        self["coredns"].nft(receiver_rules(SPOOF_RECEIVERS["coredns"], 53, 0))
+        self["host"].nft(receiver_rules(SPOOF_RECEIVERS["host"], SPOOF_PORT, 100))
         # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
         self._start_agents(extra_agents or {})
         self.set_mullvad(self.mullvad, initial=True)
@@ -322,7 +367,7 @@ class Lab:
         lines = [
             "link set lo up",
             "link add cni0 type bridge mcast_snooping 0",
-            f"link add eth0 type veth peer name lan0 netns {self['lan'].name}",
+            f"link add eth0 address {HOST_ETH0_MAC} type veth peer name lan0 netns {self['lan'].name}",
             f"link add {mullvad_emu.TUNNEL} address {mac} type veth"
             f" peer name tun0 address {mac} netns {self['vpn'].name}",
         ]
@@ -367,9 +412,16 @@ class Lab:
                 f"addr add {f.internet}/{host_plen} dev lo{nodad}",
                 f"addr add {f.outside_dns_pod}/{host_plen} dev lo{nodad}",
                 f"addr add {f.outside_dns_host}/{host_plen} dev lo{nodad}",
+                # The LoadBalancer IP is routed to the node (MetalLB-style announcement),
+                # and so are the cluster ranges, which a spoofing LAN host aims at.
+                f"route add {f.lb_ip} via {f.host_lan}",
+                f"route add {f.cluster_pod_cidr} via {f.host_lan}",
+                f"route add {f.svc_cidr} via {f.host_lan}",
+                f"neigh replace {f.host_lan} lladdr {HOST_ETH0_MAC} dev lanbr nud permanent",
             ]
             lanclient += [
                 f"addr add {f.lan_client}/{f.plen_lan} dev eth0{nodad}",
+                f"route add {f.lb_ip} via {f.host_lan}",
                 f"route add default via {f.router}",
                 # so a LAN attacker can aim at the tunnel address (CVE-2019-14899 probe)
                 f"route add {f.tun_host} via {f.host_lan}",
@@ -405,7 +457,10 @@ class Lab:
                 "dns": [dns("coredns", [V4.dns_pod, V6.dns_pod], (53, DNS_ALT_PORT))],
             },
             "web": {"ident": "web", "tcp": [["::", WEB_PORT]]},
-            "host": {"ident": "host", "tcp": [["::", API_PORT], ["::", HOST_EPHEMERAL_PORT]]},
+            "host": {
+                "ident": "host",
+                "tcp": [["::", API_PORT], ["::", HOST_EPHEMERAL_PORT], ["::", HOST_SERVICE_PORT]],
+            },
             "lan": {
                 "ident": "lan",
                 "tcp": [[f.internet, p] for f in FAMILIES for p in inet_ports],

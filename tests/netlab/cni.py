@@ -437,5 +437,6 @@ def reserved(data_dir: str | Path, name: str = NETWORK_NAME) -> dict[str, str]:
             addr = ipaddress.ip_address(entry.name)
         except ValueError:
             continue  # last_reserved_ip.N, lock
-        out[str(addr)] = entry.read_text().split("\r\n", 1)[0].strip()
+        # "<container id>\r\n<ifname>"
+        out[str(addr)] = entry.read_bytes().decode().split("\r\n", 1)[0].strip()
     return out

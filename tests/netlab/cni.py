@@ -72,10 +72,16 @@ connections to this machine's addresses: so a LAN client's connection to a hostP
 reaches the pod from the bridge gateway (10.244.0.1 / fd00:10:244::1), not from the
 client's address; without the fwmark it keeps the client's address (portmap only
 masquerades hairpin and localhost). The connection works; the pod loses the client
-address (and a hostPort pod that filters by source sees only the gateway). Only the
-first packet matters (nat sees only new connections); the mark is ORed, never
-cleared, so SETMARK never turns a packet into 0x6d6f6c65 and Mullvad's exact-match
-`fwmark 0x6d6f6c65` rules are unaffected by portmap. Shown on the kernel by
+address (and a hostPort pod that filters by source sees only the gateway). Where
+split tunnelling is available, Mullvad's own nat rule `oif != "lo" ct mark 0x00000f41
+masquerade` already does the same to flows the bypass ct-marks; portmap's rule needs
+no ct mark, so it also applies without split tunnelling and to any other connection
+whose first packet carries the fwmark at postrouting. Only the first packet matters
+(nat sees only new connections). The other way round, SETMARK ORs 0x2000 into the
+packet mark and nothing clears it: an unmarked hairpin or localhost packet becomes
+0x2000, which Mullvad's exact-match `fwmark 0x6d6f6c65` rules and ip rule treat as
+unmarked, as before (only a packet already marked 0x6d6f4c65 would turn into the
+fwmark). Shown on the kernel by
 test_cni.py::test_mullvad_fwmark_is_masqueraded: the same hostPort mapping reached
 with first-packet mark 0x6d6f6c65 -> the pod sees the gateway; 0x6d6f4c65 (the fwmark
 without bit 13) or no mark -> the pod sees the client.

@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import mullvad_emu
+from . import cni, mullvad_emu
 from .mullvad_emu import MullvadState, Tunnel
 from .nsutil import LabError, Netns, create_namespaces, delete_namespaces, wait_ready
 
 PREFIX = "nlab"
-ROLES = ("host", "lan", "lanclient", "vpn", "client", "web", "coredns")
+# "hostport" is a pod set up by Debian's CNI plugins (bridge, host-local, portmap) as a
+# container runtime sets one up, with a hostPort; the other pods are wired by hand.
+ROLES = ("host", "lan", "lanclient", "vpn", "client", "web", "coredns", "hostport")
 
 NODEPORT = 30080
 WEB_PORT = 8080
@@ -50,6 +52,7 @@ SVC_API_PORT = 443
 INET_HOST, INET_HOST_SPORT, INET_POD, INET_EXT_POD, INET_EXT_HOST = 443, 444, 445, 446, 447
 CLIENT_FIXED_SPORT = 8443  # a non-ephemeral source port for an outgoing host connection
 HOST_EPHEMERAL_PORT = 40000  # a host server inside the ephemeral range: never exempted
+HOSTPORT = 8088  # the hostport pod's hostPort (-> WEB_PORT in the pod), by CNI portmap
 HOST_SERVICE_PORT = 22  # a host service that is not part of the cluster (an sshd)
 LB_PORT = 80  # the web Service's port on its LoadBalancer IP
 SPOOF_PORT = 9999  # UDP port spoofed pod-source packets are sent to (counted, no server)
@@ -178,6 +181,7 @@ WATCHES: dict[str, str] = {
     "remote_api": "{ip} daddr {remote} tcp sport " + str(API_PORT),
     "remote_ephemeral": "{ip} daddr {remote} tcp sport " + str(HOST_EPHEMERAL_PORT),
     "remote_host_service": "{ip} daddr {remote} tcp sport " + str(HOST_SERVICE_PORT),
+    "remote_hostport": "{ip} daddr {remote} tcp sport " + str(HOSTPORT),
     "remote_lb": "{ip} saddr {lb_ip} {ip} daddr {remote} tcp sport " + str(LB_PORT),
     "host_inet": "{ip} daddr {internet} tcp dport " + str(INET_HOST),
     "host_inet_sport": "{ip} daddr {internet} tcp dport " + str(INET_HOST_SPORT),
@@ -310,6 +314,7 @@ class Lab:
         self.ns: dict[str, Netns] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.uid}-"))
         self.tunnel_up = False
+        self.hostport_ips: list[str] = []
 
     def __getitem__(self, role: str) -> Netns:
         return self.ns[role]
@@ -357,6 +362,7 @@ class Lab:
         self["web"].nft(receiver_rules(SPOOF_RECEIVERS["web"], SPOOF_PORT, 0))
         self["coredns"].nft(receiver_rules(SPOOF_RECEIVERS["coredns"], 53, 0))
         self["host"].nft(receiver_rules(SPOOF_RECEIVERS["host"], SPOOF_PORT, 100))
+        self._hostport_pod()
         # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
         self._start_agents(extra_agents or {})
         self.set_mullvad(self.mullvad, initial=True)
@@ -366,7 +372,9 @@ class Lab:
         mac = "02:00:6d:6f:6c:65"
         lines = [
             "link set lo up",
-            "link add cni0 type bridge mcast_snooping 0",
+            # A fixed MAC: a bridge takes its lowest port MAC otherwise, and the CNI
+            # bridge plugin adds a port (see cni.py).
+            "link add cni0 address 02:00:00:00:0c:00 type bridge mcast_snooping 0",
             f"link add eth0 address {HOST_ETH0_MAC} type veth peer name lan0 netns {self['lan'].name}",
             f"link add {mullvad_emu.TUNNEL} address {mac} type veth"
             f" peer name tun0 address {mac} netns {self['vpn'].name}",
@@ -446,6 +454,17 @@ class Lab:
                 ]
             self[role].ip("\n".join(pod) + "\n")
 
+    def _hostport_pod(self) -> None:
+        """ADD the hostport pod through bridge -> host-local -> portmap, as a runtime does."""
+        conf = cni.conflist(
+            "cni0",
+            [cni.lab_range(f.pod_cidr, f.cni_gw) for f in FAMILIES],
+            data_dir=self.tmp / "ipam",
+        )
+        mapping = [cni.PortMapping(HOSTPORT, WEB_PORT, "tcp")]
+        result = cni.add(self["host"], self["hostport"], "hostport", conf, mapping)
+        self.hostport_ips = cni.pod_addresses(result)
+
     def _start_agents(self, extra: dict[str, dict[str, Any]]) -> None:
         def dns(who: str, addrs: list[str], ports: tuple[int, ...] = (53,)) -> dict[str, Any]:
             return {"addrs": addrs, "ports": list(ports), "answers": ANSWERS[who]}
@@ -457,6 +476,7 @@ class Lab:
                 "dns": [dns("coredns", [V4.dns_pod, V6.dns_pod], (53, DNS_ALT_PORT))],
             },
             "web": {"ident": "web", "tcp": [["::", WEB_PORT]]},
+            "hostport": {"ident": "hostport", "tcp": [["::", WEB_PORT]]},
             "host": {
                 "ident": "host",
                 "tcp": [["::", API_PORT], ["::", HOST_EPHEMERAL_PORT], ["::", HOST_SERVICE_PORT]],

@@ -1,8 +1,10 @@
-"""Which incoming connections get the marks, on the real kernel.
+"""Which incoming connections to this machine get the marks, on the real kernel.
 
 A host namespace with our table and a client namespace joined by a veth (the LAN) and
 a second veth named like Mullvad's tunnel. An observer table in the host records, per
-(destination, port), the packets that reached input carrying both marks.
+(destination, port), the packets that reached input carrying both marks, and any that
+still carry the tentative mark (none may: `confirm` decides every one). Connections
+forwarded into pods are the network lab's subject (tests/netlab).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ OBSERVER = """
 table inet observe {
   set seen4 { type ipv4_addr . inet_service; }
   set seen6 { type ipv6_addr . inet_service; }
+  counter tentative { }
   chain input { type filter hook input priority 10; policy accept;
     ct mark 0x00000f41 meta mark 0x6d6f6c65 tcp flags syn add @seen4 { ip daddr . tcp dport }
     ct mark 0x00000f41 meta mark 0x6d6f6c65 tcp flags syn add @seen6 { ip6 daddr . tcp dport }
+    ct mark 0x00000f43 counter name tentative
+    meta mark 0x6d6f6c65 ct mark != 0x00000f41 counter name tentative
   }
 }
 """
@@ -73,15 +78,23 @@ def seen(host: Netns) -> set[tuple[str, int]]:
     return out
 
 
-def test_connections_to_machine_addresses_on_service_ports_get_both_marks(
+def tentative_left(host: Netns) -> int:
+    data = json.loads(host.nft_json("list counter inet observe tentative"))
+    return int(data["nftables"][1]["counter"]["packets"])
+
+
+def test_only_host_ports_on_machine_addresses_get_both_marks(
     lab: tuple[Netns, Netns, Path],
 ) -> None:
     host, client, _ = lab
-    probe(client, "192.168.50.2", 30080)  # NodePort
-    probe(client, "192.168.50.2", 6443)  # API server
-    probe(client, "2001:db8:50::2", 443)  # ingress over IPv6
-    probe(client, "192.168.50.2", 40000)  # ephemeral port: never
-    assert seen(host) == {("192.168.50.2", 30080), ("192.168.50.2", 6443), ("2001:db8:50::2", 443)}
+    probe(client, "192.168.50.2", 6443)  # API server: kubeadm's HOST_PORTS
+    probe(client, "2001:db8:50::2", 6443)
+    probe(client, "192.168.50.2", 22)  # an sshd: never
+    probe(client, "192.168.50.2", 30080)  # a NodePort without DNAT behind it: never
+    probe(client, "2001:db8:50::2", 443)  # not a host port
+    probe(client, "192.168.50.2", 40000)
+    assert seen(host) == {("192.168.50.2", 6443), ("2001:db8:50::2", 6443)}
+    assert tentative_left(host) == 0
 
 
 def test_tunnel_address_and_tunnel_interface_are_never_exempted(
@@ -90,27 +103,28 @@ def test_tunnel_address_and_tunnel_interface_are_never_exempted(
     host, client, _ = lab
     # From the LAN to the tunnel's own address (the CVE-2019-14899 probe): not on eth0.
     client.sh("ip route add 10.99.0.2/32 dev lan0")
-    probe(client, "10.99.0.2", 30080)
+    probe(client, "10.99.0.2", 6443)
     # Arriving through the tunnel interface, even to the LAN address.
     client.sh(
         "ip route del 10.99.0.2/32 dev lan0 && ip route add 10.99.0.2/32 dev tun0 "
         "&& ip route replace 192.168.50.2/32 dev tun0 src 10.99.0.1"
     )
-    probe(client, "10.99.0.2", 30081)
-    probe(client, "192.168.50.2", 30082)
+    probe(client, "10.99.0.2", 6443)
+    probe(client, "192.168.50.2", 6443)
     assert seen(host) == set()
+    assert tentative_left(host) == 0
 
 
 def test_a_new_dhcp_address_needs_no_regeneration(lab: tuple[Netns, Netns, Path]) -> None:
     host, client, out = lab
     before = out.read_text()
     host.sh("ip addr flush dev eth0 scope global && ip addr add 192.168.50.77/24 dev eth0")
-    probe(client, "192.168.50.77", 30080)
-    assert seen(host) == {("192.168.50.77", 30080)}
+    probe(client, "192.168.50.77", 6443)
+    assert seen(host) == {("192.168.50.77", 6443)}
     assert out.read_text() == before
 
 
-def test_explicit_machine_addresses_mark_only_those(
+def test_explicit_machine_addresses_and_host_ports_mark_only_those(
     lab: tuple[Netns, Netns, Path], tmp_path: Path
 ) -> None:
     host, client, _ = lab
@@ -123,11 +137,35 @@ def test_explicit_machine_addresses_mark_only_those(
         str(tmp_path / "b.nft"),
         "--machine-addresses",
         "192.168.50.3",
-        "--inbound-ports",
-        "30000-32767",
+        "--host-ports",
+        "9345,16443",
     )
     assert result.returncode == 0, result.stderr
-    probe(client, "192.168.50.2", 30080)
-    probe(client, "192.168.50.3", 30080)
-    probe(client, "192.168.50.3", 6443)  # not in INBOUND_PORTS
-    assert seen(host) == {("192.168.50.3", 30080)}
+    probe(client, "192.168.50.2", 9345)
+    probe(client, "192.168.50.3", 9345)
+    probe(client, "192.168.50.3", 6443)  # not in HOST_PORTS
+    probe(client, "192.168.50.3", 16443)
+    assert seen(host) == {("192.168.50.3", 9345), ("192.168.50.3", 16443)}
+    assert tentative_left(host) == 0
+
+
+def test_apply_refuses_cluster_ranges_overlapping_the_lan(
+    lab: tuple[Netns, Netns, Path], tmp_path: Path
+) -> None:
+    host, _, out = lab
+    before = out.read_text()
+    table = host.sh("nft list table inet mullvad_allow_k8s").stdout
+    result = host.cli(
+        "apply", "--settings", "none", "--output", str(out), "--pod-cidrs", "192.168.0.0/16"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mullvad-allow-k8s: error: POD_CIDRS: '192.168.0.0/16': overlaps 192.168.50.0/24, "
+        "the network of eth0, which is not a cluster interface: its devices would pass for "
+        "cluster addresses (use the cluster's real ranges, or add the interface to "
+        "CLUSTER_INTERFACES if it carries the cluster)"
+    )
+    assert out.read_text() == before
+    assert host.sh("nft list table inet mullvad_allow_k8s").stdout == table
+    gen = host.cli("generate", "--settings", "none", "--pod-cidrs", "192.168.0.0/16")
+    assert gen.returncode == 0 and "warning: POD_CIDRS: '192.168.0.0/16': overlaps" in gen.stderr

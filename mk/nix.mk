@@ -1,6 +1,7 @@
 # Nix/NixOS: the package (nix/package.nix), the module (nix/module.nix), flake.nix.
 #   make nix-parse   every .nix file parses (Nix only)
-#   make nix-test    tests/nix; module evaluation also needs NIXPKGS_LIB=<nixpkgs lib>
+#   make nix-test    tests/nix; module evaluation needs nixpkgs' lib: NIXPKGS_LIB, else
+#                    ../shared/nixpkgs.lib/lib beside the checkout (skipped, saying so, if neither)
 #   make nix-build   build the package        } on a machine with nixpkgs (flakes on);
 #   make nix-vm      run the NixOS VM test    } not possible on the project's CI machine
 NIX_INSTANTIATE ?= nix-instantiate

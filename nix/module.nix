@@ -20,7 +20,6 @@ let
   tableName = "mullvad_allow_k8s";
 
   nftables = config.networking.nftables;
-  sysctlPorts = config.boot.kernel.sysctl."net.ipv4.ip_local_port_range" or null;
   etcPath = lib.removePrefix "/etc/" cfg.output;
 
   presets = [
@@ -95,9 +94,9 @@ in
       default = "auto";
       example = [ "192.168.1.20" ];
       description = ''
-        Addresses of this machine that clients connect to (NodePorts, API server,
-        ingress). `"auto"`: any address configured on the interface a connection arrives
-        on (except the tunnel), checked per packet, so DHCP changes need no rebuild.
+        Addresses of this machine on which {option}`services.mullvadAllowK8s.hostPorts`
+        are reachable. `"auto"`: any address configured on the interface a connection
+        arrives on (except the tunnel), checked per packet, so DHCP changes need no rebuild.
       '';
     };
 
@@ -107,42 +106,47 @@ in
       example = [ "203.0.113.7" ];
       description = ''
         Extra addresses routed to this machine that are not configured on the incoming
-        interface (for example a public address on `lo`).
+        interface (for example a public address on `lo`), on which `hostPorts` are
+        reachable too.
       '';
     };
 
-    inboundPorts = mkOption {
-      type = types.either (types.enum [ "non-ephemeral" ]) (
-        types.nonEmptyListOf (types.either types.port portRange)
-      );
-      default = "non-ephemeral";
+    hostPorts = mkOption {
+      type = types.nullOr (types.listOf (types.either types.port portRange));
+      default = mapping.hostPortsFromInboundPorts cfg.inboundPorts;
+      defaultText = literalExpression "null";
       example = [
-        80
-        443
         6443
-        "30000-32767"
+        9345
       ];
       description = ''
-        Destination ports of incoming connections whose replies bypass the tunnel.
-        `"non-ephemeral"`: every port outside
-        {option}`services.mullvadAllowK8s.ephemeralPorts` (covers NodePorts 30000-32767,
-        6443, 80, 443). Must not overlap `ephemeralPorts`.
+        TCP ports of cluster services that run on this machine itself (not in pods) and
+        must be reachable from the LAN or the internet: the API server. `null`: the
+        preset's (kubeadm, k3s, k0s 6443; rke2 6443 9345; microk8s 16443; minikube 8443;
+        kind none); `[ ]`: none. NodePorts, hostPorts, LoadBalancer and external IPs need
+        no entry: a connection forwarded into a pod is exempted whatever port it came in
+        on. Every other service of this machine (sshd, a database) stays under Mullvad's
+        rules.
       '';
+    };
+
+    # Retired in 0.2.0 (kept invisible so old configurations evaluate; see warnings).
+    inboundPorts = mkOption {
+      type = types.nullOr (
+        types.either (types.enum [ "non-ephemeral" ]) (
+          types.nonEmptyListOf (types.either types.port portRange)
+        )
+      );
+      default = null;
+      visible = false;
+      description = "Retired in 0.2.0: an explicit list becomes the default of hostPorts.";
     };
 
     ephemeralPorts = mkOption {
-      type = portRange;
-      default = mapping.ephemeralPortsFromSysctl sysctlPorts;
-      defaultText = lib.literalMD ''
-        `boot.kernel.sysctl."net.ipv4.ip_local_port_range"` as `"LOW-HIGH"` when set,
-        else Linux's default `"32768-60999"`
-      '';
-      example = "49152-65535";
-      description = ''
-        Local port range of this machine's own outgoing connections, never exempted.
-        The other front ends can read it from the running kernel (`auto`); NixOS builds
-        the ruleset ahead of time, so it is explicit here.
-      '';
+      type = types.nullOr portRange;
+      default = null;
+      visible = false;
+      description = "Retired in 0.2.0: no longer needed.";
     };
 
     tunnelInterface = mkOption {
@@ -267,12 +271,20 @@ in
             daemon (and its `inet mullvad` table) it changes nothing. Enable
             services.mullvad-vpn, or ignore this if the Mullvad app runs some other way.
           ''
-          ++ lib.optional (sysctlPorts != null && cfg.ephemeralPorts != mapping.ephemeralPortsFromSysctl sysctlPorts) ''
-            services.mullvadAllowK8s.ephemeralPorts = "${cfg.ephemeralPorts}" differs from
-            boot.kernel.sysctl."net.ipv4.ip_local_port_range" = "${toString sysctlPorts}": replies
-            to this machine's own connections from ports outside ephemeralPorts could be taken
-            for new inbound connections and bypass the tunnel. Remove the setting to follow the
-            sysctl.
+          ++ lib.optional (cfg.inboundPorts != null) ''
+            services.mullvadAllowK8s.inboundPorts is retired (0.2.0): new inbound connections
+            are exempted only when the cluster serves them (forwarded into a pod) or when they
+            are for services.mullvadAllowK8s.hostPorts.
+            ${
+              if cfg.inboundPorts == "non-ephemeral" then
+                "The old default \"non-ephemeral\" is gone; remove the setting."
+              else
+                "Your list is now the default of hostPorts; move it there and remove inboundPorts."
+            }
+          ''
+          ++ lib.optional (cfg.ephemeralPorts != null) ''
+            services.mullvadAllowK8s.ephemeralPorts is retired (0.2.0) and no longer needed:
+            only new inbound connections are judged. Remove the setting.
           '';
 
         environment.systemPackages = [ cfg.package ];

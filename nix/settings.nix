@@ -10,33 +10,22 @@ rec {
     SERVICE_CIDRS = cfg.serviceCidrs;
     MACHINE_ADDRESSES = cfg.machineAddresses; # "auto" or a list
     PUBLIC_ADDRESSES = cfg.publicAddresses;
-    INBOUND_PORTS = # "non-ephemeral" or a list of ports (numbers) and "LOW-HIGH" ranges
-      if builtins.isList cfg.inboundPorts then map toString cfg.inboundPorts else cfg.inboundPorts;
-    EPHEMERAL_PORTS = cfg.ephemeralPorts; # always explicit: "auto" would read the build machine
+    HOST_PORTS = # null: the preset's; [ ]: none; else ports (numbers) and "LOW-HIGH" ranges
+      if cfg.hostPorts == null then
+        ""
+      else if cfg.hostPorts == [ ] then
+        "none"
+      else
+        map toString cfg.hostPorts;
     TUNNEL_INTERFACE = cfg.tunnelInterface;
     CLUSTER_INTERFACES = cfg.clusterInterfaces;
     OUTPUT = cfg.output;
     BRIDGE_TABLE = cfg.bridgeTable;
   };
 
-  # Linux's own default for net.ipv4.ip_local_port_range.
-  kernelEphemeralPorts = "32768-60999";
-
-  # The value of boot.kernel.sysctl."net.ipv4.ip_local_port_range" ("LOW HIGH", or
-  # null/absent) as the generator's "LOW-HIGH".
-  ephemeralPortsFromSysctl =
-    value:
-    let
-      parts = builtins.match "[[:space:]]*([0-9]+)[[:space:]]+([0-9]+)[[:space:]]*" (toString value);
-    in
-    if value == null then
-      kernelEphemeralPorts
-    else if parts == null then
-      throw (
-        "services.mullvadAllowK8s.ephemeralPorts: cannot read boot.kernel.sysctl."
-        + "\"net.ipv4.ip_local_port_range\" = \"${toString value}\" (expected \"LOW HIGH\"); "
-        + "set services.mullvadAllowK8s.ephemeralPorts = \"LOW-HIGH\" explicitly"
-      )
-    else
-      "${builtins.elemAt parts 0}-${builtins.elemAt parts 1}";
+  # What 0.1.x's services.mullvadAllowK8s.inboundPorts becomes (the generator's
+  # settings.migrate does the same for the other front ends): the old default
+  # "non-ephemeral" goes, an explicit port list keeps working as hostPorts.
+  hostPortsFromInboundPorts =
+    value: if value == null || value == "non-ephemeral" then null else value;
 }

@@ -375,7 +375,8 @@ class Lab:
             # A fixed MAC: a bridge takes its lowest port MAC otherwise, and the CNI
             # bridge plugin adds a port (see cni.py).
             "link add cni0 address 02:00:00:00:0c:00 type bridge mcast_snooping 0",
-            f"link add eth0 address {HOST_ETH0_MAC} type veth peer name lan0 netns {self['lan'].name}",
+            f"link add eth0 address {HOST_ETH0_MAC} type veth"
+            f" peer name lan0 netns {self['lan'].name}",
             f"link add {mullvad_emu.TUNNEL} address {mac} type veth"
             f" peer name tun0 address {mac} netns {self['vpn'].name}",
         ]

@@ -23,8 +23,9 @@ STUBS = Path(__file__).resolve().parent / "stubs.nix"
 
 NO_NIX = "nix-instantiate not found: install Debian's nix-bin (.ci/apt/nix.txt)"
 NO_LIB = (
-    "NIXPKGS_LIB is not set: module evaluation with nixpkgs' lib.evalModules is skipped. "
-    "Point it at nixpkgs' lib (a nixpkgs checkout, or github:nix-community/nixpkgs.lib)."
+    "NIXPKGS_LIB is not set and ../shared/nixpkgs.lib/lib is not beside the checkout: "
+    "module evaluation with nixpkgs' lib.evalModules is skipped. Point NIXPKGS_LIB at "
+    "nixpkgs' lib (a nixpkgs checkout, or github:nix-community/nixpkgs.lib)."
 )
 
 
@@ -36,11 +37,16 @@ def nix_instantiate() -> str | None:
     return shutil.which("nix-instantiate")
 
 
+# The shared test input next to the checkout (nixpkgs' lib, MIT; never copied here).
+SHARED_LIB = Path(__file__).resolve().parents[3] / "shared" / "nixpkgs.lib" / "lib"
+
+
 def nixpkgs_lib() -> Path | None:
-    """The lib directory from NIXPKGS_LIB, or None when unset."""
+    """The lib directory from NIXPKGS_LIB, else ../shared/nixpkgs.lib/lib beside the
+    checkout where it exists, else None."""
     value = os.environ.get("NIXPKGS_LIB")
     if not value:
-        return None
+        return SHARED_LIB if (SHARED_LIB / "default.nix").is_file() else None
     path = Path(value).resolve()
     for candidate in (path, path / "lib"):
         if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():

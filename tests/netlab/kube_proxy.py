@@ -51,7 +51,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 UPSTREAM = "kubernetes/kubernetes@b0f823e6ccd8 (v1.33 line)"
@@ -256,18 +256,40 @@ def _q(text: str) -> str:
     return f'"{text}"'
 
 
+def _ipt_jump_args(comment: str, extra: str, target: str) -> list[str]:
+    """The rule arguments of one jump (extra match, comment, -j), as EnsureRule gets them."""
+    args = extra.split() if extra else []
+    if comment:
+        args += ["-m", "comment", "--comment", comment]
+    return [*args, "-j", target]
+
+
 def _ipt_jump_rules() -> dict[tuple[str, str], list[str]]:
     """Built-in chain -> rules, as EnsureRule(Prepend) leaves them: the list reversed."""
     out: dict[tuple[str, str], list[str]] = {}
     for table, target, src, comment, extra in _IPT_JUMPS:
-        parts = [f"-A {src}"]
-        if extra:
-            parts.append(extra)
-        if comment:
-            parts.append(f"-m comment --comment {_q(comment)}")
-        parts.append(f"-j {target}")
-        out.setdefault((table, src), []).insert(0, " ".join(parts))
+        args = [_q(a) if " " in a else a for a in _ipt_jump_args(comment, extra, target)]
+        out.setdefault((table, src), []).insert(0, " ".join([f"-A {src}", *args]))
     return out
+
+
+def ensure_iptables_jumps(family: int, run: Callable[[list[str]], int]) -> None:
+    """What kube-proxy does before each full sync: EnsureChain and EnsureRule(Prepend)
+    for every jump from a built-in chain (`iptables -N`, then `-C`, and `-I` if absent).
+
+    For use with `iptables_restore(..., noflush=True)`, which like kube-proxy's own
+    restore leaves the built-in chains alone. `run` executes one argv and returns its
+    exit status (e.g. inside a namespace).
+    """
+    binary = "iptables" if family == 4 else "ip6tables"
+    for table in ("mangle", "nat", "filter"):  # the iptables monitor's canaries
+        run([binary, "-w", "-t", table, "-N", KUBE_PROXY_CANARY])
+    for table, target, src, comment, extra in _IPT_JUMPS:
+        base = [binary, "-w", "-t", table]
+        run([*base, "-N", target])  # fails harmlessly if the chain exists
+        args = _ipt_jump_args(comment, extra, target)
+        if run([*base, "-C", src, *args]) != 0:
+            run([*base, "-I", src, *args])
 
 
 def _ipt_endpoint_rules(
@@ -430,13 +452,17 @@ def iptables_restore(
     cluster_cidr: str,
     *,
     localhost_nodeports: bool = False,
+    noflush: bool = False,
 ) -> str:
     """iptables-restore (family 4) or ip6tables-restore (6) input: kube-proxy's rules.
 
-    mangle (the canary chain kube-proxy's iptables monitor creates), filter and nat,
-    with the jumps from PREROUTING/INPUT/FORWARD/OUTPUT/POSTROUTING. Load it with plain
-    `iptables-restore` (it replaces those three tables). `cluster_cidr` is
-    --cluster-cidr for this family ("" = no local-traffic detector).
+    mangle (the canary chain kube-proxy's iptables monitor creates), filter and nat.
+    By default with the jumps from PREROUTING/INPUT/FORWARD/OUTPUT/POSTROUTING, for a
+    plain `iptables-restore`, which replaces those three tables (idempotent, but it
+    also removes other users' chains there, e.g. the CNI portmap plugin's). With
+    `noflush`, exactly what kube-proxy itself restores: only its own chains, for
+    `iptables-restore --noflush`, the jumps left to `ensure_iptables_jumps`.
+    `cluster_cidr` is --cluster-cidr for this family ("" = no local-traffic detector).
     """
     if family not in (4, 6):
         raise ValueError("family must be 4 or 6")
@@ -490,6 +516,8 @@ def iptables_restore(
 
     def table(name: str, chains: list[str], rules: list[str]) -> list[str]:
         lines = [f"*{name}"]
+        if noflush:  # kube-proxy's restore: its chain lines (each one flushes it), rules
+            return [*lines, *(f":{c} - [0:0]" for c in chains), *rules, "COMMIT"]
         lines += [f":{c} ACCEPT [0:0]" for c in _BUILTIN[name]]
         ensured = [j[1] for j in _IPT_JUMPS if j[0] == name]
         for chain in [*dict.fromkeys(chains + ensured), KUBE_PROXY_CANARY]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -256,8 +257,8 @@ def test_iptables_restore_accepts_and_is_idempotent(topo: Topo, family: int) -> 
     topo.node.exec(restore, stdin=text)
     second = topo.node.exec(save).stdout
 
-    def body(dump: str) -> list[str]:
-        return [line for line in dump.splitlines() if not line.startswith("#")]
+    def body(dump: str) -> list[str]:  # without comments and chain counters
+        return [re.sub(r" \[\d+:\d+\]$", "", x) for x in dump.splitlines() if x[:1] != "#"]
 
     assert body(first) == body(second)
     for chain in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ",
@@ -266,6 +267,35 @@ def test_iptables_restore_accepts_and_is_idempotent(topo: Topo, family: int) -> 
     assert (
         '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in first
     )
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_iptables_noflush_keeps_other_chains(topo: Topo, family: int) -> None:
+    """kube-proxy's own way: `--noflush` restore of its chains plus EnsureRule jumps;
+    re-applying adds no duplicate, and another user's nat chain (portmap's) survives."""
+    topo.reset()
+    binary = "iptables" if family == 4 else "ip6tables"
+    a = FAMS[family]
+    foreign = f"-A CNI-HOSTPORT-DNAT -d {a.node} -p tcp --dport 9 -j RETURN"
+    topo.node.exec(
+        f"{binary}-restore", stdin=f"*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n{foreign}\nCOMMIT\n"
+    )
+
+    def run(argv: list[str]) -> int:
+        return topo.node.exec(*argv, check=False).returncode
+
+    text = kube_proxy.iptables_restore(services(), family, a.cluster_cidr, noflush=True)
+    for _ in range(2):
+        topo.node.exec(f"{binary}-restore", "--noflush", stdin=text)
+        kube_proxy.ensure_iptables_jumps(family, run)
+    dump = topo.node.exec(f"{binary}-save").stdout
+    assert [line for line in dump.splitlines() if line.startswith("-A CNI-HOSTPORT-DNAT")]
+    jumps = [line for line in dump.splitlines() if line.startswith("-A PREROUTING")]
+    assert jumps == [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+    ]
+    assert topo.seen(topo.ext, a.lb, 80) == a.gw
+    assert topo.seen(topo.ext, a.lb_local, 80) == a.ext
 
 
 def test_nft_accepts_and_is_idempotent(topo: Topo) -> None:

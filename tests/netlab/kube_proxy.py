@@ -9,12 +9,14 @@ kube-proxy's source, kubernetes/kubernetes at commit b0f823e6ccd8 (`UPSTREAM`), 
   `setupNFTables`, `syncProxyRules`, `writeServiceToEndpointRules`, `hashAndTruncate`)
 * pkg/proxy/topology.go          (`CategorizeEndpoints`, as far as one node needs it)
 
-That commit is the newest version of both proxier files in the store used to write
-this; it predates kubernetes PR #132456 (v1.34, which renamed the nftables filter chains
-to `*-pre-dnat` and moved filter-input/forward/output to priority 0), so it is the v1.33
-line. The rendering of the nft text (numeric priorities, `add element ... comment`)
-follows the expected dumps of pkg/proxy/nftables/proxier_test.go. No upstream code is
-copied; this module re-states the shapes for the lab.
+That commit is the newest version of both proxier files that could be read here (the
+repository itself was too large to fetch, so no release tag could be checked out). It
+has the nftables partial-sync element storage (PR #126013, mid-2024) and not yet PR
+#132456 (mid-2025, v1.34: filter chains renamed `*-pre-dnat`, filter-input/forward/
+output moved to priority 0), i.e. it is the v1.31-v1.33 line. Only the rendering of
+the nft text (numeric priorities, `add element ... comment`) is taken from the expected
+dumps of a later pkg/proxy/nftables/proxier_test.go (commit 81810de635aa). No upstream
+code is copied; this module re-states the shapes for the lab.
 
 Defaults are kube-proxy's defaults: `--masquerade-bit=14` (mark 0x4000, printed by the
 proxier as `0x00004000`), `--nodeport-addresses` unset (NodePorts on every local
@@ -33,11 +35,12 @@ Simplified, on purpose (the Service dataclass has no field for them):
   local, as their EndpointSlices carry no nodeName.
 * Services and endpoints are taken in the order given (upstream walks Go maps).
 * iptables: kube-proxy writes its chains with `iptables-restore --noflush` and adds the
-  jumps from the built-in chains with `iptables -I` (EnsureRule, Prepend). The text
-  here is the resulting end state of both in one file, meant for a plain
-  `iptables-restore` (no --noflush), which replaces the mangle, nat and filter tables
-  and so is idempotent. The nfacct matches are left out (upstream leaves them out
-  when the nfacct counters cannot be created).
+  jumps from the built-in chains with `iptables -C`/`-I` (EnsureRule, Prepend). By
+  default the text here is the resulting end state of both in one file, for a plain
+  `iptables-restore`, which replaces the mangle, nat and filter tables (idempotent).
+  `noflush=True` plus `ensure_iptables_jumps` does it kube-proxy's way and leaves other
+  users' chains alone. The nfacct matches are left out (upstream leaves them out when
+  the nfacct counters cannot be created).
 * `localhost_nodeports` (kube-proxy's --iptables-localhost-nodeports) defaults to
   False here while kube-proxy defaults it to True for IPv4: True also needs
   route_localnet=1, which kube-proxy sets and the lab does not. With False the

@@ -57,7 +57,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-UPSTREAM = "kubernetes/kubernetes@b0f823e6ccd8 (v1.33 line)"
+UPSTREAM = "kubernetes/kubernetes@b0f823e6ccd8 (v1.31-v1.33 line)"
 
 MASQ_BIT = 14  # kube-proxy --masquerade-bit default
 MASQ_MARK = f"{1 << MASQ_BIT:#010x}"  # Go's fmt.Sprintf("%#08x", 1<<14) == "0x00004000"

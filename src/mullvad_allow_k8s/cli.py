@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     sset.add_argument(
         "--raw",
         action="store_true",
-        help="print only the values the sources give (quoting undone, no defaults, no "
-        "validation): KEY=VALUE lines, or JSON with --format json",
+        help="print only the values the sources give (quoting undone, retired keys "
+        "migrated, no defaults, no validation): KEY=VALUE lines, or JSON with --format json",
     )
     sset.add_argument(
         "--migrate",
@@ -167,7 +167,8 @@ def cmd_settings_raw(args: argparse.Namespace) -> int:
     """What the sources say, for front ends that edit the file (the debconf scripts)."""
     merged: dict[str, str] = {}
     for source in raw_sources(args):
-        merged.update(source)
+        # Retired keys as what they became, so a front end never writes them back.
+        merged.update(migrate(source)[0])
     if args.format == "json":
         print(json.dumps(merged, indent=2))
     else:

@@ -154,7 +154,7 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
     settings = machine.file(SETTINGS)
     edited = (
         settings.read_text()
-        .replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=80,443,6443,30000-32767")
+        .replace("HOST_PORTS=''", "HOST_PORTS=80,443,6443,30000-32767")
         .replace("PUBLIC_ADDRESSES=''", 'PUBLIC_ADDRESSES="198.51.100.9"  # our LB')
         # Valid for the generator (shlex), though not for sh: must be read all the same.
         .replace("POD_CIDRS=''", "POD_CIDRS=10.42.0.0/16 10.142.0.0/16")
@@ -182,7 +182,7 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
     assert settings.read_text() == edited
     # The upgrade regenerated and loaded the table from the edited file ...
     assert "loaded, matches the settings" in status(machine)
-    assert "INBOUND_PORTS=80,443,6443,30000-32767" in machine.file(RULESET).read_text()
+    assert "HOST_PORTS=80,443,6443,30000-32767" in machine.file(RULESET).read_text()
     # ... and debconf now holds the hand-edited answer.
     config = machine.sh("debconf-show mullvad-allow-k8s").stdout
     assert "mullvad-allow-k8s/public_addresses: 198.51.100.9" in config
@@ -266,9 +266,7 @@ def test_with_systemd_the_unit_loads_the_table_reloads_on_upgrade_and_stops_on_r
     started = show("InvocationID")
 
     settings = machine.file(SETTINGS)
-    settings.write_text(
-        settings.read_text().replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=6443")
-    )
+    settings.write_text(settings.read_text().replace("HOST_PORTS=''", "HOST_PORTS=6443"))
     watcher = machine.popen(
         "ok=0; gone=0; while [ ! -e /var/tmp/stop ]; do "
         "if nft list table inet mullvad_allow_k8s >/dev/null 2>&1; "
@@ -321,3 +319,37 @@ def test_keys_missing_from_an_older_file_are_added_with_their_documentation(
     machine.sh("dpkg-reconfigure mullvad-allow-k8s")
 
     assert settings.read_text() == older + "\n" + blocks[-1]
+
+
+OLD_DEFAULT = Path(__file__).resolve().parents[1] / "data" / "settings-0.1.0.default"
+
+
+@pytest.mark.parametrize(
+    ("inbound", "host_ports"),
+    [("non-ephemeral", "6443"), ("'80,443,6443'", "80,443,6443")],
+    ids=["old-default", "explicit-list"],
+)
+def test_a_0_1_0_settings_file_is_migrated_once_by_postinst(
+    machine: Machine, builds: Builds, inbound: str, host_ports: str
+) -> None:
+    """The file a 0.1.0 install left (its shipped default, captured from 0.1.0's
+    `settings --defaults`), with INBOUND_PORTS as the user had it."""
+    settings = machine.file(SETTINGS)
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(
+        OLD_DEFAULT.read_text().replace("INBOUND_PORTS=non-ephemeral", f"INBOUND_PORTS={inbound}")
+    )
+
+    proc = machine.apt_install(builds.deb)
+
+    text = settings.read_text()
+    assert "\nINBOUND_PORTS=" not in text and "\nEPHEMERAL_PORTS=" not in text
+    assert proc.stderr.count("INBOUND_PORTS=") == 1, proc.stderr  # told once
+    assert "is retired" in proc.stderr
+    assert f"HOST_PORTS={host_ports}\n" in machine.file(RULESET).read_text()
+    assert TABLE in machine.tables()
+    assert "loaded, matches the settings" in status(machine)
+    # Told once: a reconfigure finds nothing to migrate and keeps the ports.
+    again = machine.sh("dpkg-reconfigure mullvad-allow-k8s")
+    assert "retired" not in again.stderr
+    assert settings.read_text() == text

@@ -138,7 +138,7 @@ def test_invalid_edit_then_reconfigure_fails_and_changes_nothing(box: Box, debs:
     box.apt(f"install {box.copy_in(debs.old)}")
     text = box.read(SETTINGS)
     assert text is not None
-    box.write(SETTINGS, text.replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=40000"))
+    box.write(SETTINGS, text.replace("HOST_PORTS=''", "HOST_PORTS=http"))
     before = (box.digest(SETTINGS), box.digest(RULESET), box.ruleset())
 
     proc = box.sh(
@@ -148,7 +148,7 @@ def test_invalid_edit_then_reconfigure_fails_and_changes_nothing(box: Box, debs:
     )
 
     assert proc.returncode != 0
-    assert "INBOUND_PORTS" in proc.stderr and "40000" in proc.stderr
+    assert "HOST_PORTS" in proc.stderr and "http" in proc.stderr
     assert (box.digest(SETTINGS), box.digest(RULESET), box.ruleset()) == before
 
 
@@ -157,7 +157,7 @@ def test_upgrade_keeps_the_settings_and_the_table_without_a_gap(box: Box, debs: 
     box.apt(f"install {box.copy_in(debs.old)}")
     text = box.read(SETTINGS)
     assert text is not None
-    edited = text.replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=80,443,6443,30000-32767")
+    edited = text.replace("HOST_PORTS=''", "HOST_PORTS=80,443,6443,30000-32767")
     edited += "# edited by hand\n"
     box.write(SETTINGS, edited)
     new = box.copy_in(debs.new)
@@ -170,7 +170,7 @@ def test_upgrade_keeps_the_settings_and_the_table_without_a_gap(box: Box, debs: 
     assert any(TABLE in event for t in transactions for event in t), "the upgrade loaded nothing"
     assert box.read(SETTINGS) == edited
     box.assert_active()  # regenerated from the edited file
-    ports = box.sh("nft list set inet mullvad_allow_k8s inbound_ports").stdout
+    ports = box.sh("nft list set inet mullvad_allow_k8s host_ports").stdout
     assert "80, 443, 6443, 30000-32767" in ports
 
 

@@ -73,13 +73,13 @@ def test_dnf_install_enables_the_unit_which_loads_the_table_at_boot_and_on_reloa
 
     text = box.read(SYSCONFIG)
     assert text is not None
-    box.write(SYSCONFIG, text.replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=6443"))
+    box.write(SYSCONFIG, text.replace("HOST_PORTS=''", "HOST_PORTS=9345"))
     booted = box.unit("InvocationID")
     with box.monitor() as transactions:
         box.sh(f"systemctl reload {UNIT}")
     assert table_present_after_each(transactions) == [], transactions
     box.assert_active()
-    assert "INBOUND_PORTS=6443" in (box.read(RULESET) or "")
+    assert "HOST_PORTS=9345" in (box.read(RULESET) or "")
     assert box.unit("InvocationID") == booted
 
 
@@ -87,7 +87,7 @@ def test_dnf_upgrade_replaces_the_table_without_restart_or_gap(box: Box, rpms: P
     dnf_install(box, rpms)
     text = box.read(SYSCONFIG)
     assert text is not None
-    edited = text.replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=80,443,6443")
+    edited = text.replace("HOST_PORTS=''", "HOST_PORTS=80,443,6443")
     box.write(SYSCONFIG, edited)
     invocation = box.unit("InvocationID")
     publish(box, rpms.new)

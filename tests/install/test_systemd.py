@@ -95,7 +95,7 @@ def test_reload_applies_a_changed_settings_file_without_a_gap(active: Box) -> No
     original = box.read(SETTINGS)
     assert original is not None
     invocation = box.unit("InvocationID")
-    box.write(SETTINGS, original.replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=6443"))
+    box.write(SETTINGS, original.replace("HOST_PORTS=''", "HOST_PORTS=9345"))
     try:
         with box.monitor() as transactions:
             box.sh(f"systemctl reload {UNIT}")
@@ -103,10 +103,9 @@ def test_reload_applies_a_changed_settings_file_without_a_gap(active: Box) -> No
         assert table_present_after_each(transactions) == [], transactions
         assert any(TABLE in e for t in transactions for e in t), "the reload loaded nothing"
         box.assert_active()  # the table and the file follow the new settings
-        assert "INBOUND_PORTS=6443" in (box.read(RULESET) or "")
+        assert "HOST_PORTS=9345" in (box.read(RULESET) or "")
         assert (
-            "elements = { 6443 }"
-            in box.sh("nft list set inet mullvad_allow_k8s inbound_ports").stdout
+            "elements = { 9345 }" in box.sh("nft list set inet mullvad_allow_k8s host_ports").stdout
         )
         assert box.unit("InvocationID") == invocation  # reloaded, not restarted
     finally:
@@ -137,7 +136,7 @@ def test_upgrade_reloads_the_unit_without_restart_or_gap(box: Box, debs: Package
     invocation = box.unit("InvocationID")
     text = box.read(SETTINGS)
     assert text is not None
-    edited = text.replace("INBOUND_PORTS=non-ephemeral", "INBOUND_PORTS=6443,30000-32767")
+    edited = text.replace("HOST_PORTS=''", "HOST_PORTS=6443,30000-32767")
     box.write(SETTINGS, edited)
     new = box.copy_in(debs.new)
 

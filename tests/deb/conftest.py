@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from mullvad_allow_k8s import __version__
+from tests.releases import RELEASE_0_1_0, release_tree
+
 REPO = Path(__file__).resolve().parents[2]
 # The suite of the test root: bookworm, or e.g. trixie with MAK_DEB_SUITE (then give
 # MAK_DEB_MIRROR unless apt on this machine knows that suite too).
@@ -41,7 +44,8 @@ INCLUDE = (
     "systemd",
 )
 CACHE = Path(os.environ.get("MAK_DEB_CACHE", "/var/tmp/mullvad-allow-k8s-tests"))
-UPGRADE_VERSION = "0.1.0+upgradetest1"
+UPGRADE_VERSION = f"{__version__}+upgradetest1"
+
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -114,6 +118,7 @@ class Builds:
     upgrade_deb: Path
     changes: Path
     seconds: float
+    release_0_1_0: Path | None  # None: that commit is not in this checkout (shallow)
 
 
 @pytest.fixture(scope="session")
@@ -126,15 +131,19 @@ def build_jobs(
     if deps.returncode != 0:
         pytest.skip(f"build dependencies missing: {deps.stderr.strip()} (.ci/apt/deb.txt)")
     tmp = tmp_path_factory.mktemp("deb")
-    make = ["make", "-s", "-C", str(REPO), "deb", "DEB_LINTIAN=no"]
+    trees = {"v1": REPO, "v2": REPO}
+    old = release_tree(RELEASE_0_1_0, tmp / "src-0.1.0")
+    if old is not None:
+        trees["v010"] = old
     jobs = {
         name: subprocess.Popen(
-            [*make, f"DEB_DIR={tmp / name}", *extra],
+            ["make", "-s", "-C", str(tree), "deb", "DEB_LINTIAN=no", f"DEB_DIR={tmp / name}"]
+            + ([f"DEB_VERSION={UPGRADE_VERSION}"] if name == "v2" else []),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for name, extra in (("v1", []), ("v2", [f"DEB_VERSION={UPGRADE_VERSION}"]))
+        for name, tree in trees.items()
     }
     return tmp, jobs, time.monotonic()
 
@@ -149,7 +158,8 @@ def builds(build_jobs: tuple[Path, dict[str, subprocess.Popen[str]], float]) -> 
     (deb,) = (tmp / "v1").glob("mullvad-allow-k8s_*_all.deb")
     (upgrade,) = (tmp / "v2").glob(f"mullvad-allow-k8s_{UPGRADE_VERSION}_all.deb")
     (changes,) = (tmp / "v1").glob("*.changes")
-    return Builds(deb, upgrade, changes, seconds)
+    released = next((tmp / "v010").glob("mullvad-allow-k8s_0.1.0_all.deb"), None)
+    return Builds(deb, upgrade, changes, seconds, released)
 
 
 # ---------------------------------------------------------------- the Debian root

@@ -16,6 +16,7 @@ import pytest
 from mullvad_allow_k8s.settings import render_settings_file
 from tests.deb.conftest import UPGRADE_VERSION, Builds, Machine, need_tools
 from tests.deb.test_source import TEMPLATES, parse_templates
+from tests.releases import NOT_IN_CHECKOUT
 
 pytestmark = pytest.mark.deb
 
@@ -105,6 +106,7 @@ def test_reconfigure_asks_again_after_a_bad_answer_and_changes_the_file(
         "10.96.0.0/16",  # service ranges
         "auto",  # machine addresses
         "",  # public addresses
+        "6443 9345",  # host ports
         "10.200.0.0/16",  # pod ranges, asked again
     ]
     # The teletype frontend wants a controlling terminal (trixie's insists): script(1).
@@ -117,7 +119,12 @@ def test_reconfigure_asks_again_after_a_bad_answer_and_changes_the_file(
     assert "Invalid answer" in proc.stdout
     assert "not a private range" in proc.stdout
     text = machine.file(SETTINGS).read_text()
-    for line in ("PRESET=custom", "POD_CIDRS=10.200.0.0/16", "SERVICE_CIDRS=10.96.0.0/16"):
+    for line in (
+        "PRESET=custom",
+        "POD_CIDRS=10.200.0.0/16",
+        "SERVICE_CIDRS=10.96.0.0/16",
+        "HOST_PORTS='6443 9345'",
+    ):
         assert f"\n{line}\n" in text
     assert "loaded, matches the settings" in status(machine)
     config = machine.sh("debconf-show mullvad-allow-k8s").stdout
@@ -353,3 +360,39 @@ def test_a_0_1_0_settings_file_is_migrated_once_by_postinst(
     again = machine.sh("dpkg-reconfigure mullvad-allow-k8s")
     assert "retired" not in again.stderr
     assert settings.read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("edit", "host_ports"),
+    [(None, "6443"), ("INBOUND_PORTS=80,443,6443,30000-32767", "80,443,6443,30000-32767")],
+    ids=["untouched", "explicit-ports"],
+)
+def test_upgrade_from_the_0_1_0_package_gets_the_new_model_and_says_so_once(
+    machine: Machine, builds: Builds, edit: str | None, host_ports: str
+) -> None:
+    if builds.release_0_1_0 is None:
+        pytest.skip(NOT_IN_CHECKOUT)
+    machine.preseed({"preset": "k3s"})
+    machine.apt_install(builds.release_0_1_0)
+    settings = machine.file(SETTINGS)
+    assert "INBOUND_PORTS=non-ephemeral" in settings.read_text()
+    old_table = machine.sh("nft list table inet mullvad_allow_k8s").stdout
+    assert "@inbound_ports" in old_table and "chain confirm" not in old_table
+    if edit:
+        settings.write_text(settings.read_text().replace("INBOUND_PORTS=non-ephemeral", edit))
+
+    proc = machine.apt_install(builds.deb)
+
+    text = settings.read_text()
+    assert "\nINBOUND_PORTS=" not in text and "\nEPHEMERAL_PORTS=" not in text
+    assert proc.stderr.count("INBOUND_PORTS=") == 1, proc.stderr  # told once, by postinst
+    assert f"HOST_PORTS={host_ports}\n" in machine.file(RULESET).read_text()
+    table = machine.sh("nft list table inet mullvad_allow_k8s").stdout
+    assert "chain confirm" in table and "@inbound_ports" not in table
+    assert "loaded, matches the settings" in status(machine)
+    assert "mullvad-allow-k8s/host_ports:" in machine.sh("debconf-show mullvad-allow-k8s").stdout
+    # The changelog's NEWS entry is what apt-listchanges shows on this upgrade.
+    news = machine.file("/usr/share/doc/mullvad-allow-k8s/NEWS.Debian.gz")
+    assert news.exists()
+    again = machine.sh("dpkg-reconfigure mullvad-allow-k8s")
+    assert "retired" not in again.stderr and settings.read_text() == text

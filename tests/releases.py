@@ -1,0 +1,33 @@
+"""Earlier releases, built from this repository's own history for upgrade tests.
+
+An upgrade test must start from what users really have installed, so it builds the
+released package from the commit it was released from; nothing is fetched. In a
+shallow clone that commit is missing: the tests that need it skip, saying so.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The commit 0.1.0 was released from (the last commit of the 0.1 line).
+RELEASE_0_1_0 = "d1eb60aba3784420505eeebbfd922f78c328e3aa"
+NOT_IN_CHECKOUT = "0.1.0's commit is not in this checkout (shallow clone?): cannot build it"
+
+
+def release_tree(commit: str, dest: Path) -> Path | None:
+    """The source tree of `commit` extracted into `dest`, or None if git lacks it."""
+    probe = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return None
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest

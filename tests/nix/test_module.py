@@ -352,6 +352,28 @@ def test_both_retired_options_warn_once_each(nixpkgs_lib: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("host_ports", "expected"),
+    [
+        ("[ 6443 ]", ["6443"]),
+        ("[ ]", "none"),
+        ("null", ""),  # set explicitly, null too wins: the preset's
+        ("lib.mkDefault [ 9345 ]", ["9345"]),  # any priority above the option default
+    ],
+)
+def test_explicit_host_ports_win_over_inbound_ports(
+    nixpkgs_lib: Path, host_ports: str, expected: object
+) -> None:
+    out = migrated(nixpkgs_lib, f"inboundPorts = [ 80 443 ]; hostPorts = {host_ports};")
+    assert out["failed"] == []
+    (warning,) = out["warnings"]
+    assert warning.startswith(INBOUND_RETIRED)
+    # Not "your list is now hostPorts' default": it is ignored, and the warning says so.
+    assert "hostPorts is set too and wins: your inboundPorts list is ignored" in warning
+    assert "move it there" not in warning
+    assert out["settings"]["HOST_PORTS"] == expected
+
+
+@pytest.mark.parametrize(
     ("setting", "old_file"),
     [
         ('inboundPorts = [ 80 443 "30000-32767" ];', "INBOUND_PORTS=80,443,30000-32767"),

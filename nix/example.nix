@@ -10,8 +10,10 @@
     # podCidrs = [ "10.42.0.0/16" "fd42::/56" ];
     # serviceCidrs = [ "10.43.0.0/16" "fd43::/112" ];
     machineAddresses = "auto"; # or [ "192.168.1.20" ]
-    inboundPorts = "non-ephemeral"; # or [ 80 443 6443 "30000-32767" ]
-    # ephemeralPorts follows boot.kernel.sysctl."net.ipv4.ip_local_port_range".
+    # Services on this machine itself (not in pods) reachable from the LAN: null, the
+    # preset's (k3s: the API server, 6443); [ ] for none; or e.g. [ 6443 "8000-8099" ].
+    # NodePorts, pods' hostPort and LoadBalancer IPs need no entry.
+    hostPorts = null;
   };
 
   # Both NixOS firewalls work, strict reverse-path filtering included: our prerouting

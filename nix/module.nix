@@ -7,6 +7,7 @@
 # the file the Debian and RPM packages write for the same settings.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -14,6 +15,10 @@
 let
   inherit (lib) mkOption types literalExpression;
   cfg = config.services.mullvadAllowK8s;
+  # Whether the configuration sets hostPorts itself (then it wins over inboundPorts, as
+  # HOST_PORTS does in the generator's settings.migrate), not just its default.
+  hostPortsSet =
+    options.services.mullvadAllowK8s.hostPorts.highestPrio < (lib.mkOptionDefault null).priority;
   mapping = import ./settings.nix;
 
   # Our table names (mullvad_allow_k8s.marks.TABLE_NAME / BRIDGE_TABLE_NAME).
@@ -278,6 +283,8 @@ in
             ${
               if cfg.inboundPorts == "non-ephemeral" then
                 "The old default \"non-ephemeral\" is gone; remove the setting."
+              else if hostPortsSet then
+                "hostPorts is set too and wins: your inboundPorts list is ignored; remove it."
               else
                 "Your list is now the default of hostPorts; move it there and remove inboundPorts."
             }

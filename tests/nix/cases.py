@@ -23,8 +23,7 @@ DEFAULTS_NIX = """{
   serviceCidrs = [ ];
   machineAddresses = "auto";
   publicAddresses = [ ];
-  inboundPorts = "non-ephemeral";
-  ephemeralPorts = "32768-60999";
+  hostPorts = null;
   tunnelInterface = "wg0-mullvad";
   clusterInterfaces = [
     "cni*" "cbr0" "veth*" "flannel*" "cali*" "vxlan.calico"
@@ -38,6 +37,12 @@ DEFAULTS_NIX = """{
 # Options of the module that are not settings of the generator.
 MODULE_ONLY = {"enable", "package", "loader", "generated"}
 
+# Options of 0.1 whose KEYs are retired (mullvad_allow_k8s.settings.RETIRED): declared
+# invisible, default null, only so that old configurations still evaluate (with a
+# warning). They are not in the schema and never reach the generator's JSON, so the
+# option-vs-schema tests leave them out by name.
+RETIRED_OPTIONS = {"inboundPorts", "ephemeralPorts"}
+
 
 @dataclass(frozen=True)
 class Case:
@@ -45,6 +50,9 @@ class Case:
     options: str  # services.mullvadAllowK8s settings, a Nix attribute set
     flags: tuple[tuple[str, str], ...]  # the same as `mullvad-allow-k8s` flags
     extra_config: str = "{ }"  # other NixOS options (module evaluation only)
+    # The same 0.1 configuration as a Debian/RPM settings file (OLD_CASES only): the
+    # CLI's settings.migrate must turn it into what the module's migration gives.
+    old_settings: str = ""
 
     @property
     def argv(self) -> list[str]:
@@ -63,7 +71,7 @@ class Case:
 
 
 CASES = (
-    Case("defaults", "{ }", (("--ephemeral-ports", "32768-60999"),)),
+    Case("defaults", "{ }", ()),
     Case(
         "k3s-dual-stack",
         """{
@@ -79,27 +87,31 @@ CASES = (
             ("--service-cidrs", "10.43.0.0/16,fd43::/112"),
             ("--machine-addresses", "192.168.1.20 fd00::20"),
             ("--public-addresses", "203.0.113.7"),
-            ("--ephemeral-ports", "32768-60999"),
         ),
     ),
     Case(
         "ports-tunnel-output-bridge",
         """{
           preset = "microk8s";
-          inboundPorts = [ 80 443 6443 "30000-32767" ];
-          ephemeralPorts = "40000-50000";
+          hostPorts = [ 80 443 6443 "30000-32767" ];
           tunnelInterface = "wg1-mullvad";
           output = "/etc/nftables.d/cluster.nft";
           bridgeTable = true;
         }""",
         (
             ("--preset", "microk8s"),
-            ("--inbound-ports", "80,443,6443,30000-32767"),
-            ("--ephemeral-ports", "40000-50000"),
+            ("--host-ports", "80,443,6443,30000-32767"),
             ("--tunnel-interface", "wg1-mullvad"),
             ("--output", "/etc/nftables.d/cluster.nft"),
             ("--bridge-table", "yes"),
         ),
+    ),
+    # hostPorts = null: the preset's (rke2: 6443 and 9345); [ ]: none.
+    Case("rke2-preset-host-ports", '{ preset = "rke2"; }', (("--preset", "rke2"),)),
+    Case(
+        "rke2-no-host-ports",
+        '{ preset = "rke2"; hostPorts = [ ]; }',
+        (("--preset", "rke2"), ("--host-ports", "none")),
     ),
     Case(
         "custom",
@@ -112,17 +124,31 @@ CASES = (
             ("--preset", "custom"),
             ("--pod-cidrs", "172.20.0.0/16"),
             ("--service-cidrs", "172.21.0.0/16"),
-            ("--ephemeral-ports", "32768-60999"),
         ),
     ),
 )
 
-# Only through the module: the ephemeral range follows boot.kernel.sysctl.
-SYSCTL_CASE = Case(
-    "sysctl-port-range",
-    '{ preset = "kind"; }',
-    (("--preset", "kind"), ("--ephemeral-ports", "1024-65000")),
-    extra_config='{ boot.kernel.sysctl."net.ipv4.ip_local_port_range" = "1024 65000"; }',
+# Only through the module (nix/settings.nix alone never sees retired options): 0.1
+# configurations, migrated. The flags are what the migrated settings are today.
+OLD_CASES = (
+    Case(
+        "0.1-inbound-ports-list",
+        '{ preset = "kind"; inboundPorts = [ 80 443 6443 "30000-32767" ]; }',
+        (("--preset", "kind"), ("--host-ports", "80,443,6443,30000-32767")),
+        old_settings="PRESET=kind\nINBOUND_PORTS=80,443,6443,30000-32767\n",
+    ),
+    Case(
+        "0.1-explicit-defaults",
+        '{ inboundPorts = "non-ephemeral"; ephemeralPorts = "32768-60999"; }',
+        (),
+        old_settings="INBOUND_PORTS=non-ephemeral\nEPHEMERAL_PORTS=32768-60999\n",
+    ),
+    Case(
+        "0.1-inbound-ports-and-host-ports",
+        '{ preset = "rke2"; inboundPorts = [ 80 ]; hostPorts = [ 6443 ]; }',
+        (("--preset", "rke2"), ("--host-ports", "6443")),
+        old_settings="PRESET=rke2\nINBOUND_PORTS=80\nHOST_PORTS=6443\n",
+    ),
 )
 
 

@@ -27,10 +27,6 @@ in
         type = types.listOf types.str;
         default = [ ];
       };
-      boot.kernel.sysctl = mkOption {
-        type = types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]));
-        default = { };
-      };
       environment.etc = mkOption {
         type = types.attrsOf (types.submodule { options.source = mkOption { type = types.path; }; });
         default = { };

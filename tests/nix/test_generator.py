@@ -17,11 +17,11 @@ import pytest
 
 from mullvad_allow_k8s import marks, nft
 from tests.conftest import Netns
-from tests.nix.cases import CASES, SYSCTL_CASE, Case, cli
+from tests.nix.cases import CASES, OLD_CASES, Case, cli
 from tests.nix.nixeval import GENERATE_SH, MAPPING, evaluate, module_expr, nix_path
 
-ALL_CASES = (*CASES, SYSCTL_CASE)
-# (source of the JSON, case): the sysctl-derived default exists only in the module.
+ALL_CASES = (*CASES, *OLD_CASES)
+# (source of the JSON, case): the retired 0.1 options exist only in the module.
 RUNS = [
     pytest.param(source, case, id=f"{source}-{case.name}")
     for source in ("mapping", "module")
@@ -81,6 +81,22 @@ def test_ruleset_equals_the_cli_from_flags(
     assert from_file == from_flags
 
 
+@pytest.mark.parametrize("case", OLD_CASES, ids=lambda c: c.name)
+def test_old_configuration_builds_what_the_cli_makes_of_the_old_settings_file(
+    case: Case, request: pytest.FixtureRequest, tmp_path: Path, cli_on_path: dict[str, str]
+) -> None:
+    """The module's migration of 0.1 options is the generator's settings.migrate."""
+    out = build(settings_text("module", case, request), tmp_path, cli_on_path)
+    old = tmp_path / "old-settings"
+    old.write_text(case.old_settings)
+    migrated = cli("generate", "--settings", str(old))
+    assert (out / "k8s_bypass_mullvad.nft").read_text() == migrated
+    # Nothing retired reaches the generator or the installed settings file.
+    assert "INBOUND_PORTS" not in (out / "settings.json").read_text()
+    assert "EPHEMERAL_PORTS" not in (out / "settings.env").read_text()
+    assert "INBOUND_PORTS" not in (out / "settings.env").read_text()
+
+
 @pytest.mark.parametrize(("source", "case"), RUNS)
 def test_table_bodies_rebuild_the_tables(
     source: str,
@@ -107,9 +123,7 @@ def test_rejected_settings_fail_the_build_with_the_generators_message(
     nix: str, tmp_path: Path, cli_on_path: dict[str, str]
 ) -> None:
     settings = tmp_path / "settings-json"
-    settings.write_text(
-        json.dumps({"POD_CIDRS": ["10.244.0.1/16"], "EPHEMERAL_PORTS": "32768-60999"})
-    )
+    settings.write_text(json.dumps({"POD_CIDRS": ["10.244.0.1/16"], "HOST_PORTS": ["6443"]}))
     proc = subprocess.run(
         ["sh", str(GENERATE_SH), str(settings), str(tmp_path / "out")],
         capture_output=True,

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from mullvad_allow_k8s.settings import SettingsError, parse_json, resolve
+from mullvad_allow_k8s.presets import PRESETS
+from mullvad_allow_k8s.settings import RETIRED, SettingsError, parse_json, resolve
 from tests.nix.cases import CASES, DEFAULTS_NIX, Case, schema
-from tests.nix.nixeval import MAPPING, eval_error, evaluate, mapping_settings, nix_path
+from tests.nix.nixeval import MAPPING, evaluate, mapping_settings, nix_path
 
 FIELDS = schema()
 
@@ -16,13 +17,15 @@ FIELDS = schema()
 def test_keys_are_exactly_the_schema_keys(nix: str) -> None:
     data = mapping_settings(DEFAULTS_NIX)
     assert sorted(data) == sorted(f["key"] for f in FIELDS)
+    assert not set(data) & set(RETIRED)
 
 
 def test_each_key_reads_the_option_named_by_the_schema(nix: str) -> None:
     # Give every option a distinct marker value; each KEY must carry its own option's.
-    markers = " ".join(f'{f["nix_option"]} = "marker-{f["key"]}";' for f in FIELDS)
+    # (One-element lists: the one value every mapping passes through unchanged.)
+    markers = " ".join(f'{f["nix_option"]} = [ "marker-{f["key"]}" ];' for f in FIELDS)
     data = mapping_settings(f"{{ {markers} }}")
-    assert data == {f["key"]: f"marker-{f['key']}" for f in FIELDS}
+    assert data == {f["key"]: [f"marker-{f['key']}"] for f in FIELDS}
 
 
 def test_value_shapes_are_what_the_json_reader_takes(nix: str) -> None:
@@ -30,28 +33,23 @@ def test_value_shapes_are_what_the_json_reader_takes(nix: str) -> None:
         f"""{DEFAULTS_NIX} // {{
           podCidrs = [ "10.42.0.0/16" "fd42::/56" ];
           machineAddresses = [ "192.168.1.20" ];
-          inboundPorts = [ 80 443 "30000-32767" ];
+          hostPorts = [ 80 443 "30000-32767" ];
           bridgeTable = true;
         }}"""
     )
     assert data["POD_CIDRS"] == ["10.42.0.0/16", "fd42::/56"]
     assert data["MACHINE_ADDRESSES"] == ["192.168.1.20"]
-    assert data["INBOUND_PORTS"] == ["80", "443", "30000-32767"]  # numbers become strings
+    assert data["HOST_PORTS"] == ["80", "443", "30000-32767"]  # numbers become strings
     assert data["BRIDGE_TABLE"] is True
     raw = parse_json(json.dumps(data))
     assert raw["POD_CIDRS"] == "10.42.0.0/16 fd42::/56"
-    assert raw["INBOUND_PORTS"] == "80 443 30000-32767"
+    assert raw["HOST_PORTS"] == "80 443 30000-32767"
     assert raw["BRIDGE_TABLE"] == "yes"
 
 
-def test_defaults_literal_maps_to_the_schema_defaults_except_ephemeral(nix: str) -> None:
+def test_defaults_literal_maps_to_the_schema_defaults(nix: str) -> None:
     raw = parse_json(json.dumps(mapping_settings(DEFAULTS_NIX)))
-    expected = {f["key"]: f["default"] for f in FIELDS}
-    # EPHEMERAL_PORTS=auto would read /proc of the build machine: NixOS passes Linux's
-    # default range (or the configured sysctl) instead.
-    assert expected.pop("EPHEMERAL_PORTS") == "auto"
-    assert raw.pop("EPHEMERAL_PORTS") == "32768-60999"
-    assert raw == expected
+    assert raw == {f["key"]: f["default"] for f in FIELDS}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -62,20 +60,45 @@ def test_case_json_is_valid_for_the_generator(nix: str, case: Case) -> None:
         pytest.fail(f"generator refused {case.name}: {err}")
 
 
+# ---------------------------------------------------------------- hostPorts
+
+
 @pytest.mark.parametrize(
-    ("sysctl", "expected"),
+    ("host_ports", "expected"),
     [
-        ("null", "32768-60999"),
-        ('"32768 60999"', "32768-60999"),
-        ('"1024\t65000"', "1024-65000"),
-        ('"  49152   65535 "', "49152-65535"),
+        ("null", ""),  # the generator's "empty: the preset's"
+        ("[ ]", "none"),  # [ ] is none, not the preset's
+        ("[ 6443 ]", ["6443"]),
+        ('[ 6443 9345 "30000-32767" ]', ["6443", "9345", "30000-32767"]),
     ],
 )
-def test_ephemeral_ports_from_sysctl(nix: str, sysctl: str, expected: str) -> None:
-    assert evaluate(f"(import {nix_path(MAPPING)}).ephemeralPortsFromSysctl {sysctl}") == expected
+def test_host_ports_values(nix: str, host_ports: str, expected: object) -> None:
+    data = mapping_settings(f"{DEFAULTS_NIX} // {{ hostPorts = {host_ports}; }}")
+    assert data["HOST_PORTS"] == expected
 
 
-def test_unreadable_sysctl_says_what_to_set(nix: str) -> None:
-    err = eval_error(f'(import {nix_path(MAPPING)}).ephemeralPortsFromSysctl "lots"')
-    assert 'cannot read boot.kernel.sysctl."net.ipv4.ip_local_port_range" = "lots"' in err
-    assert 'set services.mullvadAllowK8s.ephemeralPorts = "LOW-HIGH"' in err
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_null_host_ports_are_the_presets_and_empty_are_none(nix: str, preset: str) -> None:
+    def host_ports(value: str) -> object:
+        cfg = f'{DEFAULTS_NIX} // {{ preset = "{preset}"; hostPorts = {value}; }}'
+        return resolve([parse_json(json.dumps(mapping_settings(cfg)))]).host_ports
+
+    assert host_ports("null") == tuple((p, p) for p in PRESETS[preset].host_ports)
+    assert host_ports("null") == resolve([{"PRESET": preset}]).host_ports
+    assert host_ports("[ ]") == ()
+    assert host_ports('[ 8443 "8000-8099" ]') == ((8000, 8099), (8443, 8443))
+
+
+@pytest.mark.parametrize(
+    ("inbound_ports", "expected"),
+    [
+        ("null", None),
+        ('"non-ephemeral"', None),  # the old default goes: hostPorts' own default
+        ("[ 80 443 6443 ]", [80, 443, 6443]),
+        ('[ "30000-32767" ]', ["30000-32767"]),
+    ],
+)
+def test_host_ports_from_inbound_ports(nix: str, inbound_ports: str, expected: object) -> None:
+    """0.1's inboundPorts as hostPorts' default, as the generator's settings.migrate does."""
+    expr = f"(import {nix_path(MAPPING)}).hostPortsFromInboundPorts {inbound_ports}"
+    assert evaluate(expr) == expected

@@ -16,8 +16,16 @@ import pytest
 
 from mullvad_allow_k8s import marks
 from mullvad_allow_k8s.presets import PRESETS
-from mullvad_allow_k8s.settings import CUSTOM_PRESET, parse_json, resolve
-from tests.nix.cases import DEFAULTS_NIX, MODULE_ONLY, schema
+from mullvad_allow_k8s.settings import (
+    CUSTOM_PRESET,
+    RETIRED,
+    Field,
+    migrate,
+    parse_json,
+    parse_settings_file,
+    resolve,
+)
+from tests.nix.cases import DEFAULTS_NIX, MODULE_ONLY, RETIRED_OPTIONS, schema
 from tests.nix.nixeval import (
     GENERATE_SH,
     ROOT,
@@ -54,24 +62,32 @@ def problems(lib: Path, config: str) -> dict[str, list[str]]:
 
 def test_every_schema_field_has_exactly_one_option_and_vice_versa(nixpkgs_lib: Path) -> None:
     names = set(ev(nixpkgs_lib, "{ }", "builtins.attrNames options"))
-    assert names >= MODULE_ONLY
-    assert sorted(names - MODULE_ONLY) == sorted(f["nix_option"] for f in FIELDS)
+    assert names >= MODULE_ONLY | RETIRED_OPTIONS
+    # The retired options are left out by name: they have no schema field any more
+    # (tests/nix/cases.py, RETIRED_OPTIONS); every other option is a field's.
+    assert sorted(names - MODULE_ONLY - RETIRED_OPTIONS) == sorted(f["nix_option"] for f in FIELDS)
+    assert not RETIRED_OPTIONS & {f["nix_option"] for f in FIELDS}
+
+
+def test_retired_options_are_the_generators_retired_keys_invisible(nixpkgs_lib: Path) -> None:
+    # Exactly the KEYs settings.RETIRED names, in camelCase like every other option.
+    assert {Field(key, "", "", "").nix_option for key in RETIRED} == RETIRED_OPTIONS
+    got = ev(
+        nixpkgs_lib,
+        ENABLED,
+        "lib.genAttrs [ " + " ".join(f'"{n}"' for n in sorted(RETIRED_OPTIONS)) + " ] "
+        "(n: { inherit (options.${n}) visible default description; value = cfg.${n}; })",
+    )
+    for name, opt in got.items():
+        assert (opt["visible"], opt["default"], opt["value"]) == (False, None, None), name
+        assert opt["description"].startswith("Retired in 0.2.0"), name
 
 
 def test_option_defaults_match_the_schema_defaults(nixpkgs_lib: Path) -> None:
     data = module_settings(nixpkgs_lib, ENABLED)
-    raw = parse_json(json.dumps(data))
-    expected = {f["key"]: f["default"] for f in FIELDS}
-    # The one deliberate difference: "auto" would read /proc of the build machine.
-    assert (expected.pop("EPHEMERAL_PORTS"), raw.pop("EPHEMERAL_PORTS")) == (
-        "auto",
-        "32768-60999",
-    )
-    assert raw == expected
-    # And as resolved settings, on a machine with Linux's default port range, the
-    # module's defaults are the other front ends' defaults.
-    facts = FixedFacts((32768, 60999))
-    assert resolve([parse_json(json.dumps(data))], facts) == resolve([], facts)
+    assert parse_json(json.dumps(data)) == {f["key"]: f["default"] for f in FIELDS}
+    # And as resolved settings the module's defaults are the other front ends' defaults.
+    assert resolve([parse_json(json.dumps(data))]) == resolve([])
 
 
 def test_defaults_literal_used_by_the_mapping_tests_is_the_modules(nixpkgs_lib: Path) -> None:
@@ -93,7 +109,7 @@ def test_descriptions_and_documented_defaults(nixpkgs_lib: Path) -> None:
         "builtins.mapAttrs (_: o: { d = o.description or null; t = o ? defaultText; }) options",
     )
     assert all(v["d"] for v in docs.values()), docs
-    for name in ("package", "ephemeralPorts", "loader", "generated"):
+    for name in ("package", "hostPorts", "loader", "generated"):
         assert docs[name]["t"], name
 
 
@@ -104,13 +120,15 @@ def test_option_docs_render_without_touching_pkgs(nixpkgs_lib: Path) -> None:
         module_expr(
             nixpkgs_lib,
             "{ }",
-            "map (o: { inherit (o) name description; default = o.default or null; }) "
+            "map (o: { inherit (o) name description visible; default = o.default or null; }) "
             "(lib.optionAttrSetToDocList options)",
             pkgs='throw "pkgs used while rendering the option docs"',
         )
     )
-    names = {d["name"].removeprefix("services.mullvadAllowK8s.") for d in docs}
-    assert names == MODULE_ONLY | {f["nix_option"] for f in FIELDS}
+    names = {d["name"].removeprefix("services.mullvadAllowK8s."): d["visible"] for d in docs}
+    # The manual shows visible options only: the retired ones are not documented.
+    assert {n for n, v in names.items() if v} == MODULE_ONLY | {f["nix_option"] for f in FIELDS}
+    assert {n for n, v in names.items() if not v} == RETIRED_OPTIONS
     assert all(d["description"] for d in docs)
 
 
@@ -249,13 +267,136 @@ def test_package_falls_back_to_this_tree(nixpkgs_lib: Path) -> None:
     assert evaluate(expr) == str(ROOT / "nix" / "package.nix")
 
 
-def test_ephemeral_ports_follow_the_sysctl(nixpkgs_lib: Path) -> None:
-    config = enabled(
-        "",
-        QUIET + ' boot.kernel.sysctl."net.ipv4.ip_local_port_range" = "1024 65000";',
-    )
-    assert ev(nixpkgs_lib, config, "cfg.ephemeralPorts") == "1024-65000"
+# ---------------------------------------------------------------- hostPorts
+
+
+@pytest.mark.parametrize(
+    ("setting", "host_ports", "expected"),
+    [
+        ("", None, ""),  # null: the generator fills in the preset's
+        ("hostPorts = null;", None, ""),
+        ("hostPorts = [ ];", [], "none"),
+        ('hostPorts = [ 6443 "30000-32767" ];', [6443, "30000-32767"], ["6443", "30000-32767"]),
+    ],
+)
+def test_host_ports_reach_the_generator(
+    nixpkgs_lib: Path, setting: str, host_ports: object, expected: object
+) -> None:
+    config = enabled(setting)
+    assert ev(nixpkgs_lib, config, "cfg.hostPorts") == host_ports
+    assert module_settings(nixpkgs_lib, config)["HOST_PORTS"] == expected
     assert problems(nixpkgs_lib, config) == {"failed": [], "warnings": []}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_default_host_ports_are_the_presets(nixpkgs_lib: Path, preset: str) -> None:
+    data = module_settings(nixpkgs_lib, enabled(f'preset = "{preset}";'))
+    resolved = resolve([parse_json(json.dumps(data))])
+    assert resolved.host_ports == tuple((p, p) for p in PRESETS[preset].host_ports)
+    assert resolved == resolve([{"PRESET": preset}])
+
+
+# ---------------------------------------------------------------- 0.1 options, migrated
+
+INBOUND_RETIRED = "services.mullvadAllowK8s.inboundPorts is retired (0.2.0)"
+EPHEMERAL_RETIRED = "services.mullvadAllowK8s.ephemeralPorts is retired (0.2.0)"
+
+
+def migrated(lib: Path, setting: str) -> dict[str, Any]:
+    """Warnings, failed assertions, hostPorts and the generator's JSON for `setting`."""
+    config = enabled(setting)
+    out = ev(lib, config, "{ inherit failed; inherit (config) warnings; inherit (cfg) hostPorts; }")
+    assert isinstance(out, dict)
+    return {**out, "settings": module_settings(lib, config)}
+
+
+def test_inbound_ports_list_becomes_host_ports(nixpkgs_lib: Path) -> None:
+    out = migrated(nixpkgs_lib, "inboundPorts = [ 80 443 6443 ];")
+    assert out["failed"] == []
+    (warning,) = out["warnings"]
+    assert warning.startswith(INBOUND_RETIRED)
+    assert "services.mullvadAllowK8s.hostPorts" in warning
+    assert "Your list is now the default of hostPorts; move it there" in warning
+    assert out["hostPorts"] == [80, 443, 6443]
+    assert out["settings"]["HOST_PORTS"] == ["80", "443", "6443"]
+    assert sorted(out["settings"]) == sorted(f["key"] for f in FIELDS)  # no INBOUND_PORTS
+
+
+def test_inbound_ports_old_default_goes(nixpkgs_lib: Path) -> None:
+    out = migrated(nixpkgs_lib, 'inboundPorts = "non-ephemeral";')
+    assert out["failed"] == []
+    (warning,) = out["warnings"]
+    assert warning.startswith(INBOUND_RETIRED)
+    assert 'The old default "non-ephemeral" is gone; remove the setting.' in warning
+    assert out["hostPorts"] is None
+    assert out["settings"]["HOST_PORTS"] == ""  # the preset's
+    assert out["settings"] == module_settings(nixpkgs_lib, ENABLED)
+
+
+def test_ephemeral_ports_is_dropped(nixpkgs_lib: Path) -> None:
+    out = migrated(nixpkgs_lib, 'ephemeralPorts = "32768-60999";')
+    assert out["failed"] == []
+    (warning,) = out["warnings"]
+    assert warning.startswith(EPHEMERAL_RETIRED)
+    assert "Remove the setting." in warning
+    assert out["settings"] == module_settings(nixpkgs_lib, ENABLED)
+
+
+def test_both_retired_options_warn_once_each(nixpkgs_lib: Path) -> None:
+    out = migrated(nixpkgs_lib, 'inboundPorts = [ 8080 ]; ephemeralPorts = "40000-50000";')
+    assert [w.split(" is retired")[0] for w in out["warnings"]] == [
+        "services.mullvadAllowK8s.inboundPorts",
+        "services.mullvadAllowK8s.ephemeralPorts",
+    ]
+    assert out["settings"]["HOST_PORTS"] == ["8080"]
+
+
+@pytest.mark.parametrize(
+    ("host_ports", "expected"),
+    [
+        ("[ 6443 ]", ["6443"]),
+        ("[ ]", "none"),
+        ("null", ""),  # set explicitly, null too wins: the preset's
+        ("lib.mkDefault [ 9345 ]", ["9345"]),  # any priority above the option default
+    ],
+)
+def test_explicit_host_ports_win_over_inbound_ports(
+    nixpkgs_lib: Path, host_ports: str, expected: object
+) -> None:
+    out = migrated(nixpkgs_lib, f"inboundPorts = [ 80 443 ]; hostPorts = {host_ports};")
+    assert out["failed"] == []
+    (warning,) = out["warnings"]
+    assert warning.startswith(INBOUND_RETIRED)
+    # Not "your list is now hostPorts' default": it is ignored, and the warning says so.
+    assert "hostPorts is set too and wins: your inboundPorts list is ignored" in warning
+    assert "move it there" not in warning
+    assert out["settings"]["HOST_PORTS"] == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "old_file"),
+    [
+        ('inboundPorts = [ 80 443 "30000-32767" ];', "INBOUND_PORTS=80,443,30000-32767"),
+        ('inboundPorts = "non-ephemeral";', "INBOUND_PORTS=non-ephemeral"),
+        ('ephemeralPorts = "32768-60999";', "EPHEMERAL_PORTS=auto"),
+        (
+            'preset = "rke2"; inboundPorts = [ 80 ]; hostPorts = [ ];',
+            "PRESET=rke2\nINBOUND_PORTS=80\nHOST_PORTS=none",
+        ),
+        (
+            'inboundPorts = [ 8080 ]; ephemeralPorts = "1024-65000";',
+            "INBOUND_PORTS=8080\nEPHEMERAL_PORTS=1024-65000",
+        ),
+    ],
+)
+def test_migration_is_the_generators(nixpkgs_lib: Path, setting: str, old_file: str) -> None:
+    """The module migrates 0.1 options as settings.migrate migrates a 0.1 settings file:
+    the same settings, one warning per note."""
+    out = migrated(nixpkgs_lib, setting)
+    current, notes = migrate(parse_settings_file(old_file))
+    assert notes
+    assert resolve([parse_json(json.dumps(out["settings"]))]) == resolve([current])
+    assert len(out["warnings"]) == len(notes)
 
 
 # ---------------------------------------------------------------- assertions, warnings
@@ -320,19 +461,11 @@ def test_mullvad_off_warns(nixpkgs_lib: Path) -> None:
 )
 def test_no_reverse_path_warning_with_any_firewall(nixpkgs_lib: Path, firewall: str) -> None:
     """Our prerouting chain runs before both firewalls' rpfilter, so none needs a warning."""
-    assert marks.PREROUTING_PRIORITY.value < -150  # iptables mangle, NixOS' iptables rpfilter
+    priority = marks.PREROUTING_PRIORITY.value
+    assert isinstance(priority, int)
+    assert priority < -150  # iptables mangle, NixOS' iptables rpfilter
     warnings = problems(nixpkgs_lib, enabled("", MULLVAD_ON + firewall))["warnings"]
     assert warnings == []
-
-
-def test_ephemeral_ports_different_from_the_sysctl_warn(nixpkgs_lib: Path) -> None:
-    config = enabled(
-        'ephemeralPorts = "40000-50000";',
-        QUIET + ' boot.kernel.sysctl."net.ipv4.ip_local_port_range" = "1024 65000";',
-    )
-    (warning,) = problems(nixpkgs_lib, config)["warnings"]
-    assert warning.startswith('services.mullvadAllowK8s.ephemeralPorts = "40000-50000" differs')
-    assert '"net.ipv4.ip_local_port_range" = "1024 65000"' in warning
 
 
 # ---------------------------------------------------------------- type errors
@@ -343,9 +476,15 @@ def test_ephemeral_ports_different_from_the_sysctl_warn(nixpkgs_lib: Path) -> No
     [
         ('preset = "k9s";', "preset"),
         ('bridgeTable = "yes";', "bridgeTable"),
-        ("inboundPorts = [ 70000 ];", "inboundPorts"),
-        ('inboundPorts = [ "80-" ];', "inboundPorts"),
+        ("hostPorts = [ 70000 ];", "hostPorts"),
+        ('hostPorts = [ "80-" ];', "hostPorts"),
+        ('hostPorts = [ "6443,9345" ];', "hostPorts"),
+        ("hostPorts = 6443;", "hostPorts"),
+        ('hostPorts = "none";', "hostPorts"),  # the generator's word; Nix says [ ]
         ("machineAddresses = [ ];", "machineAddresses"),
+        # The retired options are still checked, so a wrong old value fails loudly.
+        ("inboundPorts = [ 70000 ];", "inboundPorts"),
+        ("inboundPorts = [ ];", "inboundPorts"),
         ('ephemeralPorts = "auto";', "ephemeralPorts"),
         ('podCidrs = "10.42.0.0/16";', "podCidrs"),
     ],

@@ -218,8 +218,8 @@ def test_migrate_refuses_a_broken_file_and_leaves_it(
     before = path.read_text()
     assert main("settings", "--settings", str(path), "--migrate") == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == "mullvad-allow-k8s: error: HOST_PORTS: 'http': not a port or port range (e.g. 6443 or 30000-32767)"
+    assert err == (
+        "mullvad-allow-k8s: error: HOST_PORTS: 'http': not a port or port range "
+        "(e.g. 6443 or 30000-32767)"
     )
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["settings"]

@@ -300,8 +300,10 @@ def _parse_cidr(key: str, word: str) -> Network:
     if not slash or not prefix.isdigit():
         raise SettingsError(key, word, "not a CIDR range (ADDRESS/PREFIX)")
     ip = _parse_ip(key, address)
-    if int(prefix) > ip.netmask_bits() or len(prefix) > 3:
-        raise SettingsError(key, word, f"prefix length must be 0-{ip.netmask_bits()}")
+    # The address family's width: netaddr's netmask_bits() reads fc00:: as a netmask.
+    width = 32 if ip.version == 4 else 128
+    if int(prefix) > width or len(prefix) > 3:
+        raise SettingsError(key, word, f"prefix length must be 0-{width}")
     net = netaddr.IPNetwork(f"{ip}/{int(prefix)}")
     if net.ip != net.network:
         raise SettingsError(key, word, f"host bits set (did you mean {net.cidr}?)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def test_help_mentions_every_command(capsys: pytest.CaptureFixture[str]) -> None
         main("--help")
     assert done.value.code == 0
     out = capsys.readouterr().out
+    # Each on its own line of the command list (the description also names some).
     for command in ("generate", "apply", "remove", "status", "doctor", "settings"):
-        assert command in out
+        assert re.search(rf"^ +{command} +\S", out, re.MULTILINE), command
 
 
 def test_refuses_to_overwrite_a_file_nixos_manages(

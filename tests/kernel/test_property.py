@@ -10,7 +10,7 @@ import re
 
 import netaddr
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from mullvad_allow_k8s import nft, ruleset
@@ -29,7 +29,12 @@ cidr_like = st.builds(
 )
 v6_like = st.builds(lambda h, p: f"fd{h:02x}::/{p}", st.integers(0, 255), st.integers(0, 129))
 port_like = st.builds(lambda a, b: f"{a}-{b}", st.integers(0, 70000), st.integers(0, 70000))
-word = st.one_of(cidr_like, v6_like, port_like, st.sampled_from(NASTY), st.text(max_size=12))
+# Prefixes whose address reads as a netmask (fc00:: = 7 leading ones): the refusal must
+# still name the real reason, not a prefix limit taken from the address.
+MASKLIKE = ["fc00::/7", "fc00::/8", "fc00::/64", "fe00::/7", "ff00::/8", "c0a8::/16"]
+word = st.one_of(
+    cidr_like, v6_like, port_like, st.sampled_from(NASTY + MASKLIKE), st.text(max_size=12)
+)
 value = st.lists(word, max_size=4).map(" ".join)
 
 
@@ -52,17 +57,36 @@ valid = st.fixed_dictionaries(
         "POD_CIDRS": st.lists(valid_cidr, min_size=1, max_size=6).map(" ".join),
         "MACHINE_ADDRESSES": st.sampled_from(["auto", "192.168.1.5 2001:db8::5", "198.51.100.1"]),
         "PUBLIC_ADDRESSES": st.sampled_from(["", "203.0.113.7", "2001:db8:1::7 203.0.113.8"]),
-        "INBOUND_PORTS": st.sampled_from(["non-ephemeral", "80,443,6443,30000-32767", "22"]),
+        "HOST_PORTS": st.sampled_from(["", "none", "6443", "6443,9345 16443-16444"]),
         "TUNNEL_INTERFACE": st.from_regex(r"[A-Za-z0-9_.-]{1,15}", fullmatch=True),
+        "CLUSTER_INTERFACES": st.lists(
+            st.from_regex(r"[A-Za-z0-9_.-]{1,14}\*?", fullmatch=True), min_size=1, max_size=4
+        ).map(" ".join),
+    }
+)
+# Values written inside a rule rather than as set elements: the tunnel's name. An
+# injection attempt for each, which a looser name pattern would let through.
+injection = st.fixed_dictionaries(
+    {
+        "TUNNEL_INTERFACE": st.sampled_from(
+            [
+                'wg0" ct mark set 0x00000f41 meta mark set 0x6d6f6c65 #',
+                'wg0" accept #',
+                "wg0\nflush ruleset",
+                "wg0 }",
+            ]
+        ),
     }
 )
 raw = st.dictionaries(st.sampled_from([f.key for f in SCHEMA if f.key != "OUTPUT"]), value)
 
 
 def skeleton(text: str) -> list[str]:
-    """The file without comments and with every element list emptied."""
+    """The file without comments, with every element list emptied and every interface
+    name written in a rule replaced by IF, so only user values that stay values match."""
     text = re.sub(r"elements = \{[^}]*\}", "", text)
     text = re.sub(r'comment "[^"]*"', 'comment ""', text)
+    text = re.sub(r'iifname != "[A-Za-z0-9_.-]{1,15}"', 'iifname != "IF"', text)
     return [
         line.strip()
         for line in text.splitlines()
@@ -76,7 +100,6 @@ def template(s: Settings) -> list[str]:
             {
                 "MACHINE_ADDRESSES": "auto" if s.machine_addresses is None else "192.168.1.1",
                 "BRIDGE_TABLE": "yes" if s.bridge_table else "no",
-                "TUNNEL_INTERFACE": s.tunnel_interface,
             }
         ],
     )
@@ -84,13 +107,19 @@ def template(s: Settings) -> list[str]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(raw, valid))
+@given(st.one_of(raw, valid, injection))
+@example({"POD_CIDRS": "fc00::/7"})
+@example({"SERVICE_CIDRS": "fc00::/8"})
+@example({"POD_CIDRS": "fe00::/7"})
 def test_any_input_renders_a_loadable_ruleset_or_is_refused(values: dict[str, str]) -> None:
     try:
         s = resolve([values])
     except SettingsError as err:
         assert "\n" not in str(err)
         assert str(err).startswith(f"{err.key}: ")
+        # The reason is the real one: a prefix limit is the family's width.
+        if "prefix length must be" in err.reason:
+            assert err.reason.endswith(("0-32", "0-128")), err
         event("refused")
         return
     event("rendered")

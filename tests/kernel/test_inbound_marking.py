@@ -23,10 +23,12 @@ OBSERVER = """
 table inet observe {
   set seen4 { type ipv4_addr . inet_service; }
   set seen6 { type ipv6_addr . inet_service; }
+  set arrived4 { type ipv4_addr . inet_service; }
   counter tentative { }
   chain input { type filter hook input priority 10; policy accept;
     ct mark 0x00000f41 meta mark 0x6d6f6c65 tcp flags syn add @seen4 { ip daddr . tcp dport }
     ct mark 0x00000f41 meta mark 0x6d6f6c65 tcp flags syn add @seen6 { ip6 daddr . tcp dport }
+    tcp flags syn add @arrived4 { ip daddr . tcp dport }
     ct mark 0x00000f43 counter name tentative
     meta mark 0x6d6f6c65 ct mark != 0x00000f41 counter name tentative
   }
@@ -67,9 +69,9 @@ def probe(client: Netns, address: str, port: int) -> None:
     client.sh(f'python3 -c "{PROBE}" {address} {port}')
 
 
-def seen(host: Netns) -> set[tuple[str, int]]:
+def seen(host: Netns, sets: tuple[str, ...] = ("seen4", "seen6")) -> set[tuple[str, int]]:
     out: set[tuple[str, int]] = set()
-    for family in ("seen4", "seen6"):
+    for family in sets:
         data = json.loads(host.nft_json(f"list set inet observe {family}"))
         for item in data["nftables"]:
             for elem in item.get("set", {}).get("elem", []):
@@ -111,6 +113,9 @@ def test_tunnel_address_and_tunnel_interface_are_never_exempted(
     )
     probe(client, "10.99.0.2", 6443)
     probe(client, "192.168.50.2", 6443)
+    # The SYNs did arrive (so "not marked" is a finding, not a lost packet) ...
+    assert seen(host, ("arrived4",)) == {("10.99.0.2", 6443), ("192.168.50.2", 6443)}
+    # ... and none of them carried the marks.
     assert seen(host) == set()
     assert tentative_left(host) == 0
 

@@ -8,6 +8,7 @@ start and the end make sure nothing in between is missed.
 from __future__ import annotations
 
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -89,3 +90,16 @@ def record(monitor: Sequence[str], nft: Callable[[str], object]) -> Iterator[lis
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def table_present_after_each(transactions: list[list[str]], table: str = TABLE) -> list[int]:
+    """Indexes of the transactions after which TABLE was missing (it is present before)."""
+    pattern = re.compile(rf"^(add|delete) table {re.escape(table)}(\s|$)")
+    present, missing = True, []
+    for index, events in enumerate(transactions):
+        for event in events:
+            if match := pattern.match(event):
+                present = match.group(1) == "add"
+        if not present:
+            missing.append(index)
+    return missing

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from mullvad_allow_k8s import __version__
+from tests.nftmonitor import Transaction, record
 from tests.releases import RELEASE_0_1_0, release_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -331,6 +332,16 @@ class Machine:
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return run(self.argv(command, mode, env), check=check, input=stdin)
+
+    @contextlib.contextmanager
+    def monitor(self) -> Iterator[list[Transaction]]:
+        """Record the nftables transactions (`nft monitor`) made in this machine."""
+        if self.init_pid:
+            enter = ["nsenter", f"--target={self.init_pid}", "--net", "--"]
+        else:
+            enter = ["ip", "netns", "exec", self.netns]
+        with record([*enter, "nft", "monitor"], lambda cmd: run([*enter, "nft", cmd])) as seen:
+            yield seen
 
     def popen(self, command: str) -> subprocess.Popen[str]:
         """A background command; close() kills it if the test did not finish it."""

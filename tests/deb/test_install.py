@@ -16,6 +16,7 @@ import pytest
 from mullvad_allow_k8s.settings import render_settings_file
 from tests.deb.conftest import UPGRADE_VERSION, Builds, Machine, need_tools
 from tests.deb.test_source import TEMPLATES, parse_templates
+from tests.nftmonitor import table_present_after_each
 from tests.releases import NOT_IN_CHECKOUT
 
 pytestmark = pytest.mark.deb
@@ -169,21 +170,13 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
     )
     settings.write_text(edited)
 
-    # Watch the table from another process in the same namespace during the upgrade.
-    watcher = machine.popen(
-        "ok=0; gone=0; while [ ! -e /var/tmp/stop ]; do "
-        "if nft list table inet mullvad_allow_k8s >/dev/null 2>&1; "
-        "then ok=$((ok + 1)); else gone=$((gone + 1)); fi; done; echo $ok $gone"
-    )
-    time.sleep(0.3)
+    # Every nftables transaction of the upgrade, recorded by `nft monitor`.
     upgrade = machine.copy_in(builds.upgrade_deb)
-    machine.sh(f"dpkg -i {upgrade}")
-    machine.file("/var/tmp/stop").touch()
-    out, _ = watcher.communicate(timeout=30)
-    ok, gone = (int(n) for n in out.split())
+    with machine.monitor() as transactions:
+        machine.sh(f"dpkg -i {upgrade}")
 
-    assert gone == 0, f"the table was missing in {gone} of {ok + gone} looks during the upgrade"
-    assert ok > 20, "the watcher did not run during the upgrade"
+    assert table_present_after_each(transactions) == [], transactions
+    assert any(t.touches_table() for t in transactions), "the upgrade loaded nothing"
     version = machine.sh("dpkg-query -W -f '${Version}' mullvad-allow-k8s").stdout
     assert version == UPGRADE_VERSION
     assert settings.read_text() == edited
@@ -273,24 +266,18 @@ def test_with_systemd_the_unit_loads_the_table_reloads_on_upgrade_and_stops_on_r
     started = show("InvocationID")
 
     settings = machine.file(SETTINGS)
-    settings.write_text(settings.read_text().replace("HOST_PORTS=''", "HOST_PORTS=6443"))
-    watcher = machine.popen(
-        "ok=0; gone=0; while [ ! -e /var/tmp/stop ]; do "
-        "if nft list table inet mullvad_allow_k8s >/dev/null 2>&1; "
-        "then ok=$((ok + 1)); else gone=$((gone + 1)); fi; done; echo $ok $gone"
-    )
-    time.sleep(0.3)
-    machine.sh(f"dpkg -i {machine.copy_in(builds.upgrade_deb)}")
-    machine.file("/var/tmp/stop").touch()
-    out, _ = watcher.communicate(timeout=30)
-    ok, gone = (int(n) for n in out.split())
+    settings.write_text(settings.read_text().replace("HOST_PORTS=''", "HOST_PORTS=9345"))
+    upgrade = machine.copy_in(builds.upgrade_deb)
+    with machine.monitor() as transactions:
+        machine.sh(f"dpkg -i {upgrade}")
 
-    assert gone == 0, f"the table was missing in {gone} of {ok + gone} looks during the upgrade"
-    assert ok > 20, "the watcher did not run during the upgrade"
+    assert table_present_after_each(transactions) == [], transactions
+    assert any(t.touches_table() for t in transactions), "the upgrade loaded nothing"
     # Not restarted (same invocation), but reloaded: the table follows the edited file.
     assert show("InvocationID") == started
     assert show("ActiveState") == "active"
     assert "loaded, matches the settings" in status(machine)
+    assert "HOST_PORTS=9345\n" in machine.file(RULESET).read_text()
 
     machine.sh("apt-get -o Dpkg::Use-Pty=0 remove -y mullvad-allow-k8s")
     assert show("ActiveState") == "inactive"
@@ -381,7 +368,11 @@ def test_upgrade_from_the_0_1_0_package_gets_the_new_model_and_says_so_once(
     if edit:
         settings.write_text(settings.read_text().replace("INBOUND_PORTS=non-ephemeral", edit))
 
-    proc = machine.apt_install(builds.deb)
+    with machine.monitor() as transactions:
+        proc = machine.apt_install(builds.deb)
+
+    # The old table is replaced by the new one in one transaction: never missing.
+    assert table_present_after_each(transactions) == [], transactions
 
     text = settings.read_text()
     assert "\nINBOUND_PORTS=" not in text and "\nEPHEMERAL_PORTS=" not in text

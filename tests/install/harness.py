@@ -9,7 +9,6 @@ the file system, and record nftables transactions (`nft monitor`) during an upgr
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import time
@@ -234,19 +233,6 @@ class Box:
 
     def debconf_db(self) -> str:
         return self.sh("cat /var/cache/debconf/config.dat /var/cache/debconf/templates.dat").stdout
-
-
-def table_present_after_each(transactions: list[list[str]], table: str = TABLE) -> list[int]:
-    """Indexes of the transactions after which TABLE was missing (it is present before)."""
-    pattern = re.compile(rf"^(add|delete) table {re.escape(table)}(\s|$)")
-    present, missing = True, []
-    for index, events in enumerate(transactions):
-        for event in events:
-            if match := pattern.match(event):
-                present = match.group(1) == "add"
-        if not present:
-            missing.append(index)
-    return missing
 
 
 def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:

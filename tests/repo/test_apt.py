@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.deb.conftest import Machine
+from tests.nftmonitor import table_present_after_each
 from tests.repo import tamper
 from tests.repo.conftest import AptSystem, Key, Packages, publish, run
 
@@ -102,25 +103,17 @@ def test_upgrade_is_picked_up_and_keeps_settings_and_table(
         upgradable
     )
 
-    watcher = machine.popen(
-        "ok=0; gone=0; while [ ! -e /var/tmp/stop ]; do "
-        "if nft list table inet mullvad_allow_k8s >/dev/null 2>&1; "
-        "then ok=$((ok + 1)); else gone=$((gone + 1)); fi; sleep 0.01; done; echo $ok $gone"
-    )
-    time.sleep(0.2)
-    start = time.monotonic()
-    apt_system.apt("upgrade -y")
-    print(f"{suite}: apt-get upgrade: {time.monotonic() - start:.2f} s")
-    machine.file("/var/tmp/stop").touch()
-    out, _ = watcher.communicate(timeout=30)
-    ok, gone = (int(n) for n in out.split())
+    # Every nftables transaction of the upgrade, recorded by `nft monitor`.
+    with machine.monitor() as transactions:
+        apt_system.apt("upgrade -y")
 
     assert apt_system.version() == f"ii {new}"
     assert f"GET /apt/{DEB}/{packages.deb_upgrade.name} HTTP/1.1 200" in (
         apt_system.server.requests()
     )
     assert settings.read_text() == edited
-    assert gone == 0 and ok > 10, f"table missing in {gone} of {ok + gone} looks during the upgrade"
+    assert table_present_after_each(transactions) == [], transactions
+    assert any(t.touches_table() for t in transactions), "the upgrade loaded nothing"
     assert TABLE in machine.tables()
     assert "loaded, matches the settings" in status(machine)
     assert "PUBLIC_ADDRESSES=198.51.100.9" in machine.file(RULESET).read_text()

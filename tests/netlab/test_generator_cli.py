@@ -62,7 +62,8 @@ def test_reapply_is_idempotent(lab: Lab) -> None:
 
 
 def test_remove_touches_only_our_table(lab: Lab) -> None:
-    before = {t: nft_list(lab, "table", *t.split()) for t in ("inet mullvad", "ip netlab_kube")}
+    tables = ("inet mullvad", "ip nat", "ip6 nat", "ip netlab_cni")  # kube-proxy + portmap
+    before = {t: nft_list(lab, "table", *t.split()) for t in tables}
     run_generator(lab, "apply")
     assert "table inet mullvad_allow_k8s" in nft_list(lab, "tables")
     run_generator(lab, "remove")

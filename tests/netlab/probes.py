@@ -50,12 +50,14 @@ TIMEOUT = 1.0  # client timeout: a blocked flow costs this much, once per scenar
 
 @dataclass(frozen=True)
 class Scenario:
-    """Mullvad's state + which bypass is loaded (+ rp_filter, + when it was applied)."""
+    """Mullvad's state + which bypass is loaded (+ rp_filter, + when it was applied)
+    + kube-proxy's mode."""
 
     mullvad: MullvadState
     bypass: str = "none"  # "none" | "generated" | "naive" (deliberately leaky)
     rp_filter: int = 2
     apply_in: str = "connected"  # state the bypass was applied in (then switched)
+    kube_proxy: str = "iptables"  # "iptables" | "nftables" (topology.KUBE_PROXY_MODES)
 
     @property
     def id(self) -> str:
@@ -64,6 +66,7 @@ class Scenario:
             parts.append(f"rp_filter{self.rp_filter}")
         if self.bypass != "none" and self.apply_in != self.mullvad.state:
             parts.append(f"applied_{self.apply_in}")
+        parts.append(f"kp_{self.kube_proxy}")
         return "-".join(parts)
 
     @property

@@ -111,9 +111,6 @@ class Fam:
     def nfproto(self) -> str:
         return "ip" if self.v == 4 else "ip6"
 
-    def hostport(self, addr: str, port: int) -> str:
-        return f"{addr}:{port}" if self.v == 4 else f"[{addr}]:{port}"
-
 
 V4 = Fam(
     v=4,

@@ -21,9 +21,12 @@ def lab_unavailable() -> str | None:
     """Why the lab cannot run here, or None."""
     if os.geteuid() != 0:
         return "netlab needs root (network namespaces, nftables); CI runs it as root"
-    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    tools = ("ip", "nft", "iptables-restore", "ip6tables-restore")  # kube-proxy iptables mode
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        return f"netlab needs {' and '.join(missing)} (.ci/run installs iproute2 and nftables)"
+        return (
+            f"netlab needs {', '.join(missing)} (.ci/run installs iproute2, nftables and iptables)"
+        )
     return None
 
 

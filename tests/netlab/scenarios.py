@@ -123,7 +123,11 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
     start = time.monotonic()
     result = ScenarioResult(scn)
     first = MullvadState(scn.apply_in, scn.mullvad.allow_lan, scn.mullvad.split)
-    lab = Lab(first if scn.bypass != "none" else scn.mullvad, rp_filter=scn.rp_filter)
+    lab = Lab(
+        first if scn.bypass != "none" else scn.mullvad,
+        rp_filter=scn.rp_filter,
+        kube_proxy=scn.kube_proxy,
+    )
     try:
         lab.build()
         result.loader_output = load_bypass(lab, scn.bypass)

@@ -27,12 +27,13 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cni, mullvad_emu
+from . import cni, kube_proxy, mullvad_emu
 from .mullvad_emu import MullvadState, Tunnel
 from .nsutil import LabError, Netns, create_namespaces, delete_namespaces, wait_ready
 
@@ -109,9 +110,6 @@ class Fam:
     @property
     def nfproto(self) -> str:
         return "ip" if self.v == 4 else "ip6"
-
-    def hostport(self, addr: str, port: int) -> str:
-        return f"{addr}:{port}" if self.v == 4 else f"[{addr}]:{port}"
 
 
 V4 = Fam(
@@ -205,53 +203,78 @@ def _chain(name: str, head: str, rules: list[str]) -> str:
     return f"\tchain {name} {{\n\t\t{head}\n{body}\t}}\n"
 
 
-def services(f: Fam) -> list[tuple[str, str, int, str, int]]:
-    """(service address, protocols, port, endpoint, endpoint port) of the cluster."""
-    tcp_udp = "{ tcp, udp }"
+KUBE_PROXY_MODES = ("iptables", "nftables")
+
+
+def kube_services(f: Fam) -> list[kube_proxy.Service]:
+    """The cluster's Services in family `f`, as kube-proxy sees them (one value per port).
+
+    Dual-stack Services: the same names in both families, one ClusterIP each.
+
+    * kube-system/kube-dns: dns (UDP 53), dns-tcp (TCP 53), and 5300 UDP+TCP (the bench)
+      -> the CoreDNS pod.
+    * default/web: type LoadBalancer with allocateLoadBalancerNodePorts=false, http 80
+      -> web pod 8080 with an explicit nodePort 30080, iperf 5201 (no nodePort); the
+      LoadBalancer IP `lb_ip` (MetalLB style, status.loadBalancer.ingress) on both.
+    * default/kubernetes: https 443 -> the API server on the node's LAN address :6443.
+    * default/external: selector-less, a hand-made EndpointSlice outside the cluster
+      (the internet server), ports 80 and 81.
+    """
+    svc = kube_proxy.Service
+    dns, dns_alt = ((f.dns_pod, 53),), ((f.dns_pod, DNS_ALT_PORT),)
+    web, iperf = ((f.web_pod, WEB_PORT),), ((f.web_pod, IPERF_PORT),)
+    api = ((f.host_lan, API_PORT),)
+    lb = (f.lb_ip,)
     return [
-        (f.kube_dns, tcp_udp, 53, f.dns_pod, 53),
-        (f.kube_dns, tcp_udp, DNS_ALT_PORT, f.dns_pod, DNS_ALT_PORT),
-        (f.web_svc, "tcp", SVC_WEB_PORT, f.web_pod, WEB_PORT),
-        (f.web_svc, "tcp", IPERF_PORT, f.web_pod, IPERF_PORT),
-        (f.api_svc, "tcp", SVC_API_PORT, f.host_lan, API_PORT),  # "kubernetes" service
-        (f.ext_svc, "tcp", 80, f.internet, INET_EXT_POD),  # endpoints outside the cluster
-        (f.ext_svc, "tcp", 81, f.internet, INET_EXT_HOST),
+        svc("kube-system", "kube-dns", "dns", "udp", f.kube_dns, 53, dns),
+        svc("kube-system", "kube-dns", "dns-tcp", "tcp", f.kube_dns, 53, dns),
+        svc("kube-system", "kube-dns", "dns-alt", "udp", f.kube_dns, DNS_ALT_PORT, dns_alt),
+        svc("kube-system", "kube-dns", "dns-alt-tcp", "tcp", f.kube_dns, DNS_ALT_PORT, dns_alt),
+        svc("default", "web", "http", "tcp", f.web_svc, SVC_WEB_PORT, web, NODEPORT, lb),
+        svc("default", "web", "iperf", "tcp", f.web_svc, IPERF_PORT, iperf, None, lb),
+        svc("default", "kubernetes", "https", "tcp", f.api_svc, SVC_API_PORT, api),
+        svc("default", "external", "a", "tcp", f.ext_svc, 80, ((f.internet, INET_EXT_POD),)),
+        svc("default", "external", "b", "tcp", f.ext_svc, 81, ((f.internet, INET_EXT_HOST),)),
     ]
 
 
-def kube_proxy_rules() -> str:
-    """kube-proxy (nft mode semantics) and the bridge CNI's masquerade, per family.
+def all_kube_services() -> list[kube_proxy.Service]:
+    return [svc for f in FAMILIES for svc in kube_services(f)]
 
-    ClusterIP DNAT for prerouting and output at -100, NodePort DNAT on any local
-    address with kube-proxy's masquerade mark (`| 0x4000`, masqueraded in postrouting as
-    kube-proxy does for externalTrafficPolicy=Cluster), and pod -> outside masquerade.
+
+CLUSTER_CIDRS = [f.cluster_pod_cidr for f in FAMILIES]  # kube-proxy's --cluster-cidr
+
+
+def kube_proxy_nft() -> str:
+    """kube-proxy nftables mode: tables `ip kube-proxy` and `ip6 kube-proxy`.
+
+    With the ServiceCIDRs, as kube-proxy v1.33 learns them from the ServiceCIDR objects
+    (MultiCIDRServiceAllocator, on by default since v1.33), so traffic to unallocated
+    ClusterIPs is dropped.
     """
+    return kube_proxy.nftables(
+        all_kube_services(), CLUSTER_CIDRS, service_cidrs=[f.svc_cidr for f in FAMILIES]
+    )
+
+
+def kube_proxy_iptables(f: Fam) -> str:
+    """kube-proxy iptables mode, one family: its `--noflush` restore (the jumps from the
+    built-in chains are kube_proxy.ensure_iptables_jumps's), so the CNI portmap plugin's
+    chains in `ip nat` / `ip6 nat` survive as on a real node."""
+    return kube_proxy.iptables_restore(all_kube_services(), f.v, f.cluster_pod_cidr, noflush=True)
+
+
+def cni_masquerade_rules() -> str:
+    """The bridge CNI's pod -> outside masquerade (ipMasq), in a table of its own: the
+    CNI's, not kube-proxy's."""
     out = []
     for f in FAMILIES:
         ip = f.nfproto
-        svc = [
-            f"{ip} daddr {vip} meta l4proto {protos} th dport {port} "
-            f"dnat to {f.hostport(dst, dport)}"
-            for vip, protos, port, dst, dport in services(f)
-        ]
-        nodeport = (
-            f"fib daddr type local tcp dport {NODEPORT} meta mark set meta mark | 0x4000 "
-            f"dnat to {f.hostport(f.web_pod, WEB_PORT)}"
-        )
-        lb = (
-            f"{ip} daddr {f.lb_ip} tcp dport {LB_PORT} meta mark set meta mark | 0x4000 "
-            f"dnat to {f.hostport(f.web_pod, WEB_PORT)}"
-        )
-        post = [
-            "meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade",
-            f'{ip} saddr {f.pod_cidr} {ip} daddr != {f.pod_cidr} oifname != "cni0" masquerade',
-        ]
+        rule = f'{ip} saddr {f.pod_cidr} {ip} daddr != {f.pod_cidr} oifname != "cni0" masquerade'
         out.append(
-            f"table {ip} netlab_kube\ndelete table {ip} netlab_kube\n"
-            f"table {ip} netlab_kube {{\n"
-            + _chain("prerouting", "type nat hook prerouting priority -100;", [*svc, lb, nodeport])
-            + _chain("output", "type nat hook output priority -100;", svc)
-            + _chain("postrouting", "type nat hook postrouting priority 100;", post)
+            f"table {ip} netlab_cni\ndelete table {ip} netlab_cni\n"
+            f"table {ip} netlab_cni {{\n"
+            + _chain("postrouting", "type nat hook postrouting priority 100;", [rule])
             + "}\n"
         )
     return "".join(out)
@@ -306,8 +329,18 @@ def counter_rules(ifname: str) -> str:
 class Lab:
     """One scenario's namespaces. `build()` then `destroy()` (always, also on failure)."""
 
-    def __init__(self, mullvad: MullvadState, *, rp_filter: int = 2, br_nf: bool = True) -> None:
+    def __init__(
+        self,
+        mullvad: MullvadState,
+        *,
+        rp_filter: int = 2,
+        br_nf: bool = True,
+        kube_proxy: str = "iptables",
+    ) -> None:
+        if kube_proxy not in KUBE_PROXY_MODES:
+            raise ValueError(f"kube_proxy must be one of {KUBE_PROXY_MODES}, not {kube_proxy!r}")
         self.mullvad = mullvad
+        self.kube_proxy = kube_proxy
         self.rp_filter = rp_filter
         self.br_nf = br_nf
         self.uid = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
@@ -322,7 +355,7 @@ class Lab:
     # --- building --------------------------------------------------------------------
 
     def build(self, *, extra_agents: dict[str, dict[str, Any]] | None = None) -> None:
-        """Namespaces, links, addresses, kube-proxy, counters, Mullvad, then servers."""
+        """Namespaces, links, addresses, CNI, kube-proxy, counters, Mullvad, servers."""
         spaces = create_namespaces([f"{self.uid}-{r}" for r in ROLES])
         self.ns = dict(zip(ROLES, spaces, strict=True))
         base = {
@@ -356,13 +389,14 @@ class Lab:
                 }
             ns.sysctl({**base, **extra})
         self._links()
-        self["host"].nft(kube_proxy_rules())
+        self["host"].nft(cni_masquerade_rules())
         self["vpn"].nft(counter_rules("tun0"))
         self["lan"].nft(counter_rules("lanbr"))
         self["web"].nft(receiver_rules(SPOOF_RECEIVERS["web"], SPOOF_PORT, 0))
         self["coredns"].nft(receiver_rules(SPOOF_RECEIVERS["coredns"], 53, 0))
         self["host"].nft(receiver_rules(SPOOF_RECEIVERS["host"], SPOOF_PORT, 100))
         self._hostport_pod()
+        self._kube_proxy()  # after portmap: its iptables chains must survive kube-proxy's
         # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
         self._start_agents(extra_agents or {})
         self.set_mullvad(self.mullvad, initial=True)
@@ -465,6 +499,26 @@ class Lab:
         mapping = [cni.PortMapping(HOSTPORT, WEB_PORT, "tcp")]
         result = cni.add(self["host"], self["hostport"], "hostport", conf, mapping)
         self.hostport_ips = cni.pod_addresses(result)
+
+    def _kube_proxy(self) -> None:
+        """kube-proxy's rules in the lab's mode, loaded the way kube-proxy loads them."""
+        host = self["host"]
+        if self.kube_proxy == "nftables":
+            host.nft(kube_proxy_nft())
+            return
+
+        # As a sync does: EnsureChain/EnsureRule for the jumps, then `--noflush` restore.
+        def ensure() -> None:  # in a thread inside the namespace: its children are too
+            def run(argv: list[str]) -> int:
+                return subprocess.run(argv, capture_output=True, check=False).returncode
+
+            for f in FAMILIES:
+                kube_proxy.ensure_iptables_jumps(f.v, run)
+
+        host.call(ensure)
+        for f in FAMILIES:
+            binary = "iptables" if f.v == 4 else "ip6tables"
+            host.exec(f"{binary}-restore", "-w", "--noflush", stdin=kube_proxy_iptables(f))
 
     def _start_agents(self, extra: dict[str, dict[str, Any]]) -> None:
         def dns(who: str, addrs: list[str], ports: tuple[int, ...] = (53,)) -> dict[str, Any]:

@@ -16,6 +16,7 @@ The host's rpm installs with `--root`, so scriptlets run chrooted in the copy.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -76,7 +77,7 @@ class Build:
 def build_rpm(topdir: Path, release: int) -> Build:
     """`make rpm` into `topdir` (the tracked files of the working tree)."""
     start = time.monotonic()
-    make = ["make", "-s", "-C", REPO, "rpm"]
+    make: list[str | Path] = ["make", "-s", "-C", REPO, "rpm"]
     proc = run([*make, f"RPM_TOPDIR={topdir}", f"RPM_RELEASE={release}"])
     seconds = time.monotonic() - start
     (rpm,) = (topdir / "RPMS" / "noarch").glob(f"mullvad-allow-k8s-*-{release}.noarch.rpm")
@@ -178,13 +179,116 @@ def _rpm_extra_args() -> list[str]:
     return ["--force-debian"] if probe.returncode == 0 else []
 
 
+# ------------------------------------------------- Fedora-like Python layers
+#
+# What Fedora, RHEL 10 and Tumbleweed have and a Debian root has not: a Python whose
+# search path has no dist-packages entry, with netaddr and the nftables bindings in
+# /usr/lib/python3.X/site-packages. A layer is laid over the Debian root (overlayfs):
+#
+# - "3.12", "3.13": an upstream CPython build (this machine's pyenv builds, which are
+#   configured like Fedora's: prefix layout lib/python3.X/site-packages) copied to
+#   /usr, so sys.prefix is /usr and /usr/bin/python3 is that interpreter;
+# - "3.11": Debian's own interpreter with a sitecustomize that takes every
+#   dist-packages entry off sys.path and adds /usr/lib/python3.11/site-packages.
+#
+# netaddr and the bindings are Debian's pure-Python files (the bindings load
+# libnftables.so.1 with ctypes), copied into that site-packages directory.
+
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+FEDORA_LIKE = ("3.11", "3.12", "3.13")
+SITE_LIBS = ("netaddr", "nftables")
+SITECUSTOMIZE = """\
+# test layer: search path like Fedora's (no dist-packages; /usr/lib/python3.11/site-packages)
+import site
+import sys
+
+sys.path[:] = [p for p in sys.path if "dist-packages" not in p]
+site.addsitedir("/usr/lib/python3.11/site-packages")
+"""
+
+
+def pyenv_build(version: str) -> Path | None:
+    """The newest pyenv CPython build of VERSION (e.g. '3.13'), or None."""
+    builds = [
+        b
+        for b in PYENV.glob(f"{version}.*")
+        if b.name.removeprefix(f"{version}.").isdigit()  # releases, not 3.13.0t or -dev
+        and (b / "bin" / f"python{version}").is_file()
+    ]
+    return max(builds, key=lambda b: int(b.name.split(".")[2]), default=None)
+
+
+def missing_python(version: str) -> str | None:
+    """Why the Fedora-like layer of VERSION cannot be made here, or None."""
+    if version == "3.11" or pyenv_build(version):
+        return None
+    return f"no CPython {version} build under {PYENV} (this machine image's pyenv builds)"
+
+
+def _copy(src: Path, dst: Path, *, ignore: Sequence[str] = ()) -> None:
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(*ignore))
+
+
+def python_layer(base: Path, version: str) -> Path:
+    """The cached layer that gives BASE a Fedora-like Python VERSION (see above)."""
+    build = pyenv_build(version) if version != "3.11" else None
+    key = hashlib.sha256(f"{base.name}|{version}|{build}|{SITECUSTOMIZE}".encode()).hexdigest()[:12]
+    layer = CACHE / f"python-layer-{version}-{key}"
+    if (layer / ".complete").exists():
+        return layer
+    tmp = Path(tempfile.mkdtemp(prefix="python-layer.", dir=CACHE))
+    try:
+        usr = tmp / "usr"
+        site = usr / "lib" / f"python{version}" / "site-packages"
+        if build is None:
+            site.mkdir(parents=True)
+            (site.parent / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        else:
+            (usr / "bin").mkdir(parents=True)
+            shutil.copy2(build / "bin" / f"python{version}", usr / "bin")
+            (usr / "bin" / "python3").symlink_to(f"python{version}")
+            libdir = usr / "lib" / "x86_64-linux-gnu"  # on the loader's default path
+            libdir.mkdir(parents=True)
+            for lib in (build / "lib").glob(f"libpython{version}.so*"):
+                shutil.copy2(lib, libdir, follow_symlinks=True)
+            _copy(
+                build / "lib" / f"python{version}",
+                site.parent,
+                ignore=(
+                    "test",
+                    "site-packages",
+                    "idlelib",
+                    "tkinter",
+                    "turtledemo",
+                    "ensurepip",
+                    "config-*",  # the static libpython and build files
+                ),
+            )
+            site.mkdir()
+        dist = base / "usr" / "lib" / "python3" / "dist-packages"
+        for name in SITE_LIBS:
+            _copy(dist / name, site / name, ignore=("__pycache__",))
+        (tmp / ".complete").touch()
+        try:
+            tmp.rename(layer)
+        except OSError:  # another run finished first
+            if not (layer / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return layer
+
+
 # ------------------------------------------------------------------ systems
 
 
 class System:
     """One throwaway Debian-userland system: overlay copy + namespaces (see module doc)."""
 
-    def __init__(self, base: Path, workdir: Path, *, live: bool) -> None:
+    def __init__(
+        self, base: Path, workdir: Path, *, live: bool, layers: Sequence[Path] = ()
+    ) -> None:
+        """LAYERS: directories laid over BASE (first wins), e.g. a Fedora-like Python."""
         self.workdir = workdir
         self.root = workdir / "merged"
         self.upper = workdir / "upper"
@@ -197,7 +301,8 @@ class System:
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={base},upperdir={self.upper},workdir={workdir / 'work'}",
+                f"lowerdir={':'.join(map(str, [*layers, base]))},"
+                f"upperdir={self.upper},workdir={workdir / 'work'}",
                 self.root,
             ]
         )
@@ -227,8 +332,15 @@ class System:
     def enter(
         self, args: Sequence[str | Path], *, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run a host program in the system's namespaces (network, mounts, PIDs)."""
-        return run(["nsenter", "-t", str(self.pid), "-n", "-m", "-p", "--", *args], check=check)
+        """Run a host program in the system's namespaces (network, mounts, PIDs).
+
+        Without the caller's PYTHON* variables: a shell or pytest may export, say,
+        PYTHONDONTWRITEBYTECODE, which no real system's scriptlets and units have and
+        which would hide the bytecode the package's Python writes (pycache_written).
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        nsenter = ["nsenter", "-t", str(self.pid), "-n", "-m", "-p", "--"]
+        return run([*nsenter, *args], check=check, env=env)
 
     def sh(self, command: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a shell command inside the root (its own python3, nft, systemctl)."""
@@ -271,6 +383,19 @@ class System:
                     if "mullvad" in name or name == "nftables.d":
                         found.append("/" + str(Path(dirpath, name).relative_to(self.root)))
         return sorted(found)
+
+    def python_path(self) -> list[str]:
+        """sys.path of the root's python3 (-B: the probe itself writes no bytecode)."""
+        probe = "python3 -B -c 'import json, sys; print(json.dumps(sys.path[1:]))'"
+        return list(json.loads(self.sh(probe).stdout))
+
+    def pycache_written(self) -> list[str]:
+        """__pycache__ directories created in the system since it was made."""
+        return sorted(
+            "/" + str(Path(dirpath).relative_to(self.upper))
+            for dirpath, _, _ in os.walk(self.upper)
+            if Path(dirpath).name == "__pycache__"
+        )
 
     @contextmanager
     def monitor(self) -> Iterator[list[Transaction]]:

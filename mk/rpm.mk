@@ -6,6 +6,7 @@
 #   make rpm-lint            rpmlint the spec and the built packages, with rpmlint's
 #                            default, Fedora and openSUSE configurations
 #   make rpm-test            build, lint and install/upgrade/erase tests (root)
+#   make rpm-bench           start-up cost of the launcher without bytecode (figures only)
 RPM_SPEC := rpm/mullvad-allow-k8s.spec
 RPM_TOPDIR ?= $(CURDIR)/build/rpm
 RPM_RELEASE ?= 1
@@ -21,7 +22,7 @@ RPM_REPRODUCIBLE := --define 'source_date_epoch_from_changelog 1' \
     --define 'use_source_date_epoch_as_buildtime 1' \
     --define 'clamp_mtime_to_source_date_epoch 1' --define '_buildhost reproducible'
 
-.PHONY: rpm rpm-tarball rpm-lint rpm-lint-configs rpm-test rpm-clean
+.PHONY: rpm rpm-tarball rpm-lint rpm-lint-configs rpm-test rpm-bench rpm-clean
 rpm-tarball:
 	mkdir -p $(RPM_TOPDIR)/SOURCES
 	# flock: parallel test workers would otherwise race for git's index.lock.
@@ -63,6 +64,9 @@ rpm-lint: rpm
 
 rpm-test: venv
 	$(BIN)/python -m pytest tests/rpm $(PYTEST_ARGS)
+
+rpm-bench:
+	$(PYTHON) bench/rpm_launcher_bench.py
 
 rpm-clean:
 	rm -rf $(RPM_TOPDIR)

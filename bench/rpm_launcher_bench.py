@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 APPDIR = "/usr/share/mullvad-allow-k8s"
 PYTHON = "/usr/bin/python3"
-RUNS = 15
+RUNS = 21
 
 
 def extract(rpm: Path, into: Path) -> None:
@@ -37,14 +37,16 @@ def extract(rpm: Path, into: Path) -> None:
     )
 
 
-def median_wall(cmd: list[str]) -> float:
+def median_walls(*cmds: list[str]) -> list[float]:
+    """Median wall time of each command, runs interleaved (the machine's load hits all)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    times = []
+    times: list[list[float]] = [[] for _ in cmds]
     for _ in range(RUNS):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for cmd, spent in zip(cmds, times, strict=True):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> int:
@@ -60,19 +62,19 @@ def main() -> int:
                 check=True, capture_output=True,
             )  # fmt: skip
             (rpm,) = (top / "RPMS" / "noarch").glob("*.rpm")
-        extract(rpm, work / "root")
-        appdir = work / "root" / APPDIR.lstrip("/")
-        launcher = work / "launcher"
-        text = (work / "root" / "usr/bin/mullvad-allow-k8s").read_text()
-        launcher.write_text(text.replace(f'"{APPDIR}"', f'"{appdir}"'))
-        flags = text.splitlines()[0].split()[1:]  # the shebang's flags, e.g. -sPB
-        run = [PYTHON, *flags, str(launcher), "generate", "--settings", "none"]
-
-        bare = median_wall([PYTHON, "-c", "pass"])
-        sources_only = median_wall(run)
-        assert not list(appdir.rglob("__pycache__")), "the launcher wrote bytecode"
-        compileall.compile_dir(appdir, quiet=1)
-        with_bytecode = median_wall(run)
+        runs = []
+        for variant in ("sources", "bytecode"):
+            extract(rpm, work / variant)
+            appdir = work / variant / APPDIR.lstrip("/")
+            if variant == "bytecode":
+                compileall.compile_dir(appdir, quiet=1)
+            launcher = work / variant / "launcher"
+            text = (work / variant / "usr/bin/mullvad-allow-k8s").read_text()
+            launcher.write_text(text.replace(f'"{APPDIR}"', f'"{appdir}"'))
+            flags = text.splitlines()[0].split()[1:]  # the shebang's flags, e.g. -sPB
+            runs.append([PYTHON, *flags, str(launcher), "generate", "--settings", "none"])
+        sources_only, with_bytecode, bare = median_walls(*runs, [PYTHON, "-c", "pass"])
+        assert not list((work / "sources").rglob("__pycache__")), "the launcher wrote bytecode"
 
     print(f"RPM launcher, `generate --settings none`, median of {RUNS} runs ({PYTHON}):")
     print(f"  (a) sources only (the RPM built here, -B): {sources_only * 1000:6.1f} ms")

@@ -362,6 +362,14 @@ class System:
         except FileNotFoundError:
             return None
 
+    def set_setting(self, line: str) -> None:
+        """Replace the KEY=... line of the settings file by LINE (KEY=VALUE)."""
+        key = line.split("=", 1)[0]
+        path = self.path(SYSCONFIG)
+        text = path.read_text()
+        assert re.search(rf"^{key}=", text, re.M), text
+        path.write_text(re.sub(rf"^{key}=.*$", line, text, flags=re.M))
+
     def tables(self) -> set[str]:
         out = self.nft("list tables").stdout
         return {line.removeprefix("table ").strip() for line in out.splitlines() if line}

@@ -15,7 +15,6 @@ Shown to fail with the RPM of before issue 13 (package in
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
@@ -25,13 +24,6 @@ from tests.rpm.harness import NFT_FILE, SYSCONFIG, TABLE
 
 SystemFactory = Callable[..., harness.System]
 APPDIR = "/usr/share/mullvad-allow-k8s"
-
-
-def edit_pod_cidrs(sys_: harness.System, value: str) -> None:
-    path = sys_.path(SYSCONFIG)
-    text = path.read_text()
-    assert re.search(r"^POD_CIDRS=", text, re.M)
-    path.write_text(re.sub(r"^POD_CIDRS=.*$", f"POD_CIDRS={value}", text, flags=re.M))
 
 
 @pytest.mark.parametrize("python", harness.FEDORA_LIKE)
@@ -53,7 +45,7 @@ def test_whole_life_on_a_fedora_like_python(
     assert launcher.splitlines()[0] == "#!/usr/bin/python3 -sPB"
 
     # the admin edits the settings and applies them
-    edit_pod_cidrs(sys_, "10.42.0.0/16")
+    sys_.set_setting("POD_CIDRS=10.42.0.0/16")
     assert sys_.sh("mullvad-allow-k8s status", check=False).returncode == 3  # stale
     sys_.sh("mullvad-allow-k8s apply")
     assert "10.42.0.0/16" in (sys_.table_text() or "")

@@ -40,13 +40,13 @@ class Installer:
         # rpm's database at /var/lib/rpm in the root, where System.rpm() looks (Debian's
         # rpm would use ~/.rpmdb); dnf and zypper read the host's rpm macros.
         self.home = sys_.workdir / "home"
-        self.home.mkdir()
+        self.home.mkdir(exist_ok=True)
         (self.home / ".rpmmacros").write_text(f"%_dbpath {harness.DBPATH}\n")
         if tool == "zypper":
             # --refresh: read the repository anew before each command (the upgrade)
             self.run("addrepo", "--refresh", "--no-gpgcheck", f"file://{repo}", "stubs")
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         root = str(self.sys.root)
         if self.tool == "dnf":
             cmd = [
@@ -56,7 +56,7 @@ class Installer:
             ]  # fmt: skip
         else:
             cmd = ["zypper", "--non-interactive", "--root", root, "--no-gpg-checks", *args]
-        return self.sys.enter(["env", f"HOME={self.home}", *cmd])
+        return self.sys.enter(["env", f"HOME={self.home}", *cmd], check=check)
 
 
 # (tool, distribution): dnf for every distribution, zypper where it is the tool
@@ -93,3 +93,33 @@ def test_installs_by_name_against_the_distribution_names(
     assert sys_.tables() == set()
     assert sys_.pycache_written() == []
     assert sys_.leftovers() == []
+
+
+PROBE_SPEC = """\
+Name: needs-python-3-14
+Version: 1
+Release: 1
+Summary: Probe: requires a Python no target distribution has
+License: GPL-3.0-or-later
+BuildArch: noarch
+Requires: python3 >= 3.14
+%description
+Probe for test_resolve.py.
+%files
+"""
+
+
+def test_the_stubs_refuse_what_a_distribution_lacks(system: SystemFactory, tmp_path: Path) -> None:
+    """Control: the same repositories refuse `python3 >= 3.14` (no distribution has it),
+    so the installs above are resolved against the modelled versions, not waved through."""
+    top = tmp_path / "probe"
+    top.mkdir()
+    (top / "probe.spec").write_text(PROBE_SPEC)
+    harness.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", top / "probe.spec"])
+    (probe,) = (top / "RPMS" / "noarch").glob("*.rpm")
+    sys_ = system(live=False, provides_helper=False)
+    for name, dist in DISTROS.items():
+        repo = stubs.repository(dist, tmp_path / name, probe)
+        proc = Installer("dnf", sys_, repo).run("install", "needs-python-3-14", check=False)
+        assert proc.returncode != 0, f"{name}: {proc.stdout}"
+        assert "nothing provides python3 >= 3.14" in proc.stdout + proc.stderr, name

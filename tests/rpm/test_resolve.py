@@ -30,12 +30,16 @@ DISTROS = stubs.load()
 PACKAGE = "mullvad-allow-k8s"
 
 
+def need(*tools: str) -> None:
+    if missing := [t for t in tools if not shutil.which(t)]:
+        pytest.skip(f"needs {', '.join(missing)} (Debian packages listed in .ci/apt/rpm.txt)")
+
+
 class Installer:
     """dnf or zypper on the host, installing into SYSTEM's root from REPO."""
 
     def __init__(self, tool: str, sys_: harness.System, repo: Path) -> None:
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed (apt-get install {tool}; .ci/apt/rpm.txt)")
+        need(tool)
         self.tool, self.sys, self.repo = tool, sys_, repo
         # rpm's database at /var/lib/rpm in the root, where System.rpm() looks (Debian's
         # rpm would use ~/.rpmdb); dnf and zypper read the host's rpm macros.
@@ -72,6 +76,7 @@ def test_installs_by_name_against_the_distribution_names(
     case: tuple[str, str],
 ) -> None:
     tool, distro = case
+    need(tool, "createrepo_c")
     dist = DISTROS[distro]
     sys_ = system(live=True, python=dist.python, provides_helper=False)
     repo = stubs.repository(dist, tmp_path / "repo", release1.rpm)
@@ -112,6 +117,7 @@ Probe for test_resolve.py.
 def test_the_stubs_refuse_what_a_distribution_lacks(system: SystemFactory, tmp_path: Path) -> None:
     """Control: the same repositories refuse `python3 >= 3.14` (no distribution has it),
     so the installs above are resolved against the modelled versions, not waved through."""
+    need("dnf", "createrepo_c")
     top = tmp_path / "probe"
     top.mkdir()
     (top / "probe.spec").write_text(PROBE_SPEC)

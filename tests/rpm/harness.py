@@ -229,13 +229,21 @@ def _copy(src: Path, dst: Path, *, ignore: Sequence[str] = ()) -> None:
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(*ignore))
 
 
-def python_layer(base: Path, version: str) -> Path:
-    """The cached layer that gives BASE a Fedora-like Python VERSION (see above)."""
+def python_layer(base: Path | None, version: str) -> Path:
+    """The cached layer that gives BASE a Fedora-like Python VERSION (see above).
+
+    base=None: the interpreter alone, without netaddr and the bindings (the
+    tests/install image copies its own into site-packages).
+    """
     build = pyenv_build(version) if version != "3.11" else None
-    key = hashlib.sha256(f"{base.name}|{version}|{build}|{SITECUSTOMIZE}".encode()).hexdigest()[:12]
+    if build is None and (version != "3.11" or base is None):
+        raise RuntimeError(missing_python(version) or f"no interpreter layer for {version}")
+    origin = base.name if base else "interpreter-only"
+    key = hashlib.sha256(f"{origin}|{version}|{build}|{SITECUSTOMIZE}".encode()).hexdigest()[:12]
     layer = CACHE / f"python-layer-{version}-{key}"
     if (layer / ".complete").exists():
         return layer
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="python-layer.", dir=CACHE))
     try:
         usr = tmp / "usr"
@@ -265,9 +273,10 @@ def python_layer(base: Path, version: str) -> Path:
                 ),
             )
             site.mkdir()
-        dist = base / "usr" / "lib" / "python3" / "dist-packages"
-        for name in SITE_LIBS:
-            _copy(dist / name, site / name, ignore=("__pycache__",))
+        if base is not None:
+            dist = base / "usr" / "lib" / "python3" / "dist-packages"
+            for name in SITE_LIBS:
+                _copy(dist / name, site / name, ignore=("__pycache__",))
         (tmp / ".complete").touch()
         try:
             tmp.rename(layer)

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,19 +136,39 @@ def _host_sources() -> str:
     return codename + "\n" + "".join(f"deb {u} {s} {c}\n" for u, s, c in own)
 
 
+def cached(final: Path, build: Callable[[Path], None]) -> Path:
+    """FINAL, made on first use by BUILD(directory) and reused after.
+
+    BUILD fills a directory that does not exist yet; it becomes FINAL only when
+    complete, so an interrupted build is never reused, and of parallel test workers
+    building the same thing the first to finish wins.
+    """
+    if (final / ".complete").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
+    try:
+        build(tmp / "out")
+        (tmp / "out" / ".complete").touch()
+        try:
+            (tmp / "out").rename(final)
+        except OSError:  # another worker finished first
+            if not (final / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def debian_root() -> Path:
     """A cached minimal Debian root (about 25 s to build once, then reused)."""
     sources = _host_sources()
     codename, sources_list = sources.split("\n", 1)
     packages = ROOT_PACKAGES + ROOT_EXTRA
     key = hashlib.sha256((sources + ",".join(packages)).encode()).hexdigest()[:12]
-    root = CACHE / f"debian-root-{codename}-{key}"
-    if (root / ".complete").exists():
-        return root
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="debian-root.", dir=CACHE))
-    try:
-        listing = tmp.with_suffix(".list")
+
+    def build(root: Path) -> None:
+        listing = root.with_name("sources.list")
         listing.write_text(sources_list)
         run(
             [
@@ -157,20 +177,12 @@ def debian_root() -> Path:
                 "--variant=minbase",
                 f"--include={','.join(packages)}",
                 codename,
-                tmp / "root",
+                root,
                 listing,
             ]
         )
-        (tmp / "root" / ".complete").touch()
-        try:
-            (tmp / "root").rename(root)
-        except OSError:  # another run finished first
-            if not (root / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.with_suffix(".list").unlink(missing_ok=True)
-    return root
+
+    return cached(CACHE / f"debian-root-{codename}-{key}", build)
 
 
 def _rpm_extra_args() -> list[str]:
@@ -240,12 +252,8 @@ def python_layer(base: Path | None, version: str) -> Path:
         raise RuntimeError(missing_python(version) or f"no interpreter layer for {version}")
     origin = base.name if base else "interpreter-only"
     key = hashlib.sha256(f"{origin}|{version}|{build}|{SITECUSTOMIZE}".encode()).hexdigest()[:12]
-    layer = CACHE / f"python-layer-{version}-{key}"
-    if (layer / ".complete").exists():
-        return layer
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="python-layer.", dir=CACHE))
-    try:
+
+    def make(tmp: Path) -> None:
         usr = tmp / "usr"
         site = usr / "lib" / f"python{version}" / "site-packages"
         if build is None:
@@ -277,15 +285,8 @@ def python_layer(base: Path | None, version: str) -> Path:
             dist = base / "usr" / "lib" / "python3" / "dist-packages"
             for name in SITE_LIBS:
                 _copy(dist / name, site / name, ignore=("__pycache__",))
-        (tmp / ".complete").touch()
-        try:
-            tmp.rename(layer)
-        except OSError:  # another run finished first
-            if not (layer / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return layer
+
+    return cached(CACHE / f"python-layer-{version}-{key}", make)
 
 
 # ------------------------------------------------------------------ systems

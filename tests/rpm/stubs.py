@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.rpm.harness import CACHE, run
+from tests.rpm.harness import CACHE, cached, run
 
 STUBS_TOML = Path(__file__).with_name("stubs.toml")
 
@@ -83,22 +82,16 @@ def _build(stub: Stub, distro: str, topdir: Path) -> None:
 def stub_rpms(distro: Distro) -> list[Path]:
     """The distribution's stub packages, built once and cached (a few rpmbuilds)."""
     key = hashlib.sha256(repr(distro).encode()).hexdigest()[:12]
-    out = CACHE / f"stubs-{distro.name}-{key}"
-    if not (out / ".complete").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"stubs-{distro.name}.", dir=CACHE))
-        try:
-            with ThreadPoolExecutor(4) as pool:
-                for f in [pool.submit(_build, s, distro.name, tmp) for s in distro.stubs]:
-                    f.result()
-            (tmp / "RPMS" / ".complete").touch()
-            try:
-                (tmp / "RPMS").rename(out)
-            except OSError:  # another test worker finished first
-                if not (out / ".complete").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(out: Path) -> None:
+        top = out.with_name("top")
+        top.mkdir()
+        with ThreadPoolExecutor(4) as pool:
+            for f in [pool.submit(_build, s, distro.name, top) for s in distro.stubs]:
+                f.result()
+        (top / "RPMS").rename(out)
+
+    out = cached(CACHE / f"stubs-{distro.name}-{key}", build)
     return sorted(out.glob("*/*.rpm"))
 
 

@@ -67,10 +67,21 @@ def test_file_list_has_no_python_version_debian_path_or_bytecode(release1: harne
     __pycache__/*.cpython-311.pyc, .dist-info, /usr/share/doc/mullvad-allow-k8s-0.1.0."""
     files = query(release1.rpm, "[%{FILENAMES}\n]")
     assert [f for f in files if NOT_PORTABLE.search(f)] == []
-    # the package is plain sources in its private directory, found by the launcher
-    package = [f for f in files if f.startswith("/usr/share/mullvad-allow-k8s/")]
-    assert "/usr/share/mullvad-allow-k8s/mullvad_allow_k8s/__init__.py" in package
-    assert all(f.endswith(".py") or f.count("/") == 4 for f in package), package
+    # the private directory holds the package's tracked files, nothing else
+    sources = harness.run(["git", "-C", harness.REPO, "ls-files", "src/mullvad_allow_k8s"])
+    expected = {
+        "/usr/share/mullvad-allow-k8s/" + f.removeprefix("src/")
+        for f in sources.stdout.split()
+        if not f.endswith("/py.typed")
+    }
+    modes = query(release1.rpm, "[%{FILEMODES:perms} %{FILENAMES}\n]")
+    appdir = {
+        line.split(" ", 1)[1]
+        for line in modes
+        if line.startswith("-") and " /usr/share/mullvad-allow-k8s/" in line
+    }
+    assert "/usr/share/mullvad-allow-k8s/mullvad_allow_k8s/cli.py" in expected
+    assert appdir == expected
     # nothing that names one Python: python(abi) = 3.X, python3.X(...), pythonXY-...
     requires = query(release1.rpm, "[%{REQUIRENAME} %{REQUIREVERSION}\n]")
     assert [r for r in requires if re.search(r"python\(abi\)|python3\.?\d|python3\d", r)] == []

@@ -151,6 +151,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if image.needs_registry or not image.enabled:
             reason = f"image {image.name} is not built ({image.tag}): {image.how_to_build}"
             item.add_marker(pytest.mark.skip(reason=reason))
+        elif why := image.unbuildable:
+            item.add_marker(pytest.mark.skip(reason=f"image {image.name} cannot be built: {why}"))
         elif image not in to_build:
             to_build.append(image)
     config.stash[TO_BUILD] = to_build

@@ -72,6 +72,22 @@ rm -rf /tmp/shim
 """
 
 
+# python = "X.Y": the interpreter layer (tests/rpm/harness.python_layer, copied into the
+# build context as python/) replaces /usr/bin/python3; netaddr and the bindings the image
+# already has (Debian's, pure Python) are copied into its site-packages, and Debian's
+# dnf, a Python 3.11 program, is pointed at Debian's interpreter.
+PYTHON_SCRIPT = r"""
+set -e
+site=/usr/lib/python{v}/site-packages
+cp -r /usr/lib/python3/dist-packages/netaddr /usr/lib/python3/dist-packages/nftables "$site/"
+sed -i '1s|^#!/usr/bin/python3$|#!/usr/bin/python3.11|' /usr/bin/dnf
+python3 -B -c 'import sys, netaddr, nftables
+assert sys.version_info[:2] == ({major}, {minor}), sys.version
+assert not [p for p in sys.path if "dist-packages" in p], sys.path'
+dnf --version >/dev/null
+"""
+
+
 def debian_mirror() -> str:
     """The Debian archive apt uses on this machine (never a hard-coded host)."""
     if mirror := os.environ.get("MAK_DEBIAN_MIRROR"):
@@ -138,7 +154,7 @@ def build_root(image: Image, log: Path) -> None:
 def build_derived(image: Image, log: Path) -> None:
     """podman build on an image of the list (apt) or on a registry image (prepare)."""
     script = image.prepare
-    if image.parent:
+    if image.parent and image.include:
         script = (
             "export DEBIAN_FRONTEND=noninteractive\n"
             "apt-get update -q\n"
@@ -149,11 +165,23 @@ def build_derived(image: Image, log: Path) -> None:
         )
     if image.rpm_shim:
         script += SHIM_SCRIPT
+    copy_python = ""
+    if image.python:
+        major, minor = image.python.split(".")
+        script += PYTHON_SCRIPT.format(v=image.python, major=major, minor=minor)
+        copy_python = "COPY python/ /\n"
     base = image.parent.tag if image.parent else image.registry
     with tempfile.TemporaryDirectory(prefix=f"{image.name}-", dir=LOGDIR) as tmp:
         (Path(tmp) / "prepare.sh").write_text(script)
+        if image.python:
+            from tests.rpm.harness import python_layer  # noqa: PLC0415 (only here)
+
+            layer = python_layer(None, image.python)
+            shutil.copytree(layer, Path(tmp) / "python", symlinks=True)
+            (Path(tmp) / "python" / ".complete").unlink()
         (Path(tmp) / "Containerfile").write_text(
             f"FROM {base}\n"
+            f"{copy_python}"
             "COPY prepare.sh /tmp/prepare.sh\n"
             "RUN sh -e /tmp/prepare.sh && rm /tmp/prepare.sh\n"
             f"CMD {cmd_line(image)}\n"
@@ -196,7 +224,7 @@ def prune(images: list[Image], say: Callable[[str], None] = print) -> None:
 
 def fingerprint() -> bytes:
     """What of this file decides an image's content (part of every tag, see imagelist)."""
-    parts = [repr((APT_OPTS, DPKG_OPTS, SHIM_SCRIPT))]
+    parts = [repr((APT_OPTS, DPKG_OPTS, SHIM_SCRIPT, PYTHON_SCRIPT))]
     parts += [inspect.getsource(f) for f in (cmd_line, build_root, build_derived)]
     return hashlib.sha256("\n".join(parts).encode()).digest()
 
@@ -279,7 +307,11 @@ def main() -> int:
         i
         for i in images
         if i.name in args.names
-        or (not args.names and (args.pull or (i.enabled and not i.needs_registry)))
+        or (
+            not args.names
+            and (args.pull or (i.enabled and not i.needs_registry))
+            and not i.unbuildable
+        )
     ]
     for image in with_parents(chosen):
         if present(image.tag):

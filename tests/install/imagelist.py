@@ -18,7 +18,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 IMAGES_TOML = HERE / "images.toml"
 REPOSITORY = "localhost/mak-install"
-KEYS = {"name", "family", "suite", "from", "include", "prepare", "systemd", "rpm_shim", "enabled"}
+KEYS = {
+    "name", "family", "suite", "from", "include", "prepare", "systemd", "rpm_shim", "python",
+    "enabled",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Image:
     prepare: str = ""
     systemd: bool = False
     rpm_shim: bool = False
+    python: str | None = None  # X.Y: python3 laid out like Fedora's (imagebuild.PYTHON_SCRIPT)
     enabled: bool = True
 
     @property
@@ -50,6 +54,16 @@ class Image:
         if self.registry:
             return self.registry
         return self.parent.needs_registry if self.parent else None
+
+    @property
+    def unbuildable(self) -> str | None:
+        """Why this machine cannot build the image (beyond registries), or None."""
+        if self.python:
+            from tests.rpm.harness import missing_python  # noqa: PLC0415
+
+            if why := missing_python(self.python):
+                return why
+        return self.parent.unbuildable if self.parent else None
 
     @property
     def how_to_build(self) -> str:
@@ -107,6 +121,7 @@ def load(path: Path = IMAGES_TOML) -> list[Image]:
             prepare=entry.get("prepare", ""),
             systemd=bool(entry.get("systemd", False)),
             rpm_shim=bool(entry.get("rpm_shim", False)),
+            python=entry.get("python"),
             enabled=bool(entry.get("enabled", True)),
         )
     return list(by_name.values())

@@ -42,7 +42,12 @@ def test_a_changed_recipe_changes_the_tags_of_the_image_and_its_children(tmp_pat
     before = {i.name: i.tag for i in imagelist.load()}
     after = {i.name: i.tag for i in imagelist.load(edited)}
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"bookworm", "bookworm-systemd", "rpm-bookworm-systemd"}
+    assert changed == {
+        "bookworm",
+        "bookworm-systemd",
+        "rpm-bookworm-systemd",
+        "rpm-bookworm-py313-systemd",
+    }
 
 
 @pytest.mark.parametrize(

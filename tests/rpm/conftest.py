@@ -57,6 +57,23 @@ def release2(builds: dict[int, harness.Build]) -> harness.Build:
 
 
 @pytest.fixture(scope="session")
+def rpmlint_configs(rpm_tools: None) -> Path:
+    """rpmlint's Fedora/ and openSUSE/ configurations (`make rpm-lint-configs`, cached)."""
+    target = harness.CACHE / "rpmlint-configs"
+    proc = harness.run(
+        ["make", "-s", "--no-print-directory", "-C", harness.REPO, "rpm-lint-configs",
+         f"RPMLINT_CONFIGS={target}"],
+        check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(
+            "rpmlint's distribution configurations come from its sdist on PyPI, which "
+            f"could not be fetched: {(proc.stdout + proc.stderr).strip()[-500:]}"
+        )
+    return Path(proc.stdout.split()[-1])
+
+
+@pytest.fixture(scope="session")
 def shim(rpm_workdir: Path) -> Path:
     return harness.build_shim(rpm_workdir / "shim")
 
@@ -73,13 +90,25 @@ SystemFactory = Callable[..., harness.System]
 
 @pytest.fixture
 def system(debian_root: Path, shim: Path, tmp_path: Path) -> Iterator[SystemFactory]:
-    """make(live=True): a fresh system with the Provides helper installed."""
+    """make(live=True, python=None, provides_helper=True): a fresh system.
+
+    python="3.X": with that Fedora-like Python (harness.python_layer) as python3.
+    provides_helper: install the Provides helper, so rpm -i resolves against the Debian userland.
+    """
     made: list[harness.System] = []
 
-    def make(*, live: bool = True) -> harness.System:
-        sys_ = harness.System(debian_root, tmp_path / f"sys{len(made)}", live=live)
+    def make(
+        *, live: bool = True, python: str | None = None, provides_helper: bool = True
+    ) -> harness.System:
+        layers = []
+        if python is not None:
+            if reason := harness.missing_python(python):
+                pytest.skip(reason)
+            layers.append(harness.python_layer(debian_root, python))
+        sys_ = harness.System(debian_root, tmp_path / f"sys{len(made)}", live=live, layers=layers)
         made.append(sys_)
-        sys_.rpm("-i", shim)
+        if provides_helper:
+            sys_.rpm("-i", shim)
         return sys_
 
     yield make

@@ -16,6 +16,7 @@ The host's rpm installs with `--root`, so scriptlets run chrooted in the copy.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class Build:
 def build_rpm(topdir: Path, release: int) -> Build:
     """`make rpm` into `topdir` (the tracked files of the working tree)."""
     start = time.monotonic()
-    make = ["make", "-s", "-C", REPO, "rpm"]
+    make: list[str | Path] = ["make", "-s", "-C", REPO, "rpm"]
     proc = run([*make, f"RPM_TOPDIR={topdir}", f"RPM_RELEASE={release}"])
     seconds = time.monotonic() - start
     (rpm,) = (topdir / "RPMS" / "noarch").glob(f"mullvad-allow-k8s-*-{release}.noarch.rpm")
@@ -135,19 +136,39 @@ def _host_sources() -> str:
     return codename + "\n" + "".join(f"deb {u} {s} {c}\n" for u, s, c in own)
 
 
+def cached(final: Path, build: Callable[[Path], None]) -> Path:
+    """FINAL, made on first use by BUILD(directory) and reused after.
+
+    BUILD fills a directory that does not exist yet; it becomes FINAL only when
+    complete, so an interrupted build is never reused, and of parallel test workers
+    building the same thing the first to finish wins.
+    """
+    if (final / ".complete").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
+    try:
+        build(tmp / "out")
+        (tmp / "out" / ".complete").touch()
+        try:
+            (tmp / "out").rename(final)
+        except OSError:  # another worker finished first
+            if not (final / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def debian_root() -> Path:
     """A cached minimal Debian root (about 25 s to build once, then reused)."""
     sources = _host_sources()
     codename, sources_list = sources.split("\n", 1)
     packages = ROOT_PACKAGES + ROOT_EXTRA
     key = hashlib.sha256((sources + ",".join(packages)).encode()).hexdigest()[:12]
-    root = CACHE / f"debian-root-{codename}-{key}"
-    if (root / ".complete").exists():
-        return root
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="debian-root.", dir=CACHE))
-    try:
-        listing = tmp.with_suffix(".list")
+
+    def build(root: Path) -> None:
+        listing = root.with_name("sources.list")
         listing.write_text(sources_list)
         run(
             [
@@ -156,20 +177,12 @@ def debian_root() -> Path:
                 "--variant=minbase",
                 f"--include={','.join(packages)}",
                 codename,
-                tmp / "root",
+                root,
                 listing,
             ]
         )
-        (tmp / "root" / ".complete").touch()
-        try:
-            (tmp / "root").rename(root)
-        except OSError:  # another run finished first
-            if not (root / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.with_suffix(".list").unlink(missing_ok=True)
-    return root
+
+    return cached(CACHE / f"debian-root-{codename}-{key}", build)
 
 
 def _rpm_extra_args() -> list[str]:
@@ -178,13 +191,114 @@ def _rpm_extra_args() -> list[str]:
     return ["--force-debian"] if probe.returncode == 0 else []
 
 
+# ------------------------------------------------- Fedora-like Python layers
+#
+# What Fedora, RHEL 10 and Tumbleweed have and a Debian root has not: a Python whose
+# search path has no dist-packages entry, with netaddr and the nftables bindings in
+# /usr/lib/python3.X/site-packages. A layer is laid over the Debian root (overlayfs):
+#
+# - "3.12", "3.13": an upstream CPython build (this machine's pyenv builds, which are
+#   configured like Fedora's: prefix layout lib/python3.X/site-packages) copied to
+#   /usr, so sys.prefix is /usr and /usr/bin/python3 is that interpreter;
+# - "3.11": Debian's own interpreter with a sitecustomize that takes every
+#   dist-packages entry off sys.path and adds /usr/lib/python3.11/site-packages.
+#
+# netaddr and the bindings are Debian's pure-Python files (the bindings load
+# libnftables.so.1 with ctypes), copied into that site-packages directory.
+
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+FEDORA_LIKE = ("3.11", "3.12", "3.13")
+SITE_LIBS = ("netaddr", "nftables")
+SITECUSTOMIZE = """\
+# test layer: search path like Fedora's (no dist-packages; /usr/lib/python3.11/site-packages)
+import site
+import sys
+
+sys.path[:] = [p for p in sys.path if "dist-packages" not in p]
+site.addsitedir("/usr/lib/python3.11/site-packages")
+"""
+
+
+def pyenv_build(version: str) -> Path | None:
+    """The newest pyenv CPython build of VERSION (e.g. '3.13'), or None."""
+    builds = [
+        b
+        for b in PYENV.glob(f"{version}.*")
+        if b.name.removeprefix(f"{version}.").isdigit()  # releases, not 3.13.0t or -dev
+        and (b / "bin" / f"python{version}").is_file()
+    ]
+    return max(builds, key=lambda b: int(b.name.split(".")[2]), default=None)
+
+
+def missing_python(version: str) -> str | None:
+    """Why the Fedora-like layer of VERSION cannot be made here, or None."""
+    if version == "3.11" or pyenv_build(version):
+        return None
+    return f"no CPython {version} build under {PYENV} (this machine image's pyenv builds)"
+
+
+def _copy(src: Path, dst: Path, *, ignore: Sequence[str] = ()) -> None:
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(*ignore))
+
+
+def python_layer(base: Path | None, version: str) -> Path:
+    """The cached layer that gives BASE a Fedora-like Python VERSION (see above).
+
+    base=None: the interpreter alone, without netaddr and the bindings (the
+    tests/install image copies its own into site-packages).
+    """
+    build = pyenv_build(version) if version != "3.11" else None
+    if build is None and (version != "3.11" or base is None):
+        raise RuntimeError(missing_python(version) or f"no interpreter layer for {version}")
+    origin = base.name if base else "interpreter-only"
+    key = hashlib.sha256(f"{origin}|{version}|{build}|{SITECUSTOMIZE}".encode()).hexdigest()[:12]
+
+    def make(tmp: Path) -> None:
+        usr = tmp / "usr"
+        site = usr / "lib" / f"python{version}" / "site-packages"
+        if build is None:
+            site.mkdir(parents=True)
+            (site.parent / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        else:
+            (usr / "bin").mkdir(parents=True)
+            shutil.copy2(build / "bin" / f"python{version}", usr / "bin")
+            (usr / "bin" / "python3").symlink_to(f"python{version}")
+            libdir = usr / "lib" / "x86_64-linux-gnu"  # on the loader's default path
+            libdir.mkdir(parents=True)
+            for lib in (build / "lib").glob(f"libpython{version}.so*"):
+                shutil.copy2(lib, libdir, follow_symlinks=True)
+            _copy(
+                build / "lib" / f"python{version}",
+                site.parent,
+                ignore=(
+                    "test",
+                    "site-packages",
+                    "idlelib",
+                    "tkinter",
+                    "turtledemo",
+                    "ensurepip",
+                    "config-*",  # the static libpython and build files
+                ),
+            )
+            site.mkdir()
+        if base is not None:
+            dist = base / "usr" / "lib" / "python3" / "dist-packages"
+            for name in SITE_LIBS:
+                _copy(dist / name, site / name, ignore=("__pycache__",))
+
+    return cached(CACHE / f"python-layer-{version}-{key}", make)
+
+
 # ------------------------------------------------------------------ systems
 
 
 class System:
     """One throwaway Debian-userland system: overlay copy + namespaces (see module doc)."""
 
-    def __init__(self, base: Path, workdir: Path, *, live: bool) -> None:
+    def __init__(
+        self, base: Path, workdir: Path, *, live: bool, layers: Sequence[Path] = ()
+    ) -> None:
+        """LAYERS: directories laid over BASE (first wins), e.g. a Fedora-like Python."""
         self.workdir = workdir
         self.root = workdir / "merged"
         self.upper = workdir / "upper"
@@ -197,7 +311,8 @@ class System:
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={base},upperdir={self.upper},workdir={workdir / 'work'}",
+                f"lowerdir={':'.join(map(str, [*layers, base]))},"
+                f"upperdir={self.upper},workdir={workdir / 'work'}",
                 self.root,
             ]
         )
@@ -227,8 +342,15 @@ class System:
     def enter(
         self, args: Sequence[str | Path], *, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run a host program in the system's namespaces (network, mounts, PIDs)."""
-        return run(["nsenter", "-t", str(self.pid), "-n", "-m", "-p", "--", *args], check=check)
+        """Run a host program in the system's namespaces (network, mounts, PIDs).
+
+        Without the caller's PYTHON* variables: a shell or pytest may export, say,
+        PYTHONDONTWRITEBYTECODE, which no real system's scriptlets and units have and
+        which would hide the bytecode the package's Python writes (pycache_written).
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        nsenter = ["nsenter", "-t", str(self.pid), "-n", "-m", "-p", "--"]
+        return run([*nsenter, *args], check=check, env=env)
 
     def sh(self, command: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a shell command inside the root (its own python3, nft, systemctl)."""
@@ -249,6 +371,14 @@ class System:
             return self.path(path).read_text()
         except FileNotFoundError:
             return None
+
+    def set_setting(self, line: str) -> None:
+        """Replace the KEY=... line of the settings file by LINE (KEY=VALUE)."""
+        key = line.split("=", 1)[0]
+        path = self.path(SYSCONFIG)
+        text = path.read_text()
+        assert re.search(rf"^{key}=", text, re.M), text
+        path.write_text(re.sub(rf"^{key}=.*$", line, text, flags=re.M))
 
     def tables(self) -> set[str]:
         out = self.nft("list tables").stdout
@@ -271,6 +401,19 @@ class System:
                     if "mullvad" in name or name == "nftables.d":
                         found.append("/" + str(Path(dirpath, name).relative_to(self.root)))
         return sorted(found)
+
+    def python_path(self) -> list[str]:
+        """sys.path of the root's python3 (-B: the probe itself writes no bytecode)."""
+        probe = "python3 -B -c 'import json, sys; print(json.dumps(sys.path[1:]))'"
+        return list(json.loads(self.sh(probe).stdout))
+
+    def pycache_written(self) -> list[str]:
+        """__pycache__ directories created in the system since it was made."""
+        return sorted(
+            "/" + str(Path(dirpath).relative_to(self.upper))
+            for dirpath, _, _ in os.walk(self.upper)
+            if Path(dirpath).name == "__pycache__"
+        )
 
     @contextmanager
     def monitor(self) -> Iterator[list[Transaction]]:

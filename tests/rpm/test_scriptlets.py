@@ -10,20 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from mullvad_allow_k8s import __version__
 from tests.rpm import harness
 from tests.rpm.harness import NFT_FILE, SYSCONFIG, TABLE
 
 SystemFactory = Callable[..., harness.System]
 ONE_LINE_ERROR = re.compile(r"^mullvad-allow-k8s: error: POD_CIDRS: '8\.8\.8\.0/24': .+$", re.M)
 BAD_SETTING = "POD_CIDRS=8.8.8.0/24"  # not a private range: the generator refuses it
-
-
-def set_setting(sys_: harness.System, line: str) -> None:
-    key = line.split("=", 1)[0]
-    path = sys_.path(SYSCONFIG)
-    text = path.read_text()
-    assert re.search(rf"^{key}=", text, re.M)
-    path.write_text(re.sub(rf"^{key}=.*$", line, text, flags=re.M))
 
 
 def generated(sys_: harness.System) -> str:
@@ -50,10 +43,10 @@ def test_upgrade_keeps_edited_settings_and_the_loaded_table(
 ) -> None:
     sys_ = system(live=True)
     sys_.rpm("-i", release1.rpm)
-    set_setting(sys_, "PUBLIC_ADDRESSES=192.0.2.10")
+    sys_.set_setting("PUBLIC_ADDRESSES=192.0.2.10")
     with sys_.monitor() as transactions:
         proc = sys_.rpm("-U", release2.rpm)
-    assert "mullvad-allow-k8s-0.1.0-2" in sys_.rpm("-q", "mullvad-allow-k8s").stdout
+    assert f"mullvad-allow-k8s-{__version__}-2" in sys_.rpm("-q", "mullvad-allow-k8s").stdout
     assert "PUBLIC_ADDRESSES=192.0.2.10" in (sys_.read(SYSCONFIG) or "")
     assert not sys_.path(SYSCONFIG + ".rpmnew").exists()
     # %post re-applied the kept settings: file and table follow the edit ...
@@ -73,7 +66,7 @@ def test_changed_settings_are_applied_by_apply(
 ) -> None:
     sys_ = system(live=True)
     sys_.rpm("-i", release1.rpm)
-    set_setting(sys_, "POD_CIDRS=10.42.0.0/16")
+    sys_.set_setting("POD_CIDRS=10.42.0.0/16")
     assert sys_.sh("mullvad-allow-k8s status", check=False).returncode == 3  # stale
     sys_.sh("mullvad-allow-k8s apply")
     assert "10.42.0.0/16" in (sys_.table_text() or "")
@@ -87,12 +80,12 @@ def test_bad_settings_on_upgrade_print_the_error_and_change_nothing(
     sys_ = system(live=True)
     sys_.rpm("-i", release1.rpm)
     file_before, table_before = sys_.read(NFT_FILE), sys_.table_text()
-    set_setting(sys_, BAD_SETTING)
+    sys_.set_setting(BAD_SETTING)
     with sys_.monitor() as transactions:
         proc = sys_.rpm("-U", release2.rpm)  # exits 0: the transaction is not aborted
     assert ONE_LINE_ERROR.search(proc.stderr), proc.stderr
     assert f"{SYSCONFIG} was not applied" in proc.stderr
-    assert "mullvad-allow-k8s-0.1.0-2" in sys_.rpm("-q", "mullvad-allow-k8s").stdout
+    assert f"mullvad-allow-k8s-{__version__}-2" in sys_.rpm("-q", "mullvad-allow-k8s").stdout
     assert sys_.read(NFT_FILE) == file_before
     assert sys_.table_text() == table_before
     assert transactions == []  # nftables was not touched at all
@@ -122,7 +115,7 @@ def test_erase_deletes_only_our_tables_and_the_generated_file(
     sys_.rpm("-i", release1.rpm)
     sys_.nft("add table inet mullvad")  # stand-ins for Mullvad's and kube-proxy's tables
     sys_.nft("add table ip kube-proxy")
-    set_setting(sys_, "PUBLIC_ADDRESSES=192.0.2.10")
+    sys_.set_setting("PUBLIC_ADDRESSES=192.0.2.10")
     proc = sys_.rpm("-e", "mullvad-allow-k8s")
     assert f"removed {TABLE}" in proc.stderr
     assert sys_.tables() == {"inet mullvad", "ip kube-proxy"}

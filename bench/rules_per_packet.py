@@ -13,7 +13,9 @@ generated table loaded), and for each packet class:
 2. sends a few packets of the class (real connections and DNS queries in the lab);
 3. reads `nft -a monitor trace`, run in the lab's host namespace for the whole script,
    between two marker packets (a UDP packet to 127.0.0.1:9 that `bench_trace` traces
-   and drops before any other chain sees it), so each class gets exactly its lines.
+   and drops before any other chain sees it), so each class gets exactly its lines;
+   a line of our table between one class's end marker and the next one's start marker
+   (a packet still traced after its window) is an error.
 
 What "rules evaluated" means. The kernel emits a trace line of type `rule` for a rule
 only when it matched (then with its verdict), a `policy` line when a base chain ends
@@ -417,18 +419,22 @@ def measure(lab: Lab) -> dict[str, tuple[PacketClass, Count]]:
     mon = TraceMonitor(host)
     results: dict[str, tuple[PacketClass, Count]] = {}
     try:
-        start = mon.mark()
+        end = mon.mark()
         for pc in classes(lab):
             host.nft(trace_table(pc))
+            start = mon.mark()
             pc.send()
             time.sleep(0.1)  # the last packets (FIN, ACK) of the class reach every hook
             host.nft(trace_table(None))
+            with mon.cond:
+                stray = [line for line in mon.lines[end:start] if f" {OUR_TABLE[1]} " in line]
+            if stray:  # a packet of the previous class still traced after its window
+                raise LabError(f"trace lines outside any class's window: {stray[:3]}")
             end = mon.mark()
             with mon.cond:
                 window = mon.lines[start:end]
             trace_chain = "pre" if pc.hook == "prerouting" else "out"
             results[pc.name] = (pc, count(window, trace_chain, chains))
-            start = end
     finally:
         err = mon.close()
         host.exec("nft", "delete", "table", "inet", TRACE_TABLE, check=False)

@@ -52,8 +52,9 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/generate_bench.py
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python bench/netlab_bench.py; \
-	else echo "bench/netlab_bench.py skipped: needs root (network namespaces)"; fi
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(BIN)/python bench/rules_per_packet.py && $(BIN)/python bench/netlab_bench.py; \
+	else echo "bench/rules_per_packet.py, bench/netlab_bench.py skipped: need root (network namespaces)"; fi
 
 netlab: venv
 	$(BIN)/python -m pytest tests/netlab $(PYTEST_ARGS)

@@ -7,8 +7,15 @@ Mullvad's firewall plus the table `mullvad-allow-k8s apply` loads ("bypass"):
   ClusterIP, DNAT-ed to the web pod. Goal: bypass / base >= 0.97.
 * UDP DNS round trip: one query per fresh socket (a new conntrack entry each time,
   as resolvers do), p50. Goal: bypass p50 within 5% of base p50.
+* New-flow rate: distinct UDP flows per second, client pod -> the DNS service's
+  ClusterIP on port 5300, each query from its own socket bound to its own source port,
+  so each is its own conntrack entry as DNS queries are: DNAT, and the first packet
+  meets our prerouting, confirm, forward_guard and nat_park chains in full (16 of our
+  rules, see bench/rules_per_packet.py, against 5 for its reply), plus Mullvad's
+  chains. Goal: bypass / base >= 0.95. A throughput of new flows, not one query's
+  latency, which at tens of microseconds is mostly scheduling on a small VM.
 
-Why the DNS baseline uses port 5300: without the bypass, Mullvad's forward chain
+Why the DNS figures use port 5300: without the bypass, Mullvad's forward chain
 rejects every pod's port-53 packet (`udp dport 53 reject`, notes §1.6), so there is
 no port-53 baseline to compare with. Both variants therefore run the same DNS
 exchange against the same CoreDNS stand-in behind the same service IP on port 5300,
@@ -18,9 +25,21 @@ rules: the ct-mark accept and masquerade). Allow LAN is on in both variants, sin
 that is what lets cluster traffic through Mullvad at all without the bypass. The
 port-53 p50 with the bypass is printed too, to show the real path costs the same.
 
-Variants are interleaved round by round (ABBA order) and each ratio is the median of
-the per-round ratios, so drift and other load on the machine hit both alike. The
-lab's namespaces are created once and deleted at exit. Prints figures, asserts
+Throughput and round trip: variants are interleaved round by round (ABBA order) and
+each ratio is the median of the per-round ratios, so drift and other load on the
+machine hit both alike.
+
+New-flow rate, built against the machine's other load (other jobs share its CPUs):
+two identical labs, our table loaded in one of them (which one swaps every round,
+ABBA); within a round, bursts of flows alternate between the two labs (ABBA) a few
+milliseconds apart, each pair of bursts gives a ratio, the round's ratio is the median
+of its pairs, and the figure is the median of the rounds' ratios with their
+interquartile range and min-max. The conntrack tables are flushed before each round
+and a round gives every flow a source port of its own, so every flow is new. An A/A
+control (no table in either lab), printed with `--flow-control`, shows the method's
+own bias and spread on this machine.
+
+The lab's namespaces are created once and deleted at exit. Prints figures, asserts
 nothing; exit status 0 unless the lab cannot be built.
 """
 
@@ -29,7 +48,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors
+import socket
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -37,6 +59,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.netlab import agent  # noqa: E402
 from tests.netlab.mullvad_emu import MullvadState  # noqa: E402
 from tests.netlab.nsutil import AGENT, LabError, Netns  # noqa: E402
 from tests.netlab.scenarios import run_generator  # noqa: E402
@@ -76,11 +99,137 @@ def set_bypass(lab: Lab, on: bool) -> None:
     run_generator(lab, "apply" if on else "remove")
 
 
+# --- new-flow rate --------------------------------------------------------------------
+
+FLOW_SPORT = 10000  # first source port of a round's flows: below the ephemeral range
+TABLE = "table inet mullvad_allow_k8s\ndelete table inet mullvad_allow_k8s\n"
+
+
+def flush_conntrack(ns: Netns) -> None:
+    """Delete every conntrack entry of the namespace, as `conntrack -F` does (ctnetlink
+    IPCTNL_MSG_CT_DELETE without a tuple, family unspecified)."""
+
+    def flush() -> None:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETFILTER
+            sock.bind((0, 0))
+            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # nfgenmsg
+            msg_type = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE
+            flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+            sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags, 1, 0) + body)
+            (error,) = struct.unpack_from("=i", sock.recv(4096), 16)
+            if error:
+                raise OSError(-error, f"conntrack flush in {ns.name}: {os.strerror(-error)}")
+
+    ns.call(flush)
+
+
+def udp_flows(lab: Lab, count: int, window: int, first_port: int) -> float:
+    """Seconds `count` new UDP flows take, client pod -> DNS service port 5300.
+
+    Each query has its own socket bound to source port first_port + i, `window` of
+    them in flight, and its socket is closed once answered.
+    """
+    msg = agent.build_query(1, "bench.cluster.local", agent.QTYPE_A)
+    dst = (V4.kube_dns, DNS_ALT_PORT)
+
+    def run() -> float:
+        with selectors.DefaultSelector() as sel:
+            opened = done = 0
+            start = time.perf_counter()
+            while done < count:
+                while opened < count and opened - done < window:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sock.setblocking(False)
+                    sock.bind((V4.client_pod, first_port + opened))
+                    sock.connect(dst)
+                    sock.send(msg)
+                    sel.register(sock, selectors.EVENT_READ)
+                    opened += 1
+                events = sel.select(1.0)
+                if not events:
+                    raise LabError(f"{opened - done} UDP flows to {dst} got no answer")
+                for key, _ in events:
+                    answered: socket.socket = key.fileobj  # type: ignore[assignment]
+                    answered.recv(4096)
+                    sel.unregister(answered)
+                    answered.close()
+                    done += 1
+            return time.perf_counter() - start
+
+    return lab["client"].call(run)
+
+
+def flow_rate(
+    labs: tuple[Lab, Lab], table: str, args: argparse.Namespace, *, control: bool = False
+) -> tuple[list[float], list[float], list[float]]:
+    """Per-round ratios rate(with table) / rate(without), and the burst rates (flows/s)
+    without and with. `control`: the table is loaded in neither lab (A/A)."""
+    ratios: list[float] = []
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for rnd in range(args.flow_rounds):
+        with_table = 0 if rnd % 4 in (0, 3) else 1  # which lab has it: ABBA across rounds
+        for i, lab in enumerate(labs):
+            lab["host"].nft(TABLE + (table if i == with_table and not control else ""))
+            flush_conntrack(lab["host"])
+        pair_ratios = []
+        for pair in range(args.flow_pairs):
+            first = FLOW_SPORT + pair * args.flow_burst
+            order = (0, 1) if pair % 2 == 0 else (1, 0)
+            seconds = {
+                i: udp_flows(labs[i], args.flow_burst, args.flow_window, first) for i in order
+            }
+            pair_ratios.append(seconds[1 - with_table] / seconds[with_table])
+            for i in (0, 1):
+                rates[i == with_table].append(args.flow_burst / seconds[i])
+        ratios.append(statistics.median(pair_ratios))
+    return ratios, rates[False], rates[True]
+
+
+def spread(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"IQR {q1:.3f}-{q3:.3f}, min-max {min(values):.3f}-{max(values):.3f}"
+
+
+def flow_figures(lab: Lab, args: argparse.Namespace) -> None:
+    """The new-flow rate figure: a second, identical lab; our table swapped between them."""
+    twin = Lab(MullvadState("connected", allow_lan=True, split=True))
+    try:
+        twin.build()
+        set_bypass(lab, True)  # the table exactly as `apply` loads it, tunnel address included
+        table = lab["host"].exec("nft", "list", "table", "inet", "mullvad_allow_k8s").stdout
+        labs = (lab, twin)
+        print(
+            f"new UDP flows pod -> {V4.kube_dns}:{DNS_ALT_PORT}, {args.flow_window} in flight, "
+            f"bursts of {args.flow_burst}; {args.flow_rounds} rounds of {args.flow_pairs} pairs"
+        )
+        variants = [("with our table / without", False, "goal >= 0.95")]
+        if args.flow_control:
+            variants.append(("A/A control, no table in either lab", True, "ideally 1"))
+        for label, control, goal in variants:
+            ratios, without, with_ = flow_rate(labs, table, args, control=control)
+            print(
+                f"new-flow rate ({label}): median burst rate without "
+                f"{statistics.median(without):.0f} flows/s, with {statistics.median(with_):.0f}"
+                f" flows/s; median per-round ratio {statistics.median(ratios):.3f} "
+                f"({spread(ratios)}; {goal})"
+            )
+            print("  per-round ratios: " + " ".join(f"{r:.3f}" for r in ratios))
+    finally:
+        errors = twin.destroy()
+        if errors:
+            print(f"cleanup problems: {errors}", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     ap.add_argument("--seconds", type=float, default=1.5, help="iperf3 time per run")
     ap.add_argument("--queries", type=int, default=1000, help="DNS queries per run")
+    ap.add_argument("--flow-rounds", type=int, default=16, help="new-flow rounds (default 16)")
+    ap.add_argument("--flow-pairs", type=int, default=40, help="burst pairs a round (default 40)")
+    ap.add_argument("--flow-burst", type=int, default=100, help="UDP flows a burst (default 100)")
+    ap.add_argument("--flow-window", type=int, default=8, help="UDP flows in flight (default 8)")
+    ap.add_argument("--flow-control", action="store_true", help="also run the new-flow A/A control")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("netlab_bench: needs root (network namespaces)", file=sys.stderr)
@@ -133,6 +282,7 @@ def main() -> int:
             f"for reference, bypass on port 53 (blocked without it): median p50 "
             f"{statistics.median(dns53):.1f} us"
         )
+        flow_figures(lab, args)
     finally:
         errors = lab.destroy()
         if errors:

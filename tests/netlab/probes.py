@@ -256,8 +256,11 @@ def probes_for(f: Fam) -> list[Probe]:
         *,
         watch: str | None = None,
         leak: bool = False,
+        tunnel_address: bool = False,
     ) -> Probe:
-        tags = frozenset({"leak"}) if leak else frozenset()
+        tags = frozenset(
+            tag for tag, on in (("leak", leak), ("tunnel_address", tunnel_address)) if on
+        )
         return Probe(name, f, client, why, run, expect, watch, tags)
 
     dns_probes = [
@@ -589,6 +592,7 @@ def probes_for(f: Fam) -> list[Probe]:
             _tcp("lanclient", f.tun_host, API_PORT),
             lambda s: Expect(False),
             leak=True,
+            tunnel_address=True,
         ),
         probe(
             "pod_tunnel_ip",
@@ -597,6 +601,7 @@ def probes_for(f: Fam) -> list[Probe]:
             _tcp("client", f.tun_host, API_PORT),
             lambda s: Expect(False),
             leak=True,
+            tunnel_address=True,
         ),
     ]
     return dns_probes + works + leaks
@@ -604,6 +609,12 @@ def probes_for(f: Fam) -> list[Probe]:
 
 PROBES: list[Probe] = [p for f in FAMILIES for p in probes_for(f)]
 PROBE_BY_ID = {p.id: p for p in PROBES}
+
+
+def applies(probe: Probe, scenario: Scenario) -> bool:
+    """Whether the probe says anything in the scenario. Probes of the tunnel's own
+    address in the blocked state could only pass: the tunnel and its address are gone."""
+    return not ("tunnel_address" in probe.tags and not scenario.connected)
 
 
 def check(

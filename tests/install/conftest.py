@@ -33,6 +33,7 @@ from _pytest.mark.structures import ParameterSet
 
 from tests.install import engine, imagebuild, imagelist
 from tests.install.harness import SYSTEMD_BOOT, Box
+from tests.releases import NOT_IN_CHECKOUT, RELEASE_0_1_0, release_tree
 
 try:
     from pytest_container import Container
@@ -224,6 +225,7 @@ class Builder:
     def start(self) -> None:
         if self.jobs:
             return
+        release = release_tree(RELEASE_0_1_0, self.workdir / "src-0.1.0")
         targets = {
             "deb-old": (ROOT / "debian", lambda: ["deb", f"DEB_DIR={self.workdir / 'deb-old'}"]),
             "deb-new": (
@@ -243,10 +245,25 @@ class Builder:
                     f"RPM_RELEASE={UPGRADE_RPM_RELEASE}",
                 ],
             ),
+            # The released 0.1.0, built from this repository's history (upgrade flows).
+            "deb-0.1.0": (
+                ROOT / "debian",
+                lambda: ["deb", f"DEB_DIR={self.workdir / 'deb-0.1.0'}"],
+            ),
+            "rpm-0.1.0": (
+                ROOT / "rpm",
+                lambda: ["rpm", f"RPM_TOPDIR={self.workdir / 'rpm-0.1.0'}"],
+            ),
         }
         tools = {"deb": ("dpkg-buildpackage", "deb.txt"), "rpm": ("rpmbuild", "rpm.txt")}
         for name, (needs, target) in targets.items():
             tool, apt_list = tools[name[:3]]
+            tree = ROOT
+            if name.endswith("0.1.0"):
+                if release is None:
+                    self.jobs[name] = NOT_IN_CHECKOUT
+                    continue
+                tree = release
             if not needs.is_dir():
                 self.jobs[name] = f"{needs.relative_to(ROOT)}/ is not in this tree"
                 continue
@@ -254,7 +271,7 @@ class Builder:
                 self.jobs[name] = f"{tool} is missing (install .ci/apt/{apt_list})"
                 continue
             # no lintian, no unit tests (other suites run them): install tests only
-            cmd = ["make", "-s", "-C", str(ROOT), *target(), "DEB_LINTIAN=no"]
+            cmd = ["make", "-s", "-C", str(tree), *target(), "DEB_LINTIAN=no"]
             if name.startswith("rpm"):
                 cmd.append("RPMBUILD_FLAGS=--nodeps --without check")
             self.jobs[name] = self.pool.submit(self._run, cmd)
@@ -317,14 +334,27 @@ def debs(builder: Builder) -> Packages:
 
 
 @pytest.fixture(scope="session")
+def debs_from_0_1_0(builder: Builder) -> Packages:
+    """The released 0.1.0 .deb and this tree's."""
+    return Packages(builder.wait("deb-0.1.0"), builder.wait("deb-old"), "0.1.0", builder.deb_old())
+
+
+@pytest.fixture(scope="session")
+def rpms_from_0_1_0(builder: Builder) -> Packages:
+    """The released 0.1.0 .rpm and this tree's."""
+    old, new = builder.wait("rpm-0.1.0"), builder.wait("rpm-old")
+    return Packages(old, new, "0.1.0-1", rpm_version(new))
+
+
+@pytest.fixture(scope="session")
 def rpms(builder: Builder) -> Packages:
     old, new = builder.wait("rpm-old"), builder.wait("rpm-new")
+    return Packages(old, new, rpm_version(old), rpm_version(new))
 
-    def version(rpm: Path) -> str:
-        query = ["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", str(rpm)]
-        return subprocess.run(query, capture_output=True, text=True, check=True).stdout
 
-    return Packages(old, new, version(old), version(new))
+def rpm_version(rpm: Path) -> str:
+    query = ["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", str(rpm)]
+    return subprocess.run(query, capture_output=True, text=True, check=True).stdout
 
 
 # ---------------------------------------------------------------- containers

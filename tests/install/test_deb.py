@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from tests.install.conftest import COVERED_BY_TESTS_DEB, Packages, images
-from tests.install.harness import TABLE, Box, snapshot_diff, table_present_after_each
+from tests.install.harness import TABLE, Box, snapshot_diff
+from tests.nftmonitor import table_present_after_each
 
 SETTINGS = "/etc/default/mullvad-allow-k8s"
 TEMPLATE = "/usr/share/mullvad-allow-k8s/settings.default"
@@ -189,3 +190,38 @@ def test_remove_then_purge_leave_nothing_behind(box: Box, debs: Packages) -> Non
     assert box.ruleset() == ruleset
     assert snapshot_diff(before, box.snapshot()) == []
     assert "mullvad-allow-k8s" not in box.debconf_db()
+
+
+OLD_INBOUND = "INBOUND_PORTS=non-ephemeral"
+
+
+@pytest.mark.parametrize(
+    ("edit", "host_ports"),
+    [(None, "6443"), ("INBOUND_PORTS=80,443,6443", "80, 443, 6443")],
+    ids=["untouched", "explicit-ports"],
+)
+def test_upgrade_from_the_released_0_1_0(
+    box: Box, debs_from_0_1_0: Packages, edit: str | None, host_ports: str
+) -> None:
+    """A 0.1.0 install (its own package, built from this repository's history) gets the
+    new inbound model on upgrade, keeps an explicit port list, and is told once."""
+    box.preseed({"preset": "k3s"})
+    box.apt(f"install {box.copy_in(debs_from_0_1_0.old)}")
+    text = box.read(SETTINGS)
+    assert text is not None and OLD_INBOUND in text
+    if edit:
+        box.write(SETTINGS, text.replace(OLD_INBOUND, edit))
+
+    with box.monitor() as transactions:
+        upgrade = box.apt(f"install {box.copy_in(debs_from_0_1_0.new)}")
+
+    assert box.dpkg_version() == f"install ok installed {debs_from_0_1_0.version_new}"
+    assert table_present_after_each(transactions) == [], transactions
+    after = box.read(SETTINGS) or ""
+    assert "\nINBOUND_PORTS=" not in after and "\nEPHEMERAL_PORTS=" not in after
+    told = upgrade.stdout + upgrade.stderr
+    assert told.count("INBOUND_PORTS=") == 1 and "is retired" in told, told
+    box.assert_active()
+    ports = box.sh("nft list set inet mullvad_allow_k8s host_ports").stdout
+    assert f"elements = {{ {host_ports} }}" in ports
+    assert "chain confirm" in box.sh("nft list table inet mullvad_allow_k8s").stdout

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.install import engine, imagelist
-from tests.install.harness import snapshot_diff, table_present_after_each
+from tests.install.harness import snapshot_diff
+from tests.nftmonitor import table_present_after_each
 
 
 def test_pytest_container_is_installed() -> None:

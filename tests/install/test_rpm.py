@@ -17,8 +17,9 @@ import re
 import pytest
 
 from tests.install.conftest import Packages, images
-from tests.install.harness import TABLE, UNIT, Box, snapshot_diff, table_present_after_each
+from tests.install.harness import TABLE, UNIT, Box, snapshot_diff
 from tests.install.imagelist import Image
+from tests.nftmonitor import table_present_after_each
 
 SYSCONFIG = "/etc/sysconfig/mullvad-allow-k8s"
 RULESET = "/etc/nftables.d/k8s_bypass_mullvad.nft"
@@ -122,3 +123,47 @@ def test_dnf_remove_stops_the_unit_and_leaves_nothing_behind(box: Box, rpms: Pac
     assert box.ruleset() == ruleset
     assert snapshot_diff(before, box.snapshot()) == []
     assert box.sh("systemctl --failed --no-legend --plain").stdout.strip() == ""
+
+
+OLD_INBOUND = "INBOUND_PORTS=non-ephemeral"
+
+
+@pytest.mark.parametrize(
+    ("edit", "host_ports"),
+    [(None, "6443"), ("INBOUND_PORTS=80,443,6443", "80, 443, 6443")],
+    ids=["untouched", "explicit-ports"],
+)
+def test_dnf_upgrade_from_the_released_0_1_0(
+    box: Box, rpms_from_0_1_0: Packages, edit: str | None, host_ports: str
+) -> None:
+    """A 0.1.0 install (its own RPM, built from this repository's history) gets the new
+    inbound model: an untouched /etc/sysconfig file is replaced by rpm, an edited one is
+    kept and migrated by %post, which says so once."""
+    layout = box.sh(
+        "python3 -c 'import sys; print(\"/usr/lib/python3/dist-packages\" in sys.path)'"
+    )
+    if layout.stdout.strip() != "True":
+        pytest.skip(
+            "0.1.0's RPM used Debian's dist-packages, which this image's Python does not search"
+        )
+    publish(box, rpms_from_0_1_0.old)
+    box.sh(f"{DNF} install mullvad-allow-k8s")
+    text = box.read(SYSCONFIG)
+    assert text is not None and OLD_INBOUND in text
+    if edit:
+        box.write(SYSCONFIG, text.replace(OLD_INBOUND, edit))
+    publish(box, rpms_from_0_1_0.new)
+
+    with box.monitor() as transactions:
+        upgrade = box.sh(f"{DNF} upgrade mullvad-allow-k8s")
+
+    version = box.sh("rpm -q --qf '%{VERSION}-%{RELEASE}' mullvad-allow-k8s").stdout
+    assert version == rpms_from_0_1_0.version_new
+    assert table_present_after_each(transactions) == [], transactions
+    after = box.read(SYSCONFIG) or ""
+    assert "\nINBOUND_PORTS=" not in after and "\nEPHEMERAL_PORTS=" not in after
+    told = upgrade.stdout + upgrade.stderr
+    assert told.count("is retired") == (2 if edit else 0), told  # the kept file only
+    box.assert_active()
+    ports = box.sh("nft list set inet mullvad_allow_k8s host_ports").stdout
+    assert f"elements = {{ {host_ports} }}" in ports

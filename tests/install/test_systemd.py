@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.install.conftest import COVERED_BY_TESTS_DEB, Packages, images, report_if_failed
-from tests.install.harness import TABLE, UNIT, Box, snapshot_diff, table_present_after_each
+from tests.install.harness import TABLE, UNIT, Box, snapshot_diff
+from tests.nftmonitor import table_present_after_each
 
 SETTINGS = "/etc/default/mullvad-allow-k8s"
 RULESET = "/etc/nftables.d/k8s_bypass_mullvad.nft"

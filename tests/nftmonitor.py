@@ -89,7 +89,11 @@ def record(monitor: Sequence[str], nft: Callable[[str], object]) -> Iterator[lis
         sync("end")
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:  # e.g. unshare --fork ignores SIGTERM
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def table_present_after_each(transactions: list[list[str]], table: str = TABLE) -> list[int]:

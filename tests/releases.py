@@ -30,4 +30,9 @@ def release_tree(commit: str, dest: Path) -> Path | None:
         ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    # A repository of its own holding exactly those files: the release's build targets
+    # read their sources with git (`git archive`, `git ls-files`).
+    git = ["git", "-C", str(dest), "-c", "user.name=tests", "-c", "user.email=tests@invalid"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", commit]):
+        subprocess.run([*git, *args], capture_output=True, check=True)
     return dest

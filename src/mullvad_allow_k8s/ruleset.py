@@ -108,10 +108,22 @@ def _chain(name: str, hook: str, priority: marks.Constant, rules: list[Rule]) ->
         *_comment(f"{priority.value}: {priority.source}.", "\t\t# ", "\t\t# "),
     ]
     lines.append(f"\t\ttype {hook} priority {priority.value}; policy accept;")
+    return "\n".join(lines + _rules(rules)) + "\n\t}\n"
+
+
+def _regular(name: str, why: str, rules: list[Rule]) -> str:
+    """A chain that a base chain's verdict map reaches with goto (so its end ends the base
+    chain too): the per-packet cost stays one lookup for the packets it is not for."""
+    lines = [f"\tchain {name} {{", *_comment(why, "\t\t# ", "\t\t# ")]
+    return "\n".join(lines + _rules(rules)) + "\n\t}\n"
+
+
+def _rules(rules: list[Rule]) -> list[str]:
+    lines: list[str] = []
     for why, statements in rules:
         lines += _comment(why, "\t\t# ", "\t\t# ")
         lines += [f"\t\t{statement}" for statement in statements]
-    return "\n".join(lines) + "\n\t}\n"
+    return lines
 
 
 def _both(template: str) -> list[str]:
@@ -121,61 +133,104 @@ def _both(template: str) -> list[str]:
     ]
 
 
-def _prerouting(settings: Settings) -> str:
-    tunnel = f'iifname != "{settings.tunnel_interface}"'
+def _by_state(established: str, new: str) -> str:
+    """One lookup sends a packet on by its conntrack state, ct mark and family: packets
+    of exempted flows to `established`, first packets (not yet marked) to `new`_v4/_v6;
+    everything else (the bulk: established flows that are not exempted) ends the chain
+    at this first rule."""
+    keys = [
+        f"{state} . {CT} . {fam} : goto {established}"
+        for state in ("established", "related")
+        for fam in ("ipv4", "ipv6")
+    ]
+    keys += [f"new . 0x00000000 . ipv{v} : goto {new}_v{v}" for v in (4, 6)]
+    return f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
+
+
+def _new_exempted(chain: str) -> str:
+    """One lookup: only the first packet of an exempted flow goes on to `chain`."""
+    return f"ct state . ct mark vmap {{ new . {CT} : goto {chain} }}"
+
+
+def _prerouting(settings: Settings) -> list[str]:
+    tunnel = settings.tunnel_interface
     pods = "iifname @cluster_interfaces {ip} saddr @pod_{v}"
-    return _chain(
+    base = _chain(
         "prerouting",
         "filter hook prerouting",
         marks.PREROUTING_PRIORITY,
         [
             (
-                "Established flows: nothing to decide. Exempted ones carry the fwmark, so "
-                "replies route via the main table (Mullvad's prerouting does this only while "
-                "connected); the rest return at once, which keeps the per-packet cost low.",
-                [
-                    f"ct state established,related {tunnel} ct mark {CT} meta mark set {FW} return",
-                    "ct state established,related return",
-                ],
-            ),
-            (
-                "Mullvad's in-tunnel gateway and resolvers and the tunnel's own address keep "
-                "Mullvad's rules, whatever the cluster ranges say (kubeadm's 10.96.0.0/12 lies "
-                "inside Mullvad's 10.64.0.0/10).",
-                _both("{ip} daddr @protected_{v} return"),
-            ),
-            (
-                "Pods to pods and to ClusterIPs, matched before kube-proxy's DNAT: Mullvad's "
-                "forward chain accepts the ct mark before it rejects port 53 (CoreDNS). Only "
-                "from a cluster interface (CLUSTER_INTERFACES): a pod address arriving from "
-                "the LAN or the tunnel is not a pod. No fwmark on this first packet: "
-                "kube-proxy masquerades fwmark bit 0x4000.",
-                _both(f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return"),
-            ),
-            (
-                "Pods to this machine's own addresses (kubelet, metrics, the API server on the "
-                "node's address): Mullvad's input chain accepts the ct mark.",
-                _both(f"{pods} fib daddr type local ct mark set {CT} return"),
-            ),
-            (
-                "A pod or service address from anywhere else is spoofed: never exempted.",
-                _both("{ip} saddr @cluster_{v} return"),
-            ),
-            (
-                "Every other new connection from outside (not the tunnel, not a cluster "
-                "interface) is a candidate, marked tentatively: the fwmark lets reverse-path "
-                "filters that run before DNAT pass it; the chain `confirm` decides after DNAT "
-                "and clears both marks unless the cluster serves it.",
-                [
-                    f"ct state new {tunnel} iifname != @cluster_interfaces meta mark 0 "
-                    f"meta l4proto {{ tcp, udp }} ct mark set {TENTATIVE} meta mark set {FW}"
-                ],
-            ),
+                "Packets of exempted flows to `prerouting_established`, first packets to "
+                "`prerouting_new_v4`/`_v6`; nothing else is ours to judge.",
+                [_by_state("prerouting_established", "prerouting_new")],
+            )
         ],
     )
+    established = _regular(
+        "prerouting_established",
+        "Exempted flows carry the fwmark, so replies route via the main table (Mullvad's "
+        "prerouting does this only while connected).",
+        [("", [f'iifname != "{tunnel}" meta mark set {FW}'])],
+    )
+    new = []
+    for ip, v in (("ip", "v4"), ("ip6", "v6")):
+        fill = {"{ip}": ip, "{v}": v}
+
+        def rule(template: str, fill: dict[str, str] = fill) -> str:
+            for key, value in fill.items():
+                template = template.replace(key, value)
+            return template
+
+        new.append(
+            _regular(
+                f"prerouting_new_{v}",
+                f"The first packet of a flow, IPv{v[1]}.",
+                [
+                    (
+                        "Nothing arriving through the tunnel is ever exempted.",
+                        [f'iifname "{tunnel}" return'],
+                    ),
+                    (
+                        "Mullvad's in-tunnel gateway and resolvers and the tunnel's own address "
+                        "keep Mullvad's rules, whatever the cluster ranges say (kubeadm's "
+                        "10.96.0.0/12 lies inside Mullvad's 10.64.0.0/10).",
+                        [rule("{ip} daddr @protected_{v} return")],
+                    ),
+                    (
+                        "Pods to pods and to ClusterIPs, matched before kube-proxy's DNAT: "
+                        "Mullvad's forward chain accepts the ct mark before it rejects port 53 "
+                        "(CoreDNS). Only from a cluster interface (CLUSTER_INTERFACES): a pod "
+                        "address arriving from the LAN is not a pod. No fwmark on this first "
+                        "packet: kube-proxy masquerades fwmark bit 0x4000.",
+                        [rule(f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return")],
+                    ),
+                    (
+                        "Pods to this machine's own addresses (kubelet, metrics, the API server "
+                        "on the node's address): Mullvad's input chain accepts the ct mark.",
+                        [rule(f"{pods} fib daddr type local ct mark set {CT} return")],
+                    ),
+                    (
+                        "A pod or service address from anywhere else is spoofed: never exempted.",
+                        [rule("{ip} saddr @cluster_{v} return")],
+                    ),
+                    (
+                        "Every other new connection from outside (not a cluster interface) is "
+                        "a candidate, marked tentatively: the fwmark lets reverse-path filters "
+                        "that run before DNAT pass it; the chain `confirm` decides after DNAT "
+                        "and clears both marks unless the cluster serves it.",
+                        [
+                            "iifname != @cluster_interfaces meta mark 0 meta l4proto { tcp, udp } "
+                            f"ct mark set {TENTATIVE} meta mark set {FW}"
+                        ],
+                    ),
+                ],
+            )
+        )
+    return [base, established, *new]
 
 
-def _confirm(settings: Settings) -> str:
+def _confirm(settings: Settings) -> list[str]:
     if settings.machine_addresses is None:
         host: list[str] = [
             f"fib daddr . iif type local tcp dport @host_ports ct mark set {CT} return"
@@ -185,15 +240,21 @@ def _confirm(settings: Settings) -> str:
         host = _both(f"{{ip}} daddr @machine_{{v}} tcp dport @host_ports ct mark set {CT} return")
         where = "on MACHINE_ADDRESSES"
     host += _both(f"{{ip}} daddr @public_{{v}} tcp dport @host_ports ct mark set {CT} return")
-    return _chain(
+    base = _chain(
         "confirm",
         "filter hook prerouting",
         marks.CONFIRM_PRIORITY,
         [
             (
                 "Only tentatively marked new connections are judged.",
-                [f"ct mark != {TENTATIVE} return"],
-            ),
+                [f"ct mark vmap {{ {TENTATIVE} : goto confirm_candidate }}"],
+            )
+        ],
+    )
+    candidate = _regular(
+        "confirm_candidate",
+        "A new connection from outside, after DNAT.",
+        [
             (
                 "Served by the cluster: kube-proxy (NodePort, LoadBalancer, externalIPs), the "
                 "CNI portmap plugin (hostPort) or a container engine forwarded it into a pod. "
@@ -215,44 +276,55 @@ def _confirm(settings: Settings) -> str:
             ),
         ],
     )
+    return [base, candidate]
 
 
-def _output() -> str:
-    return _chain(
+def _output() -> list[str]:
+    base = _chain(
         "output",
         "route hook output",
         marks.OUTPUT_PRIORITY,
         [
             (
-                "Replies of exempted incoming connections answered by this machine (API server, "
-                "ingress on the host): the fwmark re-routes them via the main table. Other "
-                "established flows: nothing to decide.",
-                [
-                    f"ct state established,related ct direction reply ct mark {CT} "
-                    f"meta mark set {FW} return",
-                    "ct state established,related return",
-                ],
-            ),
-            (
-                "Mullvad's gateway, resolvers and tunnel address are never exempted.",
-                _both("{ip} daddr @protected_{v} return"),
-            ),
-            (
-                "This machine to cluster services (hostNetwork pods, nslookup on the node, "
-                "kubectl port-forward; with IPVS, ClusterIPs are local addresses): the ct mark "
-                "lets Mullvad's output chain accept it. No fwmark, so routing is not changed.",
-                _both(f"{{ip}} daddr @cluster_{{v}} ct mark set {CT}"),
-            ),
+                "Established flows to `output_established`, new ones to `output_new_v4`/`_v6`.",
+                [_by_state("output_established", "output_new")],
+            )
         ],
     )
+    established = _regular(
+        "output_established",
+        "Replies of exempted incoming connections answered by this machine (API server, "
+        "ingress on the host): the fwmark re-routes them via the main table.",
+        [("", [f"ct direction reply meta mark set {FW}"])],
+    )
+    new = [
+        _regular(
+            f"output_new_{v}",
+            f"This machine's new connections, IPv{v[1]}.",
+            [
+                (
+                    "Anything but the cluster: nothing to decide.",
+                    [f"{ip} daddr != @cluster_{v} return"],
+                ),
+                (
+                    "Mullvad's gateway, resolvers and tunnel address are never exempted.",
+                    [f"{ip} daddr @protected_{v} return"],
+                ),
+                (
+                    "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
+                    "port-forward; with IPVS, ClusterIPs are local addresses): the ct mark lets "
+                    "Mullvad's output chain accept it. No fwmark, so routing is not changed.",
+                    [f"ct mark set {CT}"],
+                ),
+            ],
+        )
+        for ip, v in (("ip", "v4"), ("ip6", "v6"))
+    ]
+    return [base, established, *new]
 
 
-def _guard(hook: str) -> str:
+def _guard(hook: str) -> list[str]:
     rules: list[Rule] = [
-        (
-            "Only new exempted flows are judged.",
-            ["ct state != new return", f"ct mark != {CT} return"],
-        ),
         (
             "A flow exempted for its cluster destination keeps the exemption only if, after "
             "kube-proxy's DNAT, it still goes to the cluster. A Service with external "
@@ -287,42 +359,55 @@ def _guard(hook: str) -> str:
                 ),
             )
         )
-    return _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, rules)
+    base = _chain(
+        f"{hook}_guard",
+        f"filter hook {hook}",
+        marks.GUARD_PRIORITY,
+        [
+            (
+                "Only the first packet of an exempted flow is judged.",
+                [_new_exempted(f"{hook}_guard_new")],
+            )
+        ],
+    )
+    return [
+        base,
+        _regular(f"{hook}_guard_new", "A new exempted flow, after DNAT and routing.", rules),
+    ]
 
 
-def _nat_park() -> str:
-    return _chain(
+def _nat_park() -> list[str]:
+    base = _chain(
         "nat_park",
         "filter hook postrouting",
         marks.NAT_PARK_PRIORITY,
-        [
-            (
-                "Only the first packet of a flow meets NAT.",
-                ["ct state != new return", f"ct mark != {CT} return"],
-            ),
-            (
-                "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
-                "which would masquerade them to the bridge address, so pods see each other's "
-                "real addresses (NetworkPolicy, logs). `nat_unpark` gives it back.",
-                _both(f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @pod_{{v}} ct mark set {PARKED}"),
-            ),
-        ],
+        [("Only the first packet of a flow meets NAT.", [_new_exempted("nat_park_new")])],
     )
+    park = _regular(
+        "nat_park_new",
+        "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, which "
+        "would masquerade them to the bridge address, so pods see each other's real "
+        "addresses (NetworkPolicy, logs). `nat_unpark` gives it back.",
+        [("", _both(f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @pod_{{v}} ct mark set {PARKED}"))],
+    )
+    return [base, park]
 
 
-def _nat_unpark() -> str:
-    return _chain(
-        "nat_unpark",
-        "filter hook postrouting",
-        marks.NAT_UNPARK_PRIORITY,
-        [
-            (
-                "Mullvad's nat chain has passed: the parked flow gets its ct mark back before "
-                "its next packet meets Mullvad's filters.",
-                [f"ct mark {PARKED} ct mark set {CT}"],
-            ),
-        ],
-    )
+def _nat_unpark() -> list[str]:
+    return [
+        _chain(
+            "nat_unpark",
+            "filter hook postrouting",
+            marks.NAT_UNPARK_PRIORITY,
+            [
+                (
+                    "Mullvad's nat chain has passed: the parked flow gets its ct mark back "
+                    "before its next packet meets Mullvad's filters.",
+                    [f"ct mark {PARKED} ct mark set {CT}"],
+                ),
+            ],
+        )
+    ]
 
 
 def _inet_body(settings: Settings, comment: str) -> str:
@@ -365,13 +450,13 @@ def _inet_body(settings: Settings, comment: str) -> str:
         ),
     ]
     chains = [
-        _prerouting(settings),
-        _confirm(settings),
-        _output(),
-        _guard("forward"),
-        _guard("output"),
-        _nat_park(),
-        _nat_unpark(),
+        *_prerouting(settings),
+        *_confirm(settings),
+        *_output(),
+        *_guard("forward"),
+        *_guard("output"),
+        *_nat_park(),
+        *_nat_unpark(),
     ]
     body = "\n".join([*sets, *chains])
     return f'\tcomment "{comment}"\n\n{body}'

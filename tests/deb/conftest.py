@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -335,12 +336,11 @@ class Machine:
 
     @contextlib.contextmanager
     def monitor(self) -> Iterator[list[Transaction]]:
-        """Record the nftables transactions (`nft monitor`) made in this machine."""
-        if self.init_pid:
-            enter = ["nsenter", f"--target={self.init_pid}", "--net", "--"]
-        else:
-            enter = ["ip", "netns", "exec", self.netns]
-        with record([*enter, "nft", "monitor"], lambda cmd: run([*enter, "nft", cmd])) as seen:
+        """Record the nftables transactions (`nft monitor`) made in this machine, with the
+        root's own nft: the host's may not parse tables a newer nft wrote (it crashes)."""
+        with record(
+            self.argv("nft monitor"), lambda cmd: self.sh(f"nft {shlex.quote(cmd)}")
+        ) as seen:
             yield seen
 
     def popen(self, command: str) -> subprocess.Popen[str]:

@@ -86,7 +86,7 @@ def skeleton(text: str) -> list[str]:
     name written in a rule replaced by IF, so only user values that stay values match."""
     text = re.sub(r"elements = \{[^}]*\}", "", text)
     text = re.sub(r'comment "[^"]*"', 'comment ""', text)
-    text = re.sub(r'iifname != "[A-Za-z0-9_.-]{1,15}"', 'iifname != "IF"', text)
+    text = re.sub(r'iifname (!= )?"[A-Za-z0-9_.-]{1,15}"', r'iifname \1"IF"', text)
     return [
         line.strip()
         for line in text.splitlines()

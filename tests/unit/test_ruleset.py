@@ -96,22 +96,26 @@ def test_auto_machine_addresses_use_fib_and_explicit_ones_a_set() -> None:
 
 
 def test_tunnel_traffic_is_never_marked_as_inbound() -> None:
-    pre = chain_rules(render(TUNNEL_INTERFACE="wg1"), "prerouting")
-    candidates = [r for r in pre if f"ct mark set {marks.TENTATIVE_CT_MARK.nft}" in r]
-    assert candidates == [
-        'ct state new iifname != "wg1" iifname != @cluster_interfaces meta mark 0 '
-        f"meta l4proto {{ tcp, udp }} ct mark set {marks.TENTATIVE_CT_MARK.nft} "
-        f"meta mark set {marks.FW_MARK.nft}"
-    ]
+    text = render(TUNNEL_INTERFACE="wg1")
+    for v in ("v4", "v6"):
+        new = chain_rules(text, f"prerouting_new_{v}")
+        assert new[0] == 'iifname "wg1" return'  # before any mark
+        (candidate,) = [r for r in new if f"ct mark set {marks.TENTATIVE_CT_MARK.nft}" in r]
+        assert candidate == (
+            "iifname != @cluster_interfaces meta mark 0 meta l4proto { tcp, udp } "
+            f"ct mark set {marks.TENTATIVE_CT_MARK.nft} meta mark set {marks.FW_MARK.nft}"
+        )
 
 
 def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
     """After DNAT: forwarded into a pod (not from a ClusterIP) or a HOST_PORTS port on a
     local address; everything else loses both marks."""
-    confirm = chain_rules(render(), "confirm")
-    exempt = marks.CT_MARK.nft
-    assert confirm == [
-        f"ct mark != {marks.TENTATIVE_CT_MARK.nft} return",
+    text = render()
+    exempt, tentative = marks.CT_MARK.nft, marks.TENTATIVE_CT_MARK.nft
+    assert chain_rules(text, "confirm") == [
+        f"ct mark vmap {{ {tentative} : goto confirm_candidate }}"
+    ]
+    assert chain_rules(text, "confirm_candidate") == [
         "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @pod_v4 "
         f"ct mark set {exempt} return",
         "ct status dnat ct original ip6 daddr != @cluster_v6 ip6 daddr @pod_v6 "
@@ -121,7 +125,7 @@ def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
         f"ip6 daddr @public_v6 tcp dport @host_ports ct mark set {exempt} return",
         "ct mark set 0x00000000 meta mark set 0x00000000",
     ]
-    assert f"hook prerouting priority {marks.CONFIRM_PRIORITY.value};" in render()
+    assert f"hook prerouting priority {marks.CONFIRM_PRIORITY.value};" in text
     assert -100 < marks.CONFIRM_PRIORITY.value < 0  # after DNAT, before routing
 
 
@@ -133,59 +137,74 @@ def test_host_ports_are_the_only_ports_in_the_table() -> None:
 
 
 def test_pod_sources_count_only_from_cluster_interfaces() -> None:
-    pre = chain_rules(render(), "prerouting")
-    pod = [r for r in pre if "saddr @pod_" in r]
-    assert len(pod) == 4 and all(r.startswith("iifname @cluster_interfaces ") for r in pod)
-    # Anything else with a cluster source returns before the inbound candidates.
-    spoofed = pre.index("ip saddr @cluster_v4 return")
-    assert pre[spoofed + 1] == "ip6 saddr @cluster_v6 return"
-    assert all("saddr @pod_" not in r for r in pre[spoofed:])
+    for v in ("v4", "v6"):
+        new = chain_rules(render(), f"prerouting_new_{v}")
+        pod = [r for r in new if "saddr @pod_" in r]
+        assert len(pod) == 2 and all(r.startswith("iifname @cluster_interfaces ") for r in pod)
+        # Anything else with a cluster source returns before the inbound candidates.
+        ip = "ip" if v == "v4" else "ip6"
+        spoofed = new.index(f"{ip} saddr @cluster_{v} return")
+        assert all("saddr @pod_" not in r for r in new[spoofed:])
 
 
 def test_protected_addresses_are_checked_before_any_mark() -> None:
     text = render()
-    for chain in ("prerouting", "output"):
-        statements = chain_rules(text, chain)
-        first_mark = next(
-            i for i, r in enumerate(statements) if "ct mark set" in r and "established" not in r
-        )
-        assert statements[first_mark - 2 : first_mark] == [
-            "ip daddr @protected_v4 return",
-            "ip6 daddr @protected_v6 return",
-        ]
+    for chain in ("prerouting_new", "output_new"):
+        for v, ip in (("v4", "ip"), ("v6", "ip6")):
+            statements = chain_rules(text, f"{chain}_{v}")
+            first_mark = next(i for i, r in enumerate(statements) if "ct mark set" in r)
+            assert f"{ip} daddr @protected_{v} return" in statements[:first_mark]
 
 
 def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
     """Only established flows copy the ct mark to the fwmark: kube-proxy's 0x4000 bit stays
     clear on the first packet, the only one its nat chains see."""
-    pre = chain_rules(render(), "prerouting")
-    copy = [r for r in pre if "meta mark set" in r and "ct mark 0x" in r]
-    assert copy and all(r.startswith("ct state established,related ") for r in copy)
-    pod = [r for r in pre if "saddr @pod_" in r]
+    text = render()
+    assert chain_rules(text, "prerouting_established") == [
+        f'iifname != "wg0-mullvad" meta mark set {marks.FW_MARK.nft}'
+    ]
+    # ... and only exempted flows get there.
+    (dispatch,) = chain_rules(text, "prerouting")
+    assert f"established . {marks.CT_MARK.nft} . ipv4 : goto prerouting_established" in dispatch
+    pod = [
+        r for v in ("v4", "v6") for r in chain_rules(text, f"prerouting_new_{v}") if "@pod_" in r
+    ]
     assert len(pod) == 4 and not any("meta mark" in r for r in pod)
     assert marks.FW_MARK.value & 0x4000  # why: kube-proxy's masquerade bit
 
 
 def test_established_flows_leave_every_chain_early() -> None:
+    """One lookup per base chain decides where a packet goes; established packets meet
+    at most one more rule (the fwmark restore), so at most 3 of ours per hook."""
     text = render()
     for chain in ("prerouting", "output"):
-        assert "ct state established,related return" in chain_rules(text, chain)[:2]
-    assert chain_rules(text, "confirm")[0] == f"ct mark != {marks.TENTATIVE_CT_MARK.nft} return"
+        (dispatch,) = chain_rules(text, chain)
+        assert dispatch.startswith("ct state . ct mark . meta nfproto vmap { established . ")
+        # Not exempted, not new: no element, so the chain ends at this rule.
+        assert (
+            ". 0x00000000 . ipv4 : goto" in dispatch and "established . 0x00000000" not in dispatch
+        )
+        assert f"new . 0x00000000 . ipv6 : goto {chain}_new_v6 }}" in dispatch
+        assert len(chain_rules(text, f"{chain}_established")) == 1
+    assert chain_rules(text, "confirm") == [
+        f"ct mark vmap {{ {marks.TENTATIVE_CT_MARK.nft} : goto confirm_candidate }}"
+    ]
+    for chain in ("forward_guard", "output_guard", "nat_park"):
+        assert chain_rules(text, chain) == [
+            f"ct state . ct mark vmap {{ new . {marks.CT_MARK.nft} : goto {chain}_new }}"
+        ]
     assert chain_rules(text, "nat_unpark") == [
         f"ct mark {marks.PARKED_CT_MARK.nft} ct mark set {marks.CT_MARK.nft}"
     ]
-    for chain in ("forward_guard", "output_guard", "nat_park"):
-        assert chain_rules(text, chain)[:2] == [
-            "ct state != new return",
-            f"ct mark != {marks.CT_MARK.nft} return",
-        ]
+    # The host's own new connections outside the cluster leave output at its first rule.
+    assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"
 
 
 def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     text = render()
     parked, exempt = marks.PARKED_CT_MARK.nft, marks.CT_MARK.nft
-    park = chain_rules(text, "nat_park")
-    assert park[2] == f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
+    park = chain_rules(text, "nat_park_new")
+    assert park[0] == f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
     assert f"hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
     assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
     # Right after Mullvad's nat chain the flow gets the exemption back, before its next

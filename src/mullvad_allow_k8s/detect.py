@@ -331,7 +331,7 @@ class _RancherConfig(NamedTuple):
     sources: dict[str, list[str]]  # key -> files it came from (several when appended)
 
 
-def rancher_config(host: _Host, base: str) -> _RancherConfig | None:
+def _rancher_config(host: _Host, base: str) -> _RancherConfig | None:
     """k3s' merge of config.yaml and config.yaml.d/*.yaml (lexical order).
 
     As k3s' pkg/configfilearg does it: later files replace a key, a key written with
@@ -373,6 +373,15 @@ def rancher_config(host: _Host, base: str) -> _RancherConfig | None:
     return _RancherConfig(values, sources)
 
 
+def rancher_config(config: str, root: Path = Path("/")) -> dict[str, Any] | None:
+    """k3s' or rke2's merged configuration (e.g. "/etc/rancher/k3s/config.yaml").
+
+    None when neither the file nor a drop-in exists; a broken one raises DetectError.
+    """
+    merged = _rancher_config(_Host(root, run_command, {}), config)
+    return None if merged is None else merged.values
+
+
 def _to_slice(value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
@@ -404,9 +413,17 @@ def _systemd_exec_args(host: _Host, unit: str) -> tuple[list[str], str] | None:
 
 
 def _flannel(
-    host: _Host, distribution: str, net_conf: str | None, interface: str | None
+    host: _Host,
+    distribution: str,
+    net_conf: str | None,
+    interface: str | None,
+    subnet_env: bool,
 ) -> list[Found]:
-    """What flannel runs with: its net-conf.json and the subnet.env it writes."""
+    """What flannel runs with: its net-conf.json and the subnet.env it writes.
+
+    /run/flannel/subnet.env is any flannel's (kubeadm + flannel too), so it is only
+    read (`subnet_env`) where the distribution is installed.
+    """
     found: list[Found] = []
 
     def from_net_conf() -> list[Found]:
@@ -444,6 +461,8 @@ def _flannel(
         return out
 
     def from_subnet_env() -> list[Found]:
+        if not subnet_env:
+            return []
         path = host.path("/run/flannel/subnet.env")
         text = host.read(path)
         if text is None:
@@ -480,7 +499,7 @@ def _rancher(
     values: dict[str, Any] = {}
 
     def from_config() -> list[Found]:
-        merged = rancher_config(host, config)
+        merged = _rancher_config(host, config)
         if merged is None:
             return []
         values.update(merged.values)
@@ -539,18 +558,23 @@ def _rancher(
 def _k3s_pod_interface(values: dict[str, Any]) -> str | None:
     """flannel's cni0, unless flannel is off (flannel-backend: none, another CNI)."""
     backend = values.get("flannel-backend")
-    return None if str(backend).lower() == "none" else K3S_BRIDGE
+    return None if str(backend).lower() == "none" and backend is not None else K3S_BRIDGE
 
 
 def _k3s(host: _Host) -> list[Found]:
+    installed = ("/usr/local/bin/k3s", "/usr/bin/k3s", "/var/lib/rancher/k3s")
     return _rancher(
         host,
         "k3s",
-        installed=("/usr/local/bin/k3s", "/usr/bin/k3s", "/var/lib/rancher/k3s"),
+        installed=installed,
         config="/etc/rancher/k3s/config.yaml",
         unit="/etc/systemd/system/k3s.service",
         effective=lambda: _flannel(
-            host, "k3s", "/var/lib/rancher/k3s/agent/etc/flannel/net-conf.json", K3S_BRIDGE
+            host,
+            "k3s",
+            "/var/lib/rancher/k3s/agent/etc/flannel/net-conf.json",
+            K3S_BRIDGE,
+            subnet_env=host.exists(*installed),
         ),
         pod_interface=_k3s_pod_interface,
     )
@@ -569,8 +593,8 @@ def _rke2(host: _Host) -> list[Found]:
                 ("kube-proxy", "cluster-cidr", PODS),
             ),
         )
-        if host.exists(*installed):  # canal's flannel (no net-conf.json of rke2's own)
-            found.extend(_flannel(host, "rke2", None, None))
+        # canal's flannel; no bridge of its own (Calico's veths carry the pods)
+        found.extend(_flannel(host, "rke2", None, None, subnet_env=host.exists(*installed)))
         return found
 
     return _rancher(

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +48,10 @@ K3S_BRIDGE = "cni0"  # flannel's CNI bridge in k3s
 K0S_KUBE_ROUTER_BRIDGE = "kube-bridge"  # kube-router, k0s' default network provider
 DOCKER_BRIDGE_OPTION = "com.docker.network.bridge.name"
 COMMAND_TIMEOUT = 10.0
+# Docker's and Podman's network names (and minikube's profile names): never an option.
+ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A Linux interface name as the ruleset may use it (settings.py's _IFNAME).
+IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class Found(NamedTuple):
@@ -274,7 +279,10 @@ def _manifest_args(host: _Host, path: Path, binary: str) -> list[str] | None:
     for container in containers:
         if not isinstance(container, dict):
             continue
-        words = [*(container.get("command") or []), *(container.get("args") or [])]
+        command, args = container.get("command") or [], container.get("args") or []
+        if not isinstance(command, list) or not isinstance(args, list):
+            raise DetectError(where, "spec.containers[].command/args: not a list of strings")
+        words = [*command, *args]
         if not all(isinstance(w, str) for w in words):
             raise DetectError(where, "spec.containers[].command/args: not a list of strings")
         if container.get("name") == binary or (words and Path(words[0]).name == binary):
@@ -777,9 +785,9 @@ def _docker_network(item: object, where: str) -> _EngineNetwork:
     ident = str(item.get("Id") or item.get("ID") or "")
     interface: str | None = None
     if isinstance(options, dict) and options.get(DOCKER_BRIDGE_OPTION):
-        interface = str(options[DOCKER_BRIDGE_OPTION])
+        interface = _interface(options[DOCKER_BRIDGE_OPTION], where, DOCKER_BRIDGE_OPTION)
     elif item.get("Driver", "bridge") == "bridge" and len(ident) >= 12:
-        interface = "br-" + ident[:12]  # libnetwork's bridge driver names it so
+        interface = _interface("br-" + ident[:12], where, "Id")  # libnetwork's bridge name
     ipam = item.get("IPAM") or {}
     configs = ipam.get("Config") if isinstance(ipam, dict) else None
     subnets: list[tuple[str, str]] = []
@@ -804,7 +812,7 @@ def _podman_network(item: object, where: str) -> _EngineNetwork:
         for p, plugin in enumerate(item.get("plugins") or []):
             if not isinstance(plugin, dict) or plugin.get("type") != "bridge":
                 continue
-            interface = str(plugin.get("bridge") or "") or None
+            interface = _interface(plugin.get("bridge"), where, f"plugins[{p}].bridge")
             ranges = (plugin.get("ipam") or {}).get("ranges") or []
             for r, range_set in enumerate(ranges):
                 for s, entry in enumerate(range_set if isinstance(range_set, list) else []):
@@ -815,12 +823,29 @@ def _podman_network(item: object, where: str) -> _EngineNetwork:
         if isinstance(args, dict):
             labels = _labels(args.get("podman_labels") or {})
     else:
-        interface = str(item.get("network_interface") or "") or None
+        interface = _interface(item.get("network_interface"), where, "network_interface")
         for i, entry in enumerate(item.get("subnets") or []):
             if isinstance(entry, dict) and entry.get("subnet"):
                 field = f"subnets[{i}].subnet"
                 subnets.append((_cidr(entry["subnet"], where, f"{name}: {field}"), field))
     return _EngineNetwork(name, subnets, interface, labels)
+
+
+def _interface(name: object, where: str, what: str) -> str | None:
+    """A bridge name from an engine or libvirt, checked before anything relies on it."""
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str) or not IFNAME.fullmatch(name):
+        raise DetectError(where, f"{what}: {name!r} is not an interface name")
+    return name
+
+
+def _engine_names(names: Iterable[str], where: str) -> list[str]:
+    out = list(names)
+    for name in out:
+        if not ENGINE_NAME.fullmatch(name):
+            raise DetectError(where, f"{name!r} is not a network name")
+    return out
 
 
 def _labels(value: object) -> dict[str, str]:
@@ -836,6 +861,7 @@ def _inspect(host: _Host, engine: str, names: Sequence[str]) -> list[_EngineNetw
     """`<engine> network inspect NAME...`; [] when the engine or network is missing."""
     if not names:
         return []
+    names = _engine_names(names, f"{engine} network inspect")
     argv = (engine, "network", "inspect", *names)
     out = host.run(*argv)
     if out is None or not out.strip():
@@ -994,7 +1020,9 @@ def _minikube_profile(host: _Host, profile: Path) -> list[Found]:
         return _minikube_node_ips(config, where)
     if driver == "kvm2":
         uri = str(config.get("KVMQemuURI") or "qemu:///system")
-        libvirt = f"mk-{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9+]*://[^\s]*", uri):
+            raise DetectError(where, f"KVMQemuURI: {uri!r} is not a libvirt URI")
+        libvirt = _engine_names([f"mk-{name}"], where)[0]
         xml = host.run("virsh", "--connect", uri, "net-dumpxml", libvirt)
         if xml is not None and xml.strip():
             return _libvirt_network(xml, f"virsh net-dumpxml {libvirt}")
@@ -1054,7 +1082,7 @@ def _libvirt_network(xml: str, where: str) -> list[Found]:
         raise DetectError(where, f"root element <{network.tag}>, expected <network>")
     name = network.findtext("name") or ""
     bridge = network.find("bridge")
-    interface = bridge.get("name") if bridge is not None else None
+    interface = _interface(bridge.get("name") if bridge is not None else None, where, "<bridge>")
     found = []
     for i, ip in enumerate(network.findall("ip")):
         address = ip.get("address")

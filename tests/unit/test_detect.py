@@ -886,3 +886,34 @@ def test_detect_error_is_one_line() -> None:
     error = DetectError("/etc/k0s/k0s.yaml", "not valid YAML: while parsing\n  in line 3\n")
     assert str(error) == "/etc/k0s/k0s.yaml: not valid YAML: while parsing in line 3"
     assert error.where == "/etc/k0s/k0s.yaml"
+
+
+# --- what reaches argv and the ruleset is checked ---------------------------------------
+
+
+def test_engine_bridge_name_that_is_not_an_interface_name(tmp_path: Path) -> None:
+    text = data("docker/inspect-kind-named-bridge.json").replace('"kindbr0"', '"br0; drop"')
+    found, errors = run_detect(tmp_path, Engines({KIND_DOCKER: text}))
+    assert found == []
+    assert [str(e) for e in errors] == [
+        "docker network inspect kind: com.docker.network.bridge.name: 'br0; drop' is not an "
+        "interface name"
+    ]
+
+
+def test_network_names_are_never_options(tmp_path: Path) -> None:
+    engines = Engines()
+    _, errors = run_detect(tmp_path, engines, {"KIND_EXPERIMENTAL_DOCKER_NETWORK": "--help"})
+    assert [str(e) for e in errors] == ["docker network inspect: '--help' is not a network name"]
+    assert not any("--help" in argv for argv in engines.calls)
+
+
+def test_libvirt_uri_is_checked(tmp_path: Path) -> None:
+    config = json.loads(data("minikube/config-kvm2.json"))
+    config["KVMQemuURI"] = "--readonly"
+    put(tmp_path, "/root/.minikube/profiles/dev/config.json", text=json.dumps(config))
+    engines = Engines()
+    found, errors = run_detect(tmp_path, engines)
+    assert found == []
+    assert "KVMQemuURI: '--readonly' is not a libvirt URI" in str(errors[0])
+    assert not any(argv[0] == "virsh" for argv in engines.calls)

@@ -12,7 +12,9 @@ once any of it is broken, and a broken config file also withholds the distributi
 defaults (they would be a guess).
 
 The result is plain data for the settings layer (`auto`), `settings` and `doctor`:
-every `Found` says where it was read, so users can check it.
+every `Found` says where it was read, so users can check it. The same range may come
+from several sources (config and what runs); ranges are reported as found, neither
+merged nor checked against Mullvad's own ranges: that is the settings layer's job.
 """
 
 from __future__ import annotations

@@ -698,9 +698,9 @@ def _k0s(host: _Host) -> list[Found]:
                 raise DetectError(where, "top level is not a mapping")
             clusters = [d for d in docs if isinstance(d, dict)] or [{}]
         spec = clusters[0].get("spec") or {}
-        network = spec.get("network") if isinstance(spec, dict) else None
-        if network is None:
-            network = {}
+        if not isinstance(spec, dict):
+            raise DetectError(where, f"spec is a {_type(spec)}, expected a mapping")
+        network = spec.get("network") or {}
         if not isinstance(network, dict):
             raise DetectError(where, f"spec.network is a {_type(network)}, expected a mapping")
         provider = str(network.get("provider") or "kuberouter").replace("-", "").lower()

@@ -523,14 +523,21 @@ def test_k0s_installed_without_config(tmp_path: Path) -> None:
     assert found[0].source == "k0s default (k0s installed, no /etc/k0s/k0s.yaml)"
 
 
-def test_k0s_broken_config_gives_no_defaults(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("spec:\n  network: [podCIDR]\n", "spec.network is a list, expected a mapping"),
+        ("spec: [network]\n", "spec is a list, expected a mapping"),
+        ("spec:\n  network:\n    podCIDR: 10.244.0.0\n", "spec.network.podCIDR: '10.244.0.0'"),
+    ],
+)
+def test_k0s_broken_config_gives_no_defaults(tmp_path: Path, text: str, problem: str) -> None:
     put(tmp_path, "/usr/local/bin/k0s", text="")
-    put(tmp_path, "/etc/k0s/k0s.yaml", text="spec:\n  network: [podCIDR]\n")
+    put(tmp_path, "/etc/k0s/k0s.yaml", text=text)
     found, errors = run_detect(tmp_path)
     assert found == []
-    assert [str(e) for e in errors] == [
-        "/etc/k0s/k0s.yaml: spec.network is a list, expected a mapping"
-    ]
+    assert len(errors) == 1
+    assert str(errors[0]).startswith(f"/etc/k0s/k0s.yaml: {problem}")
 
 
 # --- kind -------------------------------------------------------------------------------

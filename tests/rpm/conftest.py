@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.releases import NOT_IN_CHECKOUT, RELEASE_0_1_0, release_tree
 from tests.rpm import harness
 
 
@@ -44,6 +45,15 @@ def rpm_workdir(rpm_tools: None) -> Iterator[Path]:
 def builds(rpm_workdir: Path) -> dict[int, harness.Build]:
     """Release 1 and release 2 (for upgrades) of the same sources, built side by side."""
     return harness.build_releases(rpm_workdir, (1, 2))
+
+
+@pytest.fixture(scope="session")
+def release_0_1_0(rpm_workdir: Path) -> harness.Build:
+    """The released 0.1.0 RPM, built from this repository's history."""
+    tree = release_tree(RELEASE_0_1_0, rpm_workdir / "src-0.1.0")
+    if tree is None:
+        pytest.skip(NOT_IN_CHECKOUT)
+    return harness.build_rpm(rpm_workdir / "top-0.1.0", 1, tree)
 
 
 @pytest.fixture(scope="session")

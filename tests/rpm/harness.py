@@ -74,10 +74,10 @@ class Build:
     seconds: float
 
 
-def build_rpm(topdir: Path, release: int) -> Build:
-    """`make rpm` into `topdir` (the tracked files of the working tree)."""
+def build_rpm(topdir: Path, release: int, tree: Path = REPO) -> Build:
+    """`make rpm` into `topdir` (the tracked files of `tree`, by default this one)."""
     start = time.monotonic()
-    make: list[str | Path] = ["make", "-s", "-C", REPO, "rpm"]
+    make: list[str | Path] = ["make", "-s", "-C", tree, "rpm"]
     proc = run([*make, f"RPM_TOPDIR={topdir}", f"RPM_RELEASE={release}"])
     seconds = time.monotonic() - start
     (rpm,) = (topdir / "RPMS" / "noarch").glob(f"mullvad-allow-k8s-*-{release}.noarch.rpm")

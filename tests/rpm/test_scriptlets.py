@@ -180,3 +180,26 @@ def test_without_systemctl_the_scriptlets_still_load_and_remove(
     sys_.rpm("-e", "mullvad-allow-k8s")
     assert sys_.tables() == set()
     assert sys_.read(NFT_FILE) is None
+
+
+def test_upgrade_from_the_released_0_1_0_migrates_an_edited_file_once(
+    system: SystemFactory, release_0_1_0: harness.Build, release1: harness.Build
+) -> None:
+    """0.1.0's own RPM (built from this repository's history; its Debian-layout Python
+    paths run in this Debian userland), its settings edited, then `rpm -U` to this one:
+    the kept file loses the retired keys, the port list becomes HOST_PORTS, %post says
+    so once, and the table is replaced in one transaction."""
+    sys_ = system(live=True)
+    sys_.rpm("-i", release_0_1_0.rpm)
+    assert "@inbound_ports" in (sys_.table_text() or "")
+    sys_.set_setting("INBOUND_PORTS=80,443,6443")
+    with sys_.monitor() as transactions:
+        proc = sys_.rpm("-U", release1.rpm)
+    text = sys_.read(SYSCONFIG) or ""
+    assert "\nINBOUND_PORTS=" not in text and "\nEPHEMERAL_PORTS=" not in text
+    assert proc.stderr.count("INBOUND_PORTS='80,443,6443' is retired") == 1, proc.stderr
+    assert "HOST_PORTS=80,443,6443\n" in (sys_.read(NFT_FILE) or "")
+    assert "chain confirm" in (sys_.table_text() or "")
+    ours = [t for t in transactions if t.touches_table()]
+    assert len(ours) == 1 and ours[0].leaves_table_loaded(), transactions
+    assert sys_.sh("mullvad-allow-k8s status").returncode == 0

@@ -88,31 +88,28 @@ class MachineFacts:
 
     def networks(self) -> list[tuple[str, netaddr.IPNetwork]]:
         """(interface, network) of every configured address, e.g. ('eth0', 192.168.1.0/24)."""
-        out: list[tuple[str, netaddr.IPNetwork]] = []
-        for iface in self.interfaces():
-            name = str(iface.get("ifname", ""))
-            infos = iface.get("addr_info", [])
-            for info in infos if isinstance(infos, list) else []:
-                try:
-                    net = netaddr.IPNetwork(f"{info['local']}/{int(info['prefixlen'])}")
-                except (KeyError, TypeError, ValueError, netaddr.AddrFormatError):
-                    continue
-                out.append((name, net))
-        return out
+        return [(name, net) for name, _, net in self._configured()]
 
     def has_interface(self, ifname: str) -> bool:
         return any(i.get("ifname") == ifname for i in self.interfaces())
 
     def _all_addresses(self) -> list[tuple[str, netaddr.IPAddress]]:
-        out: list[tuple[str, netaddr.IPAddress]] = []
+        return [(name, ip) for name, ip, _ in self._configured()]
+
+    def _configured(self) -> list[tuple[str, netaddr.IPAddress, netaddr.IPNetwork]]:
+        """(interface, address, its network) of every address `ip addr` lists."""
+        out: list[tuple[str, netaddr.IPAddress, netaddr.IPNetwork]] = []
         for iface in self.interfaces():
             name = str(iface.get("ifname", ""))
             infos = iface.get("addr_info", [])
             for info in infos if isinstance(infos, list) else []:
                 try:
-                    out.append((name, netaddr.IPAddress(str(info["local"]))))
-                except (KeyError, TypeError, netaddr.AddrFormatError):
+                    ip = netaddr.IPAddress(str(info["local"]))
+                    width = 32 if ip.version == 4 else 128
+                    net = netaddr.IPNetwork(f"{ip}/{int(info.get('prefixlen', width))}")
+                except (KeyError, TypeError, ValueError, netaddr.AddrFormatError):
                     continue
+                out.append((name, ip, net))
         return out
 
 

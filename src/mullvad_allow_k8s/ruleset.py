@@ -148,8 +148,9 @@ def _by_state(established: str, new: str) -> str:
 
 
 def _new_exempted(chain: str) -> str:
-    """One lookup: only the first packet of an exempted flow goes on to `chain`."""
-    return f"ct state . ct mark vmap {{ new . {CT} : goto {chain} }}"
+    """One lookup: only the first packet of an exempted flow goes on, to `chain`_v4/_v6."""
+    keys = ", ".join(f"new . {CT} . ipv{v} : goto {chain}_v{v}" for v in (4, 6))
+    return f"ct state . ct mark . meta nfproto vmap {{ {keys} }}"
 
 
 def _prerouting(settings: Settings) -> list[str]:
@@ -188,10 +189,6 @@ def _prerouting(settings: Settings) -> list[str]:
                 f"The first packet of a flow, IPv{v[1]}.",
                 [
                     (
-                        "Nothing arriving through the tunnel is ever exempted.",
-                        [f'iifname "{tunnel}" return'],
-                    ),
-                    (
                         "Mullvad's in-tunnel gateway and resolvers and the tunnel's own address "
                         "keep Mullvad's rules, whatever the cluster ranges say (kubeadm's "
                         "10.96.0.0/12 lies inside Mullvad's 10.64.0.0/10).",
@@ -215,12 +212,14 @@ def _prerouting(settings: Settings) -> list[str]:
                         [rule("{ip} saddr @cluster_{v} return")],
                     ),
                     (
-                        "Every other new connection from outside (not a cluster interface) is "
-                        "a candidate, marked tentatively: the fwmark lets reverse-path filters "
-                        "that run before DNAT pass it; the chain `confirm` decides after DNAT "
-                        "and clears both marks unless the cluster serves it.",
+                        "Every other new connection from outside (not the tunnel, not a cluster "
+                        "interface) is a candidate, marked tentatively: the fwmark lets "
+                        "reverse-path filters that run before DNAT pass it; the chain `confirm` "
+                        "decides after DNAT and clears both marks unless the cluster serves it. "
+                        "Nothing arriving through the tunnel is ever exempted.",
                         [
-                            "iifname != @cluster_interfaces meta mark 0 meta l4proto { tcp, udp } "
+                            f'iifname != "{tunnel}" iifname != @cluster_interfaces meta mark 0 '
+                            "meta l4proto { tcp, udp } "
                             f"ct mark set {TENTATIVE} meta mark set {FW}"
                         ],
                     ),
@@ -324,41 +323,6 @@ def _output() -> list[str]:
 
 
 def _guard(hook: str) -> list[str]:
-    rules: list[Rule] = [
-        (
-            "A flow exempted for its cluster destination keeps the exemption only if, after "
-            "kube-proxy's DNAT, it still goes to the cluster. A Service with external "
-            "endpoints is then handled by Mullvad like any other traffic, also in its "
-            "blocked state.",
-            _both(
-                "ct original {ip} daddr @cluster_{v} {ip} daddr != @cluster_{v} "
-                "ct mark set 0x00000000"
-            ),
-        ),
-    ]
-    if hook == "forward":
-        rules.append(
-            (
-                "Every exempted forwarded flow (pods, and connections forwarded into pods) "
-                "leaves by a cluster interface (CLUSTER_INTERFACES): a cluster address with "
-                "nothing behind it here (routed to the default route) loses the exemption.",
-                ["oifname != @cluster_interfaces ct mark set 0x00000000"],
-            )
-        )
-    else:
-        # In the output hook the interface is the one routing chose before DNAT
-        # re-routed the packet, so only flows without DNAT can be judged by it there.
-        rules.append(
-            (
-                "The interface test, only without DNAT: in the output hook the interface is "
-                "the one chosen before DNAT re-routed the packet; DNAT-ed flows go to Service "
-                "endpoints.",
-                _both(
-                    "ct status & dnat == 0 ct original {ip} daddr @cluster_{v} "
-                    "oifname != @cluster_interfaces ct mark set 0x00000000"
-                ),
-            )
-        )
     base = _chain(
         f"{hook}_guard",
         f"filter hook {hook}",
@@ -370,10 +334,51 @@ def _guard(hook: str) -> list[str]:
             )
         ],
     )
-    return [
-        base,
-        _regular(f"{hook}_guard_new", "A new exempted flow, after DNAT and routing.", rules),
-    ]
+    chains = [base]
+    for ip, v in (("ip", "v4"), ("ip6", "v6")):
+        rules: list[Rule] = [
+            (
+                "A flow exempted for its cluster destination keeps the exemption only if, "
+                "after kube-proxy's DNAT, it still goes to the cluster. A Service with "
+                "external endpoints is then handled by Mullvad like any other traffic, also "
+                "in its blocked state.",
+                [
+                    f"ct original {ip} daddr @cluster_{v} {ip} daddr != @cluster_{v} "
+                    "ct mark set 0x00000000"
+                ],
+            )
+        ]
+        if hook == "forward":
+            rules.append(
+                (
+                    "Every exempted forwarded flow (pods, and connections forwarded into pods) "
+                    "leaves by a cluster interface (CLUSTER_INTERFACES): a cluster address with "
+                    "nothing behind it here (routed to the default route) loses the exemption.",
+                    ["oifname != @cluster_interfaces ct mark set 0x00000000"],
+                )
+            )
+        else:
+            # In the output hook the interface is the one routing chose before DNAT
+            # re-routed the packet, so only flows without DNAT can be judged by it there.
+            rules.append(
+                (
+                    "The interface test, only without DNAT: in the output hook the interface "
+                    "is the one chosen before DNAT re-routed the packet; DNAT-ed flows go to "
+                    "Service endpoints.",
+                    [
+                        f"ct status & dnat == 0 ct original {ip} daddr @cluster_{v} "
+                        "oifname != @cluster_interfaces ct mark set 0x00000000"
+                    ],
+                )
+            )
+        chains.append(
+            _regular(
+                f"{hook}_guard_new_{v}",
+                f"A new exempted flow, IPv{v[1]}, after DNAT and routing.",
+                rules,
+            )
+        )
+    return chains
 
 
 def _nat_park() -> list[str]:
@@ -383,14 +388,17 @@ def _nat_park() -> list[str]:
         marks.NAT_PARK_PRIORITY,
         [("Only the first packet of a flow meets NAT.", [_new_exempted("nat_park_new")])],
     )
-    park = _regular(
-        "nat_park_new",
-        "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, which "
-        "would masquerade them to the bridge address, so pods see each other's real "
-        "addresses (NetworkPolicy, logs). `nat_unpark` gives it back.",
-        [("", _both(f"{{ip}} saddr @pod_{{v}} {{ip}} daddr @pod_{{v}} ct mark set {PARKED}"))],
-    )
-    return [base, park]
+    parks = [
+        _regular(
+            f"nat_park_new_{v}",
+            "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, which "
+            "would masquerade them to the bridge address, so pods see each other's real "
+            "addresses (NetworkPolicy, logs). `nat_unpark` gives it back.",
+            [("", [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED}"])],
+        )
+        for ip, v in (("ip", "v4"), ("ip6", "v6"))
+    ]
+    return [base, *parks]
 
 
 def _nat_unpark() -> list[str]:

@@ -78,18 +78,13 @@ TENTATIVE_CT_MARK = Constant(
 PARKED_CT_MARK = Constant(
     0x00000F42,
     "ours, not Mullvad's: set on the first packet of a pod-to-pod flow just before "
-    "Mullvad's nat chain (srcnat, 100), which then does not masquerade it, and turned "
-    "back into 0x00000f41 right after it; NAT is decided once per flow, so later "
-    "packets never meet Mullvad's masquerade",
+    "Mullvad's nat chain (srcnat, 100), which then does not masquerade it (NAT is "
+    "decided once per flow), and turned back into 0x00000f41 by the flow's next packet "
+    "(a reply or a retransmission) in the chain confirm, before Mullvad's filters see it",
 )
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows",
-    hex=False,
-)
-NAT_UNPARK_PRIORITY = Constant(
-    101,
-    "srcnat + 1: just after Mullvad's nat chain (100), before conntrack confirms the flow",
     hex=False,
 )
 
@@ -141,7 +136,6 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
     ("nat park priority", NAT_PARK_PRIORITY),
-    ("nat unpark priority", NAT_UNPARK_PRIORITY),
 )
 
 # Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,

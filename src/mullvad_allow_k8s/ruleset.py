@@ -245,10 +245,20 @@ def _confirm(settings: Settings) -> list[str]:
         marks.CONFIRM_PRIORITY,
         [
             (
-                "Only tentatively marked new connections are judged.",
-                [f"ct mark vmap {{ {TENTATIVE} : goto confirm_candidate }}"],
+                "Tentatively marked new connections are judged; a parked pod-to-pod flow "
+                "(see `nat_park`) gets its exemption back on its next packet, before "
+                "Mullvad's filters see it. Nothing else meets more than this lookup.",
+                [
+                    f"ct mark vmap {{ {TENTATIVE} : goto confirm_candidate, "
+                    f"{PARKED} : goto confirm_unpark }}"
+                ],
             )
         ],
+    )
+    unpark = _regular(
+        "confirm_unpark",
+        "A pod-to-pod flow that hid its ct mark from Mullvad's nat chain.",
+        [("", [f"ct mark set {CT}"])],
     )
     candidate = _regular(
         "confirm_candidate",
@@ -275,7 +285,7 @@ def _confirm(settings: Settings) -> list[str]:
             ),
         ],
     )
-    return [base, candidate]
+    return [base, candidate, unpark]
 
 
 def _output() -> list[str]:
@@ -393,29 +403,13 @@ def _nat_park() -> list[str]:
             f"nat_park_new_{v}",
             "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, which "
             "would masquerade them to the bridge address, so pods see each other's real "
-            "addresses (NetworkPolicy, logs). `nat_unpark` gives it back.",
+            "addresses (NetworkPolicy, logs). The flow's next packet gets it back in "
+            "`confirm`.",
             [("", [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED}"])],
         )
         for ip, v in (("ip", "v4"), ("ip6", "v6"))
     ]
     return [base, *parks]
-
-
-def _nat_unpark() -> list[str]:
-    return [
-        _chain(
-            "nat_unpark",
-            "filter hook postrouting",
-            marks.NAT_UNPARK_PRIORITY,
-            [
-                (
-                    "Mullvad's nat chain has passed: the parked flow gets its ct mark back "
-                    "before its next packet meets Mullvad's filters.",
-                    [f"ct mark {PARKED} ct mark set {CT}"],
-                ),
-            ],
-        )
-    ]
 
 
 def _inet_body(settings: Settings, comment: str) -> str:
@@ -464,7 +458,6 @@ def _inet_body(settings: Settings, comment: str) -> str:
         *_guard("forward"),
         *_guard("output"),
         *_nat_park(),
-        *_nat_unpark(),
     ]
     body = "\n".join([*sets, *chains])
     return f'\tcomment "{comment}"\n\n{body}'

@@ -116,7 +116,8 @@ def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
     text = render()
     exempt, tentative = marks.CT_MARK.nft, marks.TENTATIVE_CT_MARK.nft
     assert chain_rules(text, "confirm") == [
-        f"ct mark vmap {{ {tentative} : goto confirm_candidate }}"
+        f"ct mark vmap {{ {tentative} : goto confirm_candidate, "
+        f"{marks.PARKED_CT_MARK.nft} : goto confirm_unpark }}"
     ]
     assert chain_rules(text, "confirm_candidate") == [
         "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @pod_v4 "
@@ -190,16 +191,15 @@ def test_established_flows_leave_every_chain_early() -> None:
         assert f"new . 0x00000000 . ipv6 : goto {chain}_new_v6 }}" in dispatch
         assert len(chain_rules(text, f"{chain}_established")) == 1
     assert chain_rules(text, "confirm") == [
-        f"ct mark vmap {{ {marks.TENTATIVE_CT_MARK.nft} : goto confirm_candidate }}"
+        f"ct mark vmap {{ {marks.TENTATIVE_CT_MARK.nft} : goto confirm_candidate, "
+        f"{marks.PARKED_CT_MARK.nft} : goto confirm_unpark }}"
     ]
     for chain in ("forward_guard", "output_guard", "nat_park"):
         assert chain_rules(text, chain) == [
             f"ct state . ct mark . meta nfproto vmap {{ new . {marks.CT_MARK.nft} . ipv4 : "
             f"goto {chain}_new_v4, new . {marks.CT_MARK.nft} . ipv6 : goto {chain}_new_v6 }}"
         ]
-    assert chain_rules(text, "nat_unpark") == [
-        f"ct mark {marks.PARKED_CT_MARK.nft} ct mark set {marks.CT_MARK.nft}"
-    ]
+    assert "nat_unpark" not in text  # postrouting: one lookup, in nat_park
     # The host's own new connections outside the cluster leave output at its first rule.
     assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"
 
@@ -212,11 +212,11 @@ def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     ]
     assert f"hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
     assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
-    # Right after Mullvad's nat chain the flow gets the exemption back, before its next
-    # packet meets any filter.
-    assert chain_rules(text, "nat_unpark") == [f"ct mark {parked} ct mark set {exempt}"]
-    assert f"hook postrouting priority {marks.NAT_UNPARK_PRIORITY.value};" in text
-    assert marks.NAT_UNPARK_PRIORITY.value > 100
+    # The flow's next packet (reply or retransmission) gets the exemption back in
+    # confirm, after our prerouting and before Mullvad's filters (priority 0).
+    assert f"{parked} : goto confirm_unpark" in chain_rules(text, "confirm")[0]
+    assert chain_rules(text, "confirm_unpark") == [f"ct mark set {exempt}"]
+    assert marks.CONFIRM_PRIORITY.value < 0
 
 
 def test_bridge_table_only_when_asked() -> None:

@@ -127,8 +127,8 @@ in
       description = ''
         TCP ports of cluster services that run on this machine itself (not in pods) and
         must be reachable from the LAN or the internet: the API server. `null`: the
-        preset's (kubeadm, k3s, k0s 6443; rke2 6443 9345; microk8s 16443; minikube 8443;
-        kind none); `[ ]`: none. NodePorts, hostPorts, LoadBalancer and external IPs need
+        preset's (`mullvad-allow-k8s settings --preset NAME` shows them; kind has none);
+        `[ ]`: none. NodePorts, hostPorts, LoadBalancer and external IPs need
         no entry: a connection forwarded into a pod is exempted whatever port it came in
         on. Every other service of this machine (sshd, a database) stays under Mullvad's
         rules.

@@ -114,8 +114,11 @@ SCHEMA: tuple[Field, ...] = (
         "",
         "TCP ports of cluster services that run on this machine itself (not in pods) "
         "and must be reachable from the LAN or the internet: the API server. Empty: the "
-        f"preset's (kubeadm, k3s, k0s 6443; rke2 6443 9345; microk8s 16443; minikube "
-        f"8443; kind none); '{NONE}': none. NodePorts, hostPorts, LoadBalancer and "
+        "preset's ("
+        + "; ".join(
+            f"{p.name} {' '.join(map(str, p.host_ports)) or NONE}" for p in PRESETS.values()
+        )
+        + f"); '{NONE}': none. NodePorts, hostPorts, LoadBalancer and "
         "external IPs need no entry: a connection that kube-proxy or the CNI forwards "
         "into a pod is exempted whatever port it came in on. Any other service of this "
         "machine (sshd, CUPS, a database) stays under Mullvad's rules.",

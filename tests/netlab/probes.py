@@ -210,6 +210,10 @@ def _dns(client: str, server: str, proto: str) -> Callable[[Lab], Outcome]:
     return lambda lab: lab[client].call(lambda: dns_query(server, 53, proto))
 
 
+def _spoof(f: Fam, dst: str, port: int, receiver: str) -> Callable[[Lab], Outcome]:
+    return lambda lab: spoofed_udp(lab, f, dst, port, receiver)
+
+
 def ok_if(
     cond: bool,
     ident: str,
@@ -422,65 +426,62 @@ def probes_for(f: Fam) -> list[Probe]:
             lambda s: ok_if(nd(s) and (s.effective or s.lan), "web"),
         ),
     ]
+    # Host services outside the cluster, from off-link and from the LAN: as without the
+    # table (only Mullvad's LAN sharing opens them, to the LAN).
+    host_services = [
+        p
+        for name, port, what in (
+            ("host_service", HOST_SERVICE_PORT, "a host service outside the cluster (sshd)"),
+            ("ephemeral", HOST_EPHEMERAL_PORT, "a host server on an ephemeral port"),
+        )
+        for p in (
+            probe(
+                f"remote_{name}",
+                "lan",
+                f"off-link client -> {what}: as without the table",
+                _tcp("lan", f.host_lan, port, src=f.remote),
+                lambda s: Expect(False, path="nowhere"),
+                watch=f"remote_{name}",
+                leak=True,
+            ),
+            probe(
+                f"lan_{name}",
+                "lanclient",
+                f"LAN client -> {what}: only Mullvad's LAN sharing opens it",
+                _tcp("lanclient", f.host_lan, port),
+                lambda s: ok_if(s.lan, "host"),
+                leak=True,
+            ),
+        )
+    ]
+
+    # UDP from the LAN claiming a pod source no pod has: never to the ClusterIP, to a pod
+    # or the host only where Mullvad's LAN sharing lets LAN traffic in.
+    def lan_lets_in(s: Scenario) -> Expect:
+        return Expect(s.lan and (f.v == 6 or s.rp_filter != 1))
+
+    def never(s: Scenario) -> Expect:
+        return Expect(False)
+
+    targets: list[tuple[str, str, str, int, str, Callable[[Scenario], Expect]]] = [
+        ("pod", "a pod", f.web_pod, SPOOF_PORT, "web", lan_lets_in),
+        ("svc", "the cluster DNS ClusterIP", f.kube_dns, 53, "coredns", never),
+        ("host", "the host", f.host_lan, SPOOF_PORT, "host", lan_lets_in),
+    ]
+    spoofs = [
+        probe(
+            f"spoof_{name}",
+            "lan",
+            f"UDP from the LAN claiming a pod source, to {what}",
+            _spoof(f, dst, port, rx),
+            expect,
+            leak=True,
+        )
+        for name, what, dst, port, rx, expect in targets
+    ]
     leaks = [
-        probe(
-            "remote_host_service",
-            "lan",
-            "off-link client -> a host service outside the cluster (sshd): as without the table",
-            _tcp("lan", f.host_lan, HOST_SERVICE_PORT, src=f.remote),
-            lambda s: Expect(False, path="nowhere"),
-            watch="remote_host_service",
-            leak=True,
-        ),
-        probe(
-            "lan_host_service",
-            "lanclient",
-            "LAN client -> a host service outside the cluster: only Mullvad's LAN sharing opens it",
-            _tcp("lanclient", f.host_lan, HOST_SERVICE_PORT),
-            lambda s: ok_if(s.lan, "host"),
-            leak=True,
-        ),
-        probe(
-            "spoof_pod",
-            "lan",
-            "UDP from the LAN claiming a pod source, to a pod: only LAN sharing forwards it",
-            lambda lab: spoofed_udp(lab, f, f.web_pod, SPOOF_PORT, "web"),
-            lambda s: Expect(s.lan and (f.v == 6 or s.rp_filter != 1)),
-            leak=True,
-        ),
-        probe(
-            "spoof_svc",
-            "lan",
-            "UDP from the LAN claiming a pod source, to the cluster DNS ClusterIP: never",
-            lambda lab: spoofed_udp(lab, f, f.kube_dns, 53, "coredns"),
-            lambda s: Expect(False),
-            leak=True,
-        ),
-        probe(
-            "spoof_host",
-            "lan",
-            "UDP from the LAN claiming a pod source, to the host: only LAN sharing accepts it",
-            lambda lab: spoofed_udp(lab, f, f.host_lan, SPOOF_PORT, "host"),
-            lambda s: Expect(s.lan and (f.v == 6 or s.rp_filter != 1)),
-            leak=True,
-        ),
-        probe(
-            "remote_ephemeral",
-            "lan",
-            "off-link client -> a host server on an ephemeral port: not an inbound port",
-            _tcp("lan", f.host_lan, HOST_EPHEMERAL_PORT, src=f.remote),
-            lambda s: Expect(False, path="nowhere"),
-            watch="remote_ephemeral",
-            leak=True,
-        ),
-        probe(
-            "lan_ephemeral",
-            "lanclient",
-            "LAN client -> host ephemeral port: only allow LAN opens it",
-            _tcp("lanclient", f.host_lan, HOST_EPHEMERAL_PORT),
-            lambda s: ok_if(s.lan, "host"),
-            leak=True,
-        ),
+        *host_services,
+        *spoofs,
         probe(
             "pod_lan",
             "client",

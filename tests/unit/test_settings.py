@@ -209,7 +209,7 @@ def test_bad_values_give_one_line_errors_naming_field_and_value(
 def test_custom_preset_needs_ranges() -> None:
     with pytest.raises(SettingsError, match="POD_CIDRS: 'auto': empty, and no NODE_NETWORKS"):
         settle(PRESET="custom")
-    with pytest.raises(SettingsError, match="SERVICE_CIDRS: '': empty .a cluster on this"):
+    with pytest.raises(SettingsError, match=r"SERVICE_CIDRS: '': empty \(a cluster on this"):
         settle(PRESET="custom", POD_CIDRS="10.1.0.0/16", SERVICE_CIDRS="")
     nodes_only = settle(PRESET="custom", NODE_NETWORKS="172.18.0.0/16@br-0123456789ab")
     assert nodes_only.pod_cidrs == () and len(nodes_only.node_networks) == 1
@@ -384,7 +384,7 @@ def test_a_broken_file_stops_auto_with_its_one_line_reason() -> None:
 
 def test_detected_ranges_are_validated_like_given_ones() -> None:
     """A detected range in Mullvad's addresses is refused, never exempted."""
-    with pytest.raises(SettingsError, match="POD_CIDRS: '10.64.0.0/16': covers Mullvad's own"):
+    with pytest.raises(SettingsError, match=r"POD_CIDRS: '10\.64\.0\.0/16': covers Mullvad's own"):
         resolve([], detected(found("k3s", "pods", "10.64.0.0/16")))
 
 

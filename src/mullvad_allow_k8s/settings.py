@@ -527,6 +527,14 @@ def resolve(
     )
 
 
+def detects(raw_sources: Iterable[Mapping[str, str]]) -> bool:
+    """Whether these settings read the machine (some value is auto), as `follow` asks."""
+    raw = {f.key: f.default for f in SCHEMA}
+    for source in raw_sources:
+        raw.update(source)
+    return any(raw.get(key, "").strip().lower() == AUTO for key in ("PRESET", *_AUTO_KINDS))
+
+
 def check_ifname(key: str, value: str) -> str:
     return _single(key, value, _IFNAME, "not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
 

@@ -571,6 +571,8 @@ def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _
     origins: list[str] = []
     if (wanted or preset == AUTO) and detect is not None:
         hits, errors = detect()
+        if preset not in (AUTO, CUSTOM_PRESET):  # another distribution's files: not ours
+            errors = [e for e in errors if e.distribution in ("", _distribution(preset))]
         if errors:
             # A broken file withholds what it would say: guessing could exempt the wrong
             # ranges, so nothing changes until it is fixed or the ranges are given.

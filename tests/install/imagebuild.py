@@ -60,7 +60,8 @@ License:   GPL-3.0-or-later
 BuildArch: noarch
 EOF
     dpkg-query -W -f '${Package}\n' | sort -u | sed 's/^/Provides:  /'
-    printf 'Provides:  %s\n' iproute /bin/sh /usr/bin/sh /usr/bin/python3 /usr/sbin/nft
+    printf 'Provides:  %s\n' iproute python3-pyyaml \
+        /bin/sh /usr/bin/sh /usr/bin/python3 /usr/sbin/nft
     printf '%%description\nLets rpm and dnf see the packages dpkg installed.\n'
     # what Fedora's filesystem package owns and our package puts files into
     printf '%%install\nmkdir -p %%{buildroot}/etc/sysconfig %%{buildroot}/usr/share/licenses\n'

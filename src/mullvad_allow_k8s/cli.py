@@ -18,6 +18,7 @@ from . import __version__, marks, nft, ruleset
 from .facts import MachineFacts
 from .settings import (
     SCHEMA,
+    Detection,
     Settings,
     SettingsError,
     migrate,
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def machine_detection() -> Detection:
+    """The running machine's cluster ranges (detect.py), read only when a value is auto."""
+    from .detect import detect  # noqa: PLC0415  (start-up time: only `auto` needs it)
+
+    return detect()
+
+
 def load_settings(args: argparse.Namespace) -> Settings:
     """The settings of all sources, retired keys migrated (with a note on stderr)."""
     sources = []
@@ -130,7 +138,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
                 file=sys.stderr,
             )
         sources.append(current)
-    return resolve(sources)
+    return resolve(sources, machine_detection)
 
 
 def settings_path(args: argparse.Namespace) -> str | None:
@@ -359,6 +367,8 @@ def cmd_doctor(settings: Settings, facts: MachineFacts) -> int:
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "env":
+        if not args.defaults:
+            sys.stdout.writelines(f"# {line}\n" for line in settings.origins)
         sys.stdout.write(render_settings_file(None if args.defaults else settings))
     elif args.format == "json":
         print(json.dumps(settings.as_strings(), indent=2))

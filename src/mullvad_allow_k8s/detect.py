@@ -963,13 +963,22 @@ def _minikube_profile_dirs(host: _Host) -> list[Path]:
     homes.append(host.path("/root/.minikube"))
     users = host.path("/home")
     with contextlib.suppress(OSError):
-        homes.extend(sorted(p / ".minikube" for p in users.iterdir() if p.is_dir()))
+        homes.extend(sorted(p / ".minikube" for p in users.iterdir() if _is_dir(p)))
     out: list[Path] = []
     for home in homes:
         profiles = home / "profiles"
-        if profiles.is_dir() and profiles not in out:
+        if _is_dir(profiles) and profiles not in out:
             out.append(profiles)
     return out
+
+
+def _is_dir(path: Path) -> bool:
+    """False also where the path cannot be looked at: another user's home is not ours to
+    read (`generate --check` as a user), and root sees every profile."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _minikube(host: _Host) -> list[Found]:

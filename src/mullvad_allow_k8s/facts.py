@@ -13,10 +13,12 @@ from pathlib import Path
 import netaddr
 
 # Interfaces that carry cluster or container traffic, never the machine's own
-# LAN/public address: CNI bridges and overlays, kube-proxy's IPVS dummy, docker.
+# LAN/public address: CNI bridges and overlays, kube-proxy's IPVS dummy, the bridges
+# of Docker, Podman and libvirt.
 CLUSTER_INTERFACE = re.compile(
     r"^(cni\d*|cbr\d+|flannel[.\w-]*|cali\w*|vxlan[.\w-]*|cilium\w*|lxc\w*|kube-\w+|"
-    r"weave|datapath|tunl\d+|docker\d+|br-[0-9a-f]+|veth\w*|nodelocaldns|genev\w*)$"
+    r"weave|datapath|tunl\d+|docker\d+|br-[0-9a-f]+|veth\w*|nodelocaldns|genev\w*|"
+    r"bridge|podman\d+|cni-podman\d+|virbr\d+)$"
 )
 
 

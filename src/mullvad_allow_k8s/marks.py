@@ -140,8 +140,10 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
 
 # Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,
 # overlays and tunnels of the common CNIs (flannel, Calico, Cilium, kube-router, Weave,
-# Antrea, OVN), docker's bridges (kind and minikube nodes). A marked cluster flow routed
-# anywhere else (the LAN's default route, the tunnel) loses its exemption.
+# Antrea, OVN), minikube's bridge CNI (driver none: "bridge"), the bridges of Docker,
+# Podman (netavark podmanN, CNI cni-podmanN) and libvirt (virbrN) that nodes of kind,
+# k3d and minikube sit on. A marked cluster flow routed anywhere else (the LAN's
+# default route, the tunnel) loses its exemption.
 CLUSTER_INTERFACES: tuple[str, ...] = (
     "cni*",
     "cbr0",
@@ -160,4 +162,7 @@ CLUSTER_INTERFACES: tuple[str, ...] = (
     "ovn0",
     "docker0",
     "br-*",
+    "bridge",
+    "podman*",
+    "virbr*",
 )

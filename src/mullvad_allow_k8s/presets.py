@@ -1,8 +1,13 @@
 """Default cluster ranges and host ports of the common Kubernetes distributions, as data.
 
-A preset only fills in POD_CIDRS, SERVICE_CIDRS and HOST_PORTS when the user gives
-none, so a cluster started with non-default ranges just sets those fields. Each value
-names where the distribution defines it, so a reader can check it against a release.
+A preset fills in POD_CIDRS, SERVICE_CIDRS, NODE_NETWORKS and HOST_PORTS where the user
+gives none and nothing was detected, so a cluster started with non-default ranges just
+sets those fields. Each value names where the distribution defines it, so a reader can
+check it against a release.
+
+Clusters that run in containers or VMs (kind, k3d, minikube's docker and kvm2 drivers)
+show the host only their node network: their presets exempt that network, bound to the
+kind of bridge it lives on, and no pod or service range (those never reach the host).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ class Preset(NamedTuple):
     # DNAT) and that clients off this machine need: the API server, rke2's supervisor.
     host_ports: tuple[int, ...]
     host_ports_source: str
+    # Node networks of container/VM clusters, as CIDR@INTERFACE (a NAME* pattern: the
+    # bridge's name is only known once the engine made it; detection binds the exact one).
+    node_networks: tuple[str, ...] = ()
+    node_networks_source: str = "none: the nodes are this machine"
 
 
 PRESETS: dict[str, Preset] = {
@@ -57,25 +66,65 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "kind",
-            ("10.244.0.0/16",),
-            ("10.96.0.0/16",),
-            "kind Cluster networking.podSubnet / serviceSubnet defaults (IPv4 family); "
-            "kind nodes are containers, so their own network (docker's 'kind' network) "
-            "may need adding to POD_CIDRS",
+            (),
+            (),
+            "none: kind's pods and services live inside its node containers, which "
+            "masquerade pod traffic to the node address (kindnetd) and DNAT ClusterIPs "
+            "inside the node",
             (),
             "none: kind publishes its API server on 127.0.0.1 (networking.apiServerAddress "
-            "default), which needs no exemption",
+            "default), reached through the node network",
+            ("172.18.0.0/16@br-*", "fc00:f853:ccd:e793::/64@br-*"),
+            "kind's Docker network 'kind' (pkg/cluster/internal/providers/docker/network.go: "
+            "IPv6 ULA fc00:f853:ccd:e793::/64; IPv4 as Docker picks it, 172.18.0.0/16 the "
+            "first free pool of moby's default address pools) on a br-<id> bridge",
+        ),
+        Preset(
+            "k3d",
+            (),
+            (),
+            "none: k3s' pods and services live inside k3d's node containers",
+            (),
+            "none: k3d publishes the API server through its load balancer container on the "
+            "node network (pkg/types/defaults.go)",
+            ("172.18.0.0/16@br-*",),
+            "k3d's Docker network k3d-<cluster> (pkg/types/defaults.go), subnet as Docker "
+            "picks it (172.18.0.0/16 the first free pool of moby's default address pools) on "
+            "a br-<id> bridge",
         ),
         Preset(
             "minikube",
+            (),
+            (),
+            "none: with the docker driver (minikube's preferred one) pods and services live "
+            "inside the node container",
+            (),
+            "none: the API server (8443) runs inside the node container, reached through "
+            "the node network",
+            ("192.168.49.0/24@br-*",),
+            "minikube's docker network named after the profile, 192.168.49.0/24 first "
+            "(pkg/drivers/kic/oci/network_create.go firstSubnetAddr)",
+        ),
+        Preset(
+            "minikube-kvm2",
+            (),
+            (),
+            "none: with the kvm2 driver pods and services live inside the VM",
+            (),
+            "none: the API server (8443) runs inside the VM",
+            ("192.168.39.0/24@virbr*",),
+            "minikube's libvirt network mk-<profile>, 192.168.39.0/24 first (kvm2 driver "
+            "network.go firstSubnetAddr) on a virbrN bridge",
+        ),
+        Preset(
+            "minikube-none",
             ("10.244.0.0/16",),
             ("10.96.0.0/12",),
-            "minikube --service-cluster-ip-range default 10.96.0.0/12 and its "
-            "kubeadm pod-network-cidr 10.244.0.0/16",
+            "minikube --driver=none (kubeadm on this machine): --service-cluster-ip-range "
+            "default 10.96.0.0/12 and its kubeadm pod-network-cidr 10.244.0.0/16 "
+            "(pkg/minikube/cni/cni.go), pods on the bridge CNI's interface 'bridge'",
             (8443,),
-            "minikube --apiserver-port default 8443 (pkg/minikube/constants "
-            "APIServerPort); on the host only with --driver=none, other drivers run it "
-            "in a container or VM",
+            "minikube --apiserver-port default 8443 (pkg/minikube/constants APIServerPort)",
         ),
         Preset(
             "microk8s",
@@ -97,4 +146,5 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-DEFAULT_PRESET = "kubeadm"
+# PRESET=auto without anything detected: kubeadm's plan, the upstream default.
+FALLBACK_PRESET = "kubeadm"

@@ -72,6 +72,9 @@ def _header(settings: Settings) -> str:
         "# Settings this file was made from:",
     ]
     lines += [f"#   {k}={v}" for k, v in settings.as_strings().items()]
+    if settings.origins:
+        lines.append("# Where the auto values came from:")
+        lines += [f"#   {line}" for line in settings.origins]
     lines.append("# Mark index (values Mullvad's firewall compares whole, never masked):")
     for name, const in marks.MARK_INDEX:
         lines += _comment(f"{name} {const.nft}: {const.source}", "#   ", "#     ")
@@ -266,11 +269,12 @@ def _confirm(settings: Settings) -> list[str]:
         [
             (
                 "Served by the cluster: kube-proxy (NodePort, LoadBalancer, externalIPs), the "
-                "CNI portmap plugin (hostPort) or a container engine forwarded it into a pod. "
-                "Not from a ClusterIP: those are the cluster's own. Both marks stay.",
+                "CNI portmap plugin (hostPort) or a container engine forwarded it into a pod "
+                "or to a node of a container/VM cluster (kind's extraPortMappings). Not from a "
+                "ClusterIP: those are the cluster's own. Both marks stay.",
                 _both(
                     f"ct status dnat ct original {{ip}} daddr != @cluster_{{v}} "
-                    f"{{ip}} daddr @pod_{{v}} ct mark set {CT} return"
+                    f"{{ip}} daddr @served_{{v}} ct mark set {CT} return"
                 ),
             ),
             (
@@ -288,7 +292,8 @@ def _confirm(settings: Settings) -> list[str]:
     return [base, candidate, unpark]
 
 
-def _output() -> list[str]:
+def _output(settings: Settings) -> list[str]:
+    nodes = bool(settings.node_networks)
     base = _chain(
         "output",
         "route hook output",
@@ -306,46 +311,76 @@ def _output() -> list[str]:
         "ingress on the host): the fwmark re-routes them via the main table.",
         [("", [f"ct direction reply meta mark set {FW}"])],
     )
-    new = [
-        _regular(
-            f"output_new_{v}",
-            f"This machine's new connections, IPv{v[1]}.",
-            [
+    new = []
+    for ip, v in (("ip", "v4"), ("ip6", "v6")):
+        rules: list[Rule] = []
+        if nodes:
+            rules += [
                 (
-                    "Anything but the cluster: nothing to decide.",
-                    [f"{ip} daddr != @cluster_{v} return"],
+                    "Anything but the cluster and its nodes: nothing to decide.",
+                    [f"{ip} daddr != @reach_{v} return"],
                 ),
                 (
-                    "Mullvad's gateway, resolvers and tunnel address are never exempted.",
-                    [f"{ip} daddr @protected_{v} return"],
+                    "To a node of a container/VM cluster (kubectl, docker-proxy), on the "
+                    "node network's own bridge (NODE_NETWORKS): a stale range on another "
+                    "bridge is not the cluster's. No fwmark: routing is not changed.",
+                    [f"{ip} daddr . oifname @node_{v} ct mark set {CT} return"],
                 ),
-                (
-                    "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
-                    "port-forward; with IPVS, ClusterIPs are local addresses): the ct mark lets "
-                    "Mullvad's output chain accept it. No fwmark, so routing is not changed.",
-                    [f"ct mark set {CT}"],
-                ),
-            ],
+            ]
+        rules += [
+            (
+                "Anything but the cluster: nothing to decide.",
+                [f"{ip} daddr != @cluster_{v} return"],
+            ),
+            (
+                "Mullvad's gateway, resolvers and tunnel address are never exempted.",
+                [f"{ip} daddr @protected_{v} return"],
+            ),
+            (
+                "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
+                "port-forward; with IPVS, ClusterIPs are local addresses): the ct mark lets "
+                "Mullvad's output chain accept it. No fwmark, so routing is not changed.",
+                [f"ct mark set {CT}"],
+            ),
+        ]
+        new.append(
+            _regular(f"output_new_{v}", f"This machine's new connections, IPv{v[1]}.", rules)
         )
-        for ip, v in (("ip", "v4"), ("ip6", "v6"))
-    ]
     return [base, established, *new]
 
 
-def _guard(hook: str) -> list[str]:
-    base = _chain(
-        f"{hook}_guard",
-        f"filter hook {hook}",
-        marks.GUARD_PRIORITY,
-        [
-            (
-                "Only the first packet of an exempted flow is judged.",
-                [_new_exempted(f"{hook}_guard_new")],
-            )
-        ],
-    )
+def _guard(hook: str, settings: Settings) -> list[str]:
+    nodes = bool(settings.node_networks)
+    if hook == "output" and nodes:
+        keys = ", ".join(
+            [f"new . {CT} . ipv{v} : goto output_guard_new_v{v}" for v in (4, 6)]
+            + [f"new . 0x00000000 . ipv{v} : goto output_guard_dnat_v{v}" for v in (4, 6)]
+        )
+        dispatch = (
+            "The first packet of an exempted flow is judged; that of a flow this machine "
+            "starts, which DNAT may have sent to a node (see `output_guard_dnat_v4`).",
+            [f"ct state . ct mark . meta nfproto vmap {{ {keys} }}"],
+        )
+    else:
+        dispatch = (
+            "Only the first packet of an exempted flow is judged.",
+            [_new_exempted(f"{hook}_guard_new")],
+        )
+    base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, [dispatch])
     chains = [base]
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
+        if hook == "output" and nodes:
+            chains.append(
+                _regular(
+                    f"output_guard_dnat_{v}",
+                    "A connection this machine starts to its own address (kubectl to "
+                    "127.0.0.1:port), DNAT-ed by Docker, Podman or the CNI portmap plugin to a "
+                    "node (NODE_NETWORKS): after DNAT, so the address is the node's; its "
+                    "bridge is checked in `nat_park` (here the interface is the one routing "
+                    "chose before DNAT).",
+                    [("", [f"ct status dnat {ip} daddr @nodeaddr_{v} ct mark set {CT}"])],
+                )
+            )
         rules: list[Rule] = [
             (
                 "A flow exempted for its cluster destination keeps the exemption only if, "
@@ -358,6 +393,17 @@ def _guard(hook: str) -> list[str]:
                 ],
             )
         ]
+        if hook == "forward" and nodes:
+            rules.append(
+                (
+                    "A flow forwarded to a node keeps the exemption only on that node "
+                    "network's own bridge (NODE_NETWORKS).",
+                    [
+                        f"{ip} daddr @nodeaddr_{v} {ip} daddr . oifname != @node_{v} "
+                        "ct mark set 0x00000000"
+                    ],
+                )
+            )
         if hook == "forward":
             rules.append(
                 (
@@ -391,24 +437,40 @@ def _guard(hook: str) -> list[str]:
     return chains
 
 
-def _nat_park() -> list[str]:
+def _nat_park(settings: Settings) -> list[str]:
     base = _chain(
         "nat_park",
         "filter hook postrouting",
         marks.NAT_PARK_PRIORITY,
         [("Only the first packet of a flow meets NAT.", [_new_exempted("nat_park_new")])],
     )
-    parks = [
-        _regular(
-            f"nat_park_new_{v}",
-            "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, which "
-            "would masquerade them to the bridge address, so pods see each other's real "
-            "addresses (NetworkPolicy, logs). The flow's next packet gets it back in "
-            "`confirm`.",
-            [("", [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED}"])],
+    parks = []
+    for ip, v in (("ip", "v4"), ("ip6", "v6")):
+        rules: list[Rule] = []
+        if settings.node_networks:
+            rules.append(
+                (
+                    "A flow DNAT-ed to a node leaves by that node network's own bridge, or "
+                    "loses the exemption: its replies then meet Mullvad's rules (the output "
+                    "hook could not see the interface after DNAT).",
+                    [
+                        f"ct status dnat {ip} daddr @nodeaddr_{v} "
+                        f"{ip} daddr . oifname != @node_{v} ct mark set 0x00000000 return"
+                    ],
+                )
+            )
+        rules.append(
+            (
+                "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
+                "which would masquerade them to the bridge address, so pods see each other's "
+                "real addresses (NetworkPolicy, logs). The flow's next packet gets it back in "
+                "`confirm`.",
+                [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED}"],
+            )
         )
-        for ip, v in (("ip", "v4"), ("ip6", "v6"))
-    ]
+        parks.append(
+            _regular(f"nat_park_new_{v}", f"An exempted flow's first packet, IPv{v[1]}.", rules)
+        )
     return [base, *parks]
 
 
@@ -437,6 +499,39 @@ def _inet_body(settings: Settings, comment: str) -> str:
             _set("machine_v4", "ipv4_addr", _family(machine, 4), "MACHINE_ADDRESSES, IPv4."),
             _set("machine_v6", "ipv6_addr", _family(machine, 6), "MACHINE_ADDRESSES, IPv6."),
         ]
+    nodes = settings.node_networks
+    node_nets = [net for net, _ in nodes]
+    served = _merge(tuple(pods) + tuple(node_nets))
+    sets += [
+        _set(
+            "served_v4",
+            "ipv4_addr",
+            _family(served, 4),
+            "Where a connection from outside may be forwarded to: POD_CIDRS and "
+            "NODE_NETWORKS, IPv4.",
+        ),
+        _set("served_v6", "ipv6_addr", _family(served, 6), "The same for IPv6."),
+    ]
+    if nodes:
+        reach = _merge(tuple(cluster) + tuple(node_nets))
+        sets += [
+            _set(
+                "node_v4",
+                "ipv4_addr . ifname",
+                [f'{net} . "{iface}"' for net, iface in nodes if net.version == 4],
+                "NODE_NETWORKS, IPv4: each node network with its bridge.",
+            ),
+            _set(
+                "node_v6",
+                "ipv6_addr . ifname",
+                [f'{net} . "{iface}"' for net, iface in nodes if net.version == 6],
+                "NODE_NETWORKS, IPv6.",
+            ),
+            _set("nodeaddr_v4", "ipv4_addr", _family(_merge(node_nets), 4), "Their ranges, IPv4."),
+            _set("nodeaddr_v6", "ipv6_addr", _family(_merge(node_nets), 6), "Their ranges, IPv6."),
+            _set("reach_v4", "ipv4_addr", _family(reach, 4), "Cluster and node ranges, IPv4."),
+            _set("reach_v6", "ipv6_addr", _family(reach, 6), "Cluster and node ranges, IPv6."),
+        ]
     sets += [
         _set(
             "host_ports",
@@ -454,10 +549,10 @@ def _inet_body(settings: Settings, comment: str) -> str:
     chains = [
         *_prerouting(settings),
         *_confirm(settings),
-        *_output(),
-        *_guard("forward"),
-        *_guard("output"),
-        *_nat_park(),
+        *_output(settings),
+        *_guard("forward", settings),
+        *_guard("output", settings),
+        *_nat_park(settings),
     ]
     body = "\n".join([*sets, *chains])
     return f'\tcomment "{comment}"\n\n{body}'

@@ -13,14 +13,20 @@ import json
 import re
 import shlex
 import textwrap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import netaddr
 
 from . import marks
-from .presets import DEFAULT_PRESET, PRESETS
+from .presets import FALLBACK_PRESET, PRESETS, Preset
+
+if TYPE_CHECKING:  # detect's imports cost start-up time; only `auto` needs them
+    from .detect import DetectError, Found
+
+# What `auto` reads: the detected ranges and the errors met reading them (detect.detect).
+Detection: TypeAlias = "tuple[Sequence[Found], Sequence[DetectError]]"
 
 AUTO = "auto"
 NONE = "none"
@@ -70,23 +76,40 @@ SCHEMA: tuple[Field, ...] = (
     Field(
         "PRESET",
         "choice",
-        DEFAULT_PRESET,
-        "Kubernetes distribution whose default pod and service ranges fill POD_CIDRS and "
-        f"SERVICE_CIDRS when those are empty: {', '.join(PRESETS)} or {CUSTOM_PRESET}.",
+        AUTO,
+        "Kubernetes distribution whose defaults fill the ranges that are not given or "
+        f"detected: {', '.join(PRESETS)}, {CUSTOM_PRESET} (no defaults) or '{AUTO}': the "
+        "distributions found running on this machine (their config files, the container "
+        f"engines' and libvirt's networks), {FALLBACK_PRESET}'s defaults if none is found.",
         asked=True,
     ),
     Field(
         "POD_CIDRS",
         "cidrs",
-        "",
-        "Pod network ranges (IPv4 and/or IPv6, space separated). Empty: the preset's.",
+        AUTO,
+        f"Pod network ranges (IPv4 and/or IPv6, space separated). '{AUTO}': the ranges the "
+        "running cluster's configuration names (`settings` shows where each was read), "
+        "else the preset's. Empty: the preset's.",
         asked=True,
     ),
     Field(
         "SERVICE_CIDRS",
         "cidrs",
-        "",
-        "Service (ClusterIP) ranges (IPv4 and/or IPv6). Empty: the preset's.",
+        AUTO,
+        f"Service (ClusterIP) ranges (IPv4 and/or IPv6). '{AUTO}': detected, else the "
+        "preset's. Empty: the preset's.",
+        asked=True,
+    ),
+    Field(
+        "NODE_NETWORKS",
+        "nodenets",
+        AUTO,
+        "Node networks of clusters in containers or VMs (kind, k3d, minikube's docker and "
+        "kvm2 drivers), as CIDR@INTERFACE (the bridge, or a NAME* pattern). This machine "
+        "may reach the nodes there (kubectl), and connections forwarded to a node (kind's "
+        "extraPortMappings) are exempted; the nodes' own traffic is not. "
+        f"'{AUTO}': the networks found (each bound to its own bridge), else the preset's "
+        f"first-choice subnet; '{NONE}': none.",
         asked=True,
     ),
     Field(
@@ -135,7 +158,8 @@ SCHEMA: tuple[Field, ...] = (
         "ifnames",
         " ".join(marks.CLUSTER_INTERFACES),
         "Interfaces cluster traffic may leave by (a trailing * matches any suffix): CNI "
-        "bridges, veths and overlays. An exempted flow to a cluster address routed "
+        "bridges, veths and overlays, container engines' and libvirt's bridges (nodes of "
+        "container and VM clusters). An exempted flow to a cluster address routed "
         "elsewhere (no such pod or service here, so the default route) loses the "
         "exemption. Add the LAN interface only for host-gw style multi-node clusters.",
     ),
@@ -172,6 +196,7 @@ OLD_INBOUND_DEFAULT = "non-ephemeral"
 Network: TypeAlias = Any  # netaddr.IPNetwork
 Address: TypeAlias = Any  # netaddr.IPAddress
 PortRange: TypeAlias = tuple[int, int]
+NodeNetwork: TypeAlias = tuple[Any, str]  # (netaddr.IPNetwork, interface name or NAME*)
 
 
 class Settings(NamedTuple):
@@ -180,6 +205,7 @@ class Settings(NamedTuple):
     preset: str
     pod_cidrs: tuple[Network, ...]
     service_cidrs: tuple[Network, ...]
+    node_networks: tuple[NodeNetwork, ...]
     machine_addresses: tuple[Address, ...] | None  # None: auto
     public_addresses: tuple[Address, ...]
     host_ports: tuple[PortRange, ...]  # () : none
@@ -187,6 +213,8 @@ class Settings(NamedTuple):
     cluster_interfaces: tuple[str, ...]
     output: str
     bridge_table: bool
+    # Where `auto` values came from, one line each (not settings: not in as_strings).
+    origins: tuple[str, ...] = ()
 
     def as_strings(self) -> dict[str, str]:
         """Canonical KEY=VALUE form (sorted, merged), used for headers and read-back."""
@@ -195,6 +223,7 @@ class Settings(NamedTuple):
             "PRESET": self.preset,
             "POD_CIDRS": _join(self.pod_cidrs),
             "SERVICE_CIDRS": _join(self.service_cidrs),
+            "NODE_NETWORKS": _node_text(self.node_networks) or NONE,
             "MACHINE_ADDRESSES": machine,
             "PUBLIC_ADDRESSES": _join(self.public_addresses),
             "HOST_PORTS": _ports(self.host_ports) or NONE,
@@ -207,6 +236,10 @@ class Settings(NamedTuple):
 
 def _join(items: Iterable[object]) -> str:
     return " ".join(str(i) for i in items)
+
+
+def _node_text(nodes: Iterable[NodeNetwork]) -> str:
+    return " ".join(f"{net}@{iface}" for net, iface in nodes)
 
 
 def _ports(ranges: Iterable[PortRange]) -> str:
@@ -414,10 +447,15 @@ def _single(key: str, value: str, pattern: re.Pattern[str], what: str) -> str:
     return value
 
 
-def resolve(raw_sources: Iterable[Mapping[str, str]]) -> Settings:
+def resolve(
+    raw_sources: Iterable[Mapping[str, str]],
+    detect: Callable[[], Detection] | None = None,
+) -> Settings:
     """Merge raw sources (later wins) over the schema defaults and validate them.
 
-    Sources must be migrated already (see `migrate`): a retired key is an error here.
+    `detect` reads the machine (detect.detect) and is called only if a value is auto;
+    without it nothing is detected, so the presets' defaults apply. Sources must be
+    migrated already (see `migrate`): a retired key is an error here.
     """
     raw = {f.key: f.default for f in SCHEMA}
     for source in raw_sources:
@@ -427,24 +465,31 @@ def resolve(raw_sources: Iterable[Mapping[str, str]]) -> Settings:
                 raise SettingsError(key, value, reason)
             raw[key] = value
     given = {k: v.strip() for k, v in raw.items()}
-
-    preset = given["PRESET"].lower()
-    if preset != CUSTOM_PRESET and preset not in PRESETS:
+    tunnel = check_ifname("TUNNEL_INTERFACE", given["TUNNEL_INTERFACE"])
+    plan = _plan(given, detect)
+    cidrs = {key: _cluster_cidrs(key, plan.values[key]) for key in ("POD_CIDRS", "SERVICE_CIDRS")}
+    nodes = _node_networks("NODE_NETWORKS", plan.values["NODE_NETWORKS"], tunnel)
+    if bool(cidrs["POD_CIDRS"]) != bool(cidrs["SERVICE_CIDRS"]):
+        empty = "POD_CIDRS" if not cidrs["POD_CIDRS"] else "SERVICE_CIDRS"
         raise SettingsError(
-            "PRESET", given["PRESET"], f"unknown preset (choose {', '.join(PRESETS)} or custom)"
+            empty, given[empty], "empty (a cluster on this machine has pods and services)"
         )
-    cidrs: dict[str, tuple[Network, ...]] = {}
-    for key, pick in (("POD_CIDRS", "pod_cidrs"), ("SERVICE_CIDRS", "service_cidrs")):
-        text = given[key]
-        if not _words(text) and preset != CUSTOM_PRESET:
-            text = " ".join(getattr(PRESETS[preset], pick))
-        cidrs[key] = _cluster_cidrs(key, text)
-        if not cidrs[key]:
-            raise SettingsError(key, given[key], "empty (give at least one range or a preset)")
+    if not cidrs["POD_CIDRS"] and not nodes:
+        raise SettingsError(
+            "POD_CIDRS",
+            given["POD_CIDRS"],
+            "empty, and no NODE_NETWORKS either: nothing to exempt (give ranges or a preset)",
+        )
     pod_set = netaddr.IPSet(cidrs["POD_CIDRS"])
     for net in cidrs["SERVICE_CIDRS"]:
         if netaddr.IPSet([net]) & pod_set:
             raise SettingsError("SERVICE_CIDRS", str(net), "overlaps POD_CIDRS")
+    cluster_set = netaddr.IPSet(cidrs["POD_CIDRS"] + cidrs["SERVICE_CIDRS"])
+    for net, iface in nodes:
+        if netaddr.IPSet([net]) & cluster_set:
+            raise SettingsError(
+                "NODE_NETWORKS", f"{net}@{iface}", "overlaps POD_CIDRS or SERVICE_CIDRS"
+            )
 
     machine = (
         None
@@ -461,29 +506,156 @@ def resolve(raw_sources: Iterable[Mapping[str, str]]) -> Settings:
     elif _words(host_text):
         host_ports = _port_ranges("HOST_PORTS", host_text)
     else:
-        defaults = () if preset == CUSTOM_PRESET else PRESETS[preset].host_ports
+        defaults = sorted({port for p in plan.presets for port in p.host_ports})
         host_ports = _port_ranges("HOST_PORTS", " ".join(map(str, defaults))) if defaults else ()
 
-    check: Callable[[str, str, re.Pattern[str], str], str] = _single
     return Settings(
-        preset=preset,
+        preset=plan.preset,
         pod_cidrs=cidrs["POD_CIDRS"],
         service_cidrs=cidrs["SERVICE_CIDRS"],
+        node_networks=nodes,
         machine_addresses=machine,
         public_addresses=public,
         host_ports=host_ports,
-        tunnel_interface=check(
-            "TUNNEL_INTERFACE",
-            given["TUNNEL_INTERFACE"],
-            _IFNAME,
-            "not an interface name (1-15 of A-Z a-z 0-9 _ . -)",
-        ),
+        tunnel_interface=tunnel,
         cluster_interfaces=_interface_patterns(
-            "CLUSTER_INTERFACES", given["CLUSTER_INTERFACES"], given["TUNNEL_INTERFACE"]
+            "CLUSTER_INTERFACES", given["CLUSTER_INTERFACES"], tunnel
         ),
         output=_output(given["OUTPUT"]),
         bridge_table=_bool("BRIDGE_TABLE", given["BRIDGE_TABLE"]),
+        origins=plan.origins,
     )
+
+
+def check_ifname(key: str, value: str) -> str:
+    return _single(key, value, _IFNAME, "not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+
+
+# Which detected kind fills which setting.
+_AUTO_KINDS = {"POD_CIDRS": "pods", "SERVICE_CIDRS": "services", "NODE_NETWORKS": "nodes"}
+_PRESET_FIELD = {"POD_CIDRS": "pod_cidrs", "SERVICE_CIDRS": "service_cidrs"}
+
+
+class _Plan(NamedTuple):
+    """The cluster ranges as text, after presets and detection, and where each came from."""
+
+    preset: str
+    presets: tuple[Preset, ...]  # whose defaults apply (several with PRESET=auto)
+    values: dict[str, str]  # POD_CIDRS, SERVICE_CIDRS, NODE_NETWORKS
+    origins: tuple[str, ...]
+
+
+def _distribution(preset: str) -> str:
+    """The distribution a preset is for (minikube-kvm2 -> minikube), as detect names it."""
+    return preset.split("-", 1)[0]
+
+
+def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _Plan:
+    preset = given["PRESET"].lower()
+    if preset not in (AUTO, CUSTOM_PRESET) and preset not in PRESETS:
+        raise SettingsError(
+            "PRESET",
+            given["PRESET"],
+            f"unknown preset (choose {AUTO}, {', '.join(PRESETS)} or {CUSTOM_PRESET})",
+        )
+    wanted = [k for k in _AUTO_KINDS if given[k].lower() == AUTO]
+    found: list[Found] = []
+    origins: list[str] = []
+    if (wanted or preset == AUTO) and detect is not None:
+        hits, errors = detect()
+        if errors:
+            # A broken file withholds what it would say: guessing could exempt the wrong
+            # ranges, so nothing changes until it is fixed or the ranges are given.
+            key = wanted[0] if wanted else "PRESET"
+            raise SettingsError(key, AUTO, f"cannot read the cluster's ranges: {errors[0]}")
+        found = list(hits)
+    if preset == AUTO:
+        names = list(dict.fromkeys(f.distribution for f in found))
+        # minikube's presets are per driver; what was found says which one applies.
+        chosen = [_auto_preset(name, found) for name in names] or [FALLBACK_PRESET]
+        presets = tuple(PRESETS[n] for n in chosen)
+        if names:
+            origins.append(f"PRESET=auto: found {', '.join(chosen)}")
+        else:
+            origins.append(f"PRESET=auto: no cluster found, {FALLBACK_PRESET}'s defaults")
+    elif preset == CUSTOM_PRESET:
+        presets = ()
+    else:
+        presets = (PRESETS[preset],)
+        found = [f for f in found if f.distribution == _distribution(preset)]
+    values: dict[str, str] = {}
+    for key, kind in _AUTO_KINDS.items():
+        text = given[key]
+        hits = [f for f in found if f.kind == kind]
+        if text.lower() == AUTO and hits:
+            values[key] = " ".join(_found_word(f, presets) for f in hits)
+            origins += [f"{key} {_found_word(f, presets)}: {f.source}" for f in hits]
+            continue
+        if text.lower() == NONE and key == "NODE_NETWORKS":
+            values[key] = ""
+            continue
+        if text.lower() == AUTO or not _words(text):
+            values[key] = " ".join(_preset_values(key, presets))
+            if text.lower() == AUTO and values[key] and detect is not None:
+                which = ", ".join(p.name for p in presets)
+                origins.append(f"{key}: nothing detected, the preset's ({which})")
+            continue
+        values[key] = text
+    return _Plan(preset, presets, values, tuple(origins))
+
+
+def _auto_preset(distribution: str, found: Sequence[Found]) -> str:
+    if distribution != "minikube":
+        return distribution
+    kinds = {(f.kind, f.interface or "") for f in found if f.distribution == "minikube"}
+    if any(kind == "pods" for kind, _ in kinds):
+        return "minikube-none"
+    if any(iface.startswith("virbr") for _, iface in kinds):
+        return "minikube-kvm2"
+    return "minikube"
+
+
+def _preset_values(key: str, presets: Sequence[Preset]) -> list[str]:
+    words: list[str] = []
+    for p in presets:
+        items = p.node_networks if key == "NODE_NETWORKS" else getattr(p, _PRESET_FIELD[key])
+        words += [w for w in items if w not in words]
+    return words
+
+
+def _found_word(found: Found, presets: Sequence[Preset]) -> str:
+    """A detected range as its setting's word; a node network on the bridge it was found
+    on, or (where the engine did not say) on the preset's bridge pattern."""
+    if found.kind != "nodes":
+        return found.network
+    if found.interface:
+        return f"{found.network}@{found.interface}"
+    own = PRESETS.get(_distribution(found.distribution))
+    patterns = [w.split("@", 1)[1] for p in (own, *presets) if p for w in p.node_networks]
+    return f"{found.network}@{patterns[0] if patterns else 'br-*'}"
+
+
+def _node_networks(key: str, value: str, tunnel: str) -> tuple[NodeNetwork, ...]:
+    out: set[NodeNetwork] = set()
+    for word in _words(value):
+        cidr, at, iface = word.partition("@")
+        if not at:
+            raise SettingsError(
+                key, word, "not CIDR@INTERFACE (e.g. 172.18.0.0/16@br-1a2b3c4d5e6f)"
+            )
+        (net,) = _cluster_cidrs(key, cidr) or (None,)
+        if not _IFPATTERN.fullmatch(iface):
+            raise SettingsError(
+                key, word, "not an interface name or NAME* pattern (A-Z a-z 0-9 _ . -) after @"
+            )
+        if _matches(iface, tunnel):
+            raise SettingsError(key, word, f"matches the tunnel interface {tunnel}")
+        out.add((net, iface))
+    return tuple(sorted(out, key=lambda n: (*_net_key(n[0]), n[1])))
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1]))
 
 
 def _interface_patterns(key: str, value: str, tunnel: str) -> tuple[str, ...]:
@@ -495,7 +667,7 @@ def _interface_patterns(key: str, value: str, tunnel: str) -> tuple[str, ...]:
             raise SettingsError(
                 key, word, "not an interface name or NAME* pattern (A-Z a-z 0-9 _ . -)"
             )
-        if word == tunnel or (word.endswith("*") and tunnel.startswith(word[:-1])):
+        if _matches(word, tunnel):
             raise SettingsError(key, word, f"matches the tunnel interface {tunnel}")
     return minimal_patterns(patterns)
 

@@ -20,7 +20,7 @@ def main(*args: str) -> int:
 
 def test_generate_prints_the_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
     assert main("generate", "--settings", "none", "--preset", "k3s") == 0
-    expected = ruleset.render(resolve([{"PRESET": "k3s"}]))
+    expected = ruleset.render(resolve([{"PRESET": "k3s"}], lambda: ([], [])))
     assert capsys.readouterr().out == expected
 
 
@@ -106,7 +106,7 @@ def test_settings_env_format_is_a_loadable_settings_file(
 ) -> None:
     assert main("settings", "--settings", "none", "--preset", "kind") == 0
     raw = parse_settings_file(capsys.readouterr().out)
-    assert raw["PRESET"] == "kind" and raw["SERVICE_CIDRS"] == "10.96.0.0/16"
+    assert raw["PRESET"] == "kind" and raw["NODE_NETWORKS"].startswith("172.18.0.0/16@br-*")
 
 
 def test_schema_format_lists_every_field(capsys: pytest.CaptureFixture[str]) -> None:

@@ -120,9 +120,9 @@ def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
         f"{marks.PARKED_CT_MARK.nft} : goto confirm_unpark }}"
     ]
     assert chain_rules(text, "confirm_candidate") == [
-        "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @pod_v4 "
+        "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @served_v4 "
         f"ct mark set {exempt} return",
-        "ct status dnat ct original ip6 daddr != @cluster_v6 ip6 daddr @pod_v6 "
+        "ct status dnat ct original ip6 daddr != @cluster_v6 ip6 daddr @served_v6 "
         f"ct mark set {exempt} return",
         f"fib daddr . iif type local tcp dport @host_ports ct mark set {exempt} return",
         f"ip daddr @public_v4 tcp dport @host_ports ct mark set {exempt} return",

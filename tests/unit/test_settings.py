@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import netaddr
 import pytest
 
 from mullvad_allow_k8s import marks
+from mullvad_allow_k8s.detect import DetectError, Found
 from mullvad_allow_k8s.presets import PRESETS
 from mullvad_allow_k8s.settings import (
     FIELDS,
     SCHEMA,
+    Detection,
     SettingsError,
     migrate,
     parse_json,
@@ -25,18 +28,19 @@ def settle(**values: str) -> object:
     return resolve([values])
 
 
-def test_defaults_are_kubeadm_with_its_api_server_port() -> None:
+def test_defaults_with_nothing_detected_are_kubeadm_with_its_api_server_port() -> None:
     s = resolve([])
     assert s.as_strings() == {
-        "PRESET": "kubeadm",
+        "PRESET": "auto",
         "POD_CIDRS": "10.244.0.0/16",
         "SERVICE_CIDRS": "10.96.0.0/12",
+        "NODE_NETWORKS": "none",
         "MACHINE_ADDRESSES": "auto",
         "PUBLIC_ADDRESSES": "",
         "HOST_PORTS": "6443",
         "TUNNEL_INTERFACE": "wg0-mullvad",
-        "CLUSTER_INTERFACES": "antrea-* br-* cali* cbr0 cilium_* cni* docker0 flannel* genev* "
-        "kube-bridge kube-ipvs0 lxc* ovn0 tunl0 veth* vxlan.calico weave",
+        "CLUSTER_INTERFACES": "antrea-* br-* bridge cali* cbr0 cilium_* cni* docker0 flannel* "
+        "genev* kube-bridge kube-ipvs0 lxc* ovn0 podman* tunl0 veth* virbr* vxlan.calico weave",
         "OUTPUT": "/etc/nftables.d/k8s_bypass_mullvad.nft",
         "BRIDGE_TABLE": "no",
     }
@@ -51,8 +55,11 @@ def test_defaults_are_kubeadm_with_its_api_server_port() -> None:
         ("k0s", "6443"),
         ("rke2", "6443,9345"),
         ("microk8s", "16443"),
-        ("minikube", "8443"),
+        ("minikube-none", "8443"),
+        ("minikube", "none"),
+        ("minikube-kvm2", "none"),
         ("kind", "none"),
+        ("k3d", "none"),
     ],
 )
 def test_host_ports_default_to_the_presets_api_server(preset: str, ports: str) -> None:
@@ -102,9 +109,29 @@ def test_retired_keys_are_read_but_never_resolved_unmigrated() -> None:
 def test_every_preset_resolves_to_private_non_overlapping_ranges(name: str) -> None:
     s = resolve([{"PRESET": name}])
     pods, services = netaddr.IPSet(s.pod_cidrs), netaddr.IPSet(s.service_cidrs)
-    assert pods and services and not (pods & services)
-    assert (pods | services).issubset(netaddr.IPSet(marks.PRIVATE_RANGES))
+    nodes = netaddr.IPSet(net for net, _ in s.node_networks)
+    # A cluster on this machine shows pods and services; one in containers or VMs only
+    # its node network.
+    assert (pods and services) or nodes
+    assert not (pods & services) and not ((pods | services) & nodes)
+    everything = pods | services | nodes
+    assert everything.issubset(netaddr.IPSet(marks.PRIVATE_RANGES))
+    assert not everything & netaddr.IPSet(marks.PROTECTED_V4 + marks.PROTECTED_V6)
     assert PRESETS[name].source
+    assert not nodes or PRESETS[name].node_networks_source
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_preset_range_lies_in_mullvads_tunnel_pool(name: str) -> None:
+    """Mullvad's tunnel addresses come from 10.64.0.0/10: a default range there could
+    hold the tunnel's own address (protected at load) and clash with its routes."""
+    s = resolve([{"PRESET": name}])
+    ranges = [*s.pod_cidrs, *s.service_cidrs, *(net for net, _ in s.node_networks)]
+    pool = netaddr.IPSet(["10.64.0.0/10", "100.64.0.0/24"])
+    inside = [str(n) for n in ranges if netaddr.IPSet([n]) & pool]
+    # kubeadm's (and k0s' and minikube-none's) service range 10.96.0.0/12 is the one
+    # known exception: upstream's default, protected by the tunnel-address element.
+    assert inside in ([], ["10.96.0.0/12"]), inside
 
 
 def test_explicit_ranges_win_over_the_preset_and_are_merged() -> None:
@@ -180,8 +207,12 @@ def test_bad_values_give_one_line_errors_naming_field_and_value(
 
 
 def test_custom_preset_needs_ranges() -> None:
-    with pytest.raises(SettingsError, match="POD_CIDRS: '': empty"):
+    with pytest.raises(SettingsError, match="POD_CIDRS: 'auto': empty, and no NODE_NETWORKS"):
         settle(PRESET="custom")
+    with pytest.raises(SettingsError, match=r"SERVICE_CIDRS: '': empty \(a cluster on this"):
+        settle(PRESET="custom", POD_CIDRS="10.1.0.0/16", SERVICE_CIDRS="")
+    nodes_only = settle(PRESET="custom", NODE_NETWORKS="172.18.0.0/16@br-0123456789ab")
+    assert nodes_only.pod_cidrs == () and len(nodes_only.node_networks) == 1
 
 
 def test_machine_addresses_list_is_deduplicated_and_sorted() -> None:
@@ -243,7 +274,141 @@ def test_schema_names_derive_flags_and_nix_options() -> None:
         "PRESET",
         "POD_CIDRS",
         "SERVICE_CIDRS",
+        "NODE_NETWORKS",
         "MACHINE_ADDRESSES",
         "PUBLIC_ADDRESSES",
         "HOST_PORTS",
     }
+
+
+# ------------------------------------------------------------- auto: detected ranges
+
+
+def found(distribution: str, kind: str, network: str, interface: str | None = None) -> Found:
+    return Found(distribution, kind, network, interface, f"test source of {network}")
+
+
+def detected(*hits: Found, errors: tuple[DetectError, ...] = ()) -> Callable[[], Detection]:
+    calls: list[int] = []
+
+    def run() -> Detection:
+        calls.append(1)
+        return list(hits), list(errors)
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+def test_auto_takes_what_is_detected_and_says_where_it_was_read() -> None:
+    s = resolve(
+        [],
+        detected(
+            found("k3s", "pods", "10.42.0.0/16", "cni0"),
+            found("k3s", "services", "10.43.0.0/16"),
+        ),
+    )
+    assert (s.preset, s.as_strings()["HOST_PORTS"]) == ("auto", "6443")  # k3s' preset
+    assert [str(n) for n in s.pod_cidrs + s.service_cidrs] == ["10.42.0.0/16", "10.43.0.0/16"]
+    assert s.origins == (
+        "PRESET=auto: found k3s",
+        "POD_CIDRS 10.42.0.0/16: test source of 10.42.0.0/16",
+        "SERVICE_CIDRS 10.43.0.0/16: test source of 10.43.0.0/16",
+    )
+
+
+def test_auto_finds_nothing_and_falls_back_to_kubeadm_saying_so() -> None:
+    s = resolve([], detected())
+    assert [str(n) for n in s.pod_cidrs] == ["10.244.0.0/16"]
+    assert s.origins[0] == "PRESET=auto: no cluster found, kubeadm's defaults"
+    assert "POD_CIDRS: nothing detected, the preset's (kubeadm)" in s.origins
+
+
+def test_kind_node_network_is_bound_to_the_bridge_it_was_found_on() -> None:
+    s = resolve(
+        [],
+        detected(
+            found("kind", "nodes", "172.19.0.0/16", "br-0123456789ab"),
+            found("kind", "nodes", "fc00:f853:ccd:e793::/64", "br-0123456789ab"),
+        ),
+    )
+    assert s.as_strings()["NODE_NETWORKS"] == (
+        "172.19.0.0/16@br-0123456789ab fc00:f853:ccd:e793::/64@br-0123456789ab"
+    )
+    # kind's host never sees pods or services: none are exempted, no host port either.
+    assert (s.pod_cidrs, s.service_cidrs, s.host_ports) == ((), (), ())
+
+
+def test_without_a_detected_bridge_a_node_network_gets_the_presets_pattern() -> None:
+    s = resolve([], detected(found("minikube", "nodes", "192.168.49.2/32")))
+    assert s.as_strings()["NODE_NETWORKS"] == "192.168.49.2/32@br-*"
+    kvm = resolve([], detected(found("minikube", "nodes", "192.168.39.0/24", "virbr1")))
+    assert "PRESET=auto: found minikube-kvm2" in kvm.origins
+
+
+def test_a_preset_takes_only_its_own_distributions_ranges() -> None:
+    hits = detected(
+        found("kubeadm", "services", "10.96.0.0/12"),
+        found("k3s", "pods", "10.52.0.0/16"),
+        found("k3s", "services", "10.53.0.0/16"),
+    )
+    s = resolve([{"PRESET": "k3s"}], hits)
+    assert [str(n) for n in s.pod_cidrs + s.service_cidrs] == ["10.52.0.0/16", "10.53.0.0/16"]
+
+
+def test_explicit_values_are_not_overridden_and_detection_is_not_run() -> None:
+    hits = detected(found("k3s", "pods", "10.42.0.0/16"))
+    s = resolve(
+        [
+            {
+                "PRESET": "k3s",
+                "POD_CIDRS": "10.1.0.0/16",
+                "SERVICE_CIDRS": "10.2.0.0/16",
+                "NODE_NETWORKS": "none",
+            }
+        ],
+        hits,
+    )
+    assert [str(n) for n in s.pod_cidrs] == ["10.1.0.0/16"]
+    assert hits.calls == []  # type: ignore[attr-defined]
+
+
+def test_a_broken_file_stops_auto_with_its_one_line_reason() -> None:
+    broken = DetectError("/etc/rancher/k3s/config.yaml", "not valid YAML: line 3")
+    with pytest.raises(SettingsError) as err:
+        resolve([], detected(found("kind", "nodes", "172.18.0.0/16", "br-1"), errors=(broken,)))
+    assert str(err.value) == (
+        "POD_CIDRS: 'auto': cannot read the cluster's ranges: "
+        "/etc/rancher/k3s/config.yaml: not valid YAML: line 3"
+    )
+
+
+def test_detected_ranges_are_validated_like_given_ones() -> None:
+    """A detected range in Mullvad's addresses is refused, never exempted."""
+    with pytest.raises(SettingsError, match=r"POD_CIDRS: '10\.64\.0\.0/16': covers Mullvad's own"):
+        resolve([], detected(found("k3s", "pods", "10.64.0.0/16")))
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("172.18.0.0/16", "not CIDR@INTERFACE"),
+        ("172.18.0.0/16@", "not an interface name or NAME* pattern"),
+        ("172.18.0.0/16@*", "not an interface name or NAME* pattern"),
+        ('172.18.0.0/16@br-1"', "not an interface name or NAME* pattern"),
+        ("172.18.0.0/16@wg0-mullvad", "matches the tunnel interface wg0-mullvad"),
+        ("172.18.0.0/16@wg*", "matches the tunnel interface wg0-mullvad"),
+        ("8.8.8.0/24@br-1", "not a private range"),
+        ("10.64.0.0/16@br-1", "covers Mullvad's own addresses"),
+        ("172.18.0.1/16@br-1", "host bits set"),
+    ],
+)
+def test_bad_node_networks_are_refused_naming_the_reason(value: str, reason: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        settle(PRESET="kind", NODE_NETWORKS=value)
+    assert err.value.key == "NODE_NETWORKS" and reason in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_node_networks_may_not_overlap_the_cluster_ranges() -> None:
+    with pytest.raises(SettingsError, match="overlaps POD_CIDRS or SERVICE_CIDRS"):
+        settle(PRESET="kubeadm", NODE_NETWORKS="10.244.1.0/24@br-1")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from . import kind
+from . import kind, mullvad_emu
 from .mullvad_emu import MullvadState
 from .probes import Expect, Outcome, Probe, Scenario, check, dns_query, ok_if, tcp_connect
 from .scenarios import run_generator, run_probes
@@ -52,6 +52,35 @@ NEEDS_TABLE = {
     "remote_mapped_v4",
     "lan_mapped_v4",
 }
+# Probes that must catch the leaky table below (the node's own traffic exempted): its
+# internet traffic and outside DNS leave by the LAN, sshd answers it, and its in-tunnel
+# DNS breaks (Mullvad's nat chain drops ct-marked flows that leave by the tunnel).
+CAUGHT = {
+    "node_inet_v4",
+    "pod_inet_v4",
+    "node_outside_dns_udp_v4",
+    "node_outside_dns_tcp_v4",
+    "node_tunnel_dns_v4",
+    "node_host_service_gw_v4",
+    "node_host_service_lan_v4",
+}
+
+
+def leaky_ruleset(node: kind.KindNode) -> str:
+    """What a hurried kind user might write: everything to or from the node network
+    exempted (after DNAT, so 127.0.0.1:<port> and the mapped port are covered too).
+    It makes kind work, and lets the node's own traffic out by the LAN, its DNS to any
+    resolver, and the node into the machine's sshd; the in-tunnel resolver breaks."""
+    mark = f"ct mark set {mullvad_emu.CT_MARK} meta mark set {mullvad_emu.FWMARK}"
+    net = next(s for s in node.subnets if "." in s)
+    return (
+        "table inet netlab_leaky_kind {\n"
+        "\tchain prerouting {\n\t\ttype filter hook prerouting priority -90; policy accept;\n"
+        f"\t\tip saddr {net} {mark}\n\t\tip daddr {net} {mark}\n\t}}\n"
+        "\tchain output {\n\t\ttype route hook output priority -90; policy accept;\n"
+        f"\t\tip daddr {net} {mark}\n\t}}\n"
+        "}\n"
+    )
 
 
 def kind_probes(node: kind.KindNode) -> list[Probe]:
@@ -216,6 +245,8 @@ def run_kind(bypass: str) -> KindResult:
             proc = run_generator(lab, "apply", env=env, **settings)
             result.loader = proc.stdout + proc.stderr
             result.detected = run_generator(lab, "settings", env=env, **settings).stdout
+        elif bypass == "leaky":
+            lab["host"].nft(leaky_ruleset(node))
         result.probes = kind_probes(node)
         result.outcomes = run_probes(lab, result.probes)
         time.sleep(0.05)  # the last in-flight packets reach the counters
@@ -236,6 +267,11 @@ def with_table() -> Iterator[KindResult]:
 @pytest.fixture(scope="module")
 def without_table() -> Iterator[KindResult]:
     yield run_kind("none")
+
+
+@pytest.fixture(scope="module")
+def leaky_table() -> Iterator[KindResult]:
+    yield run_kind("leaky")
 
 
 def test_podman_builds_the_network_inside_the_lab_machine(without_table: KindResult) -> None:
@@ -265,3 +301,12 @@ def test_with_our_table_kind_works_and_leaks_nothing(with_table: KindResult) -> 
         assert res.outcomes[pid].ok, (pid, res.outcomes[pid], res.loader)
     problems = {pid: p for pid, p in res.problems().items() if p}
     assert problems == {}, (problems, res.loader)
+
+
+def test_the_probes_catch_a_leaky_kind_table(leaky_table: KindResult) -> None:
+    """The leak probes are not vacuous: with the expectations of a correct table, they
+    fail on one that exempts the node's own traffic (and the probes that need a table
+    pass with it)."""
+    res = leaky_table
+    problems = {pid: p for pid, p in res.problems().items() if p}
+    assert set(problems) == CAUGHT, problems

@@ -156,7 +156,7 @@ def root_namespace_changes(before: RootState, node: KindNode) -> list[str]:
     leaks = sorted(
         f"interface {n}" for n in names - before[1] if n.startswith(("cni-podman", "veth"))
     )
-    for text in (node.node_ip, *node.subnets, "CNI-DN-", f":{node.api_port}"):
+    for text in (node.node_ip, *node.subnets, "CNI-DN-", f":{node.host_api_port}"):
         if text in ruleset and text not in before[0]:
             leaks.append(f"ruleset mentions {text}")
     return leaks
@@ -167,12 +167,15 @@ class KindNode:
     """The network, the node container and what runs in it; `build`, then `destroy`."""
 
     lab: Lab
+    role: str = "kindnode"
+    api_ident: str = "kind-apiserver"
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     env: dict[str, str] = field(default_factory=dict)
-    api_port: int = 0  # on the machine's 127.0.0.1
+    host_api_port: int = 0  # on the machine's 127.0.0.1
+    api_port: int = NODE_API_PORT  # in the node
     node_ip: str = ""
     bridge: str = ""  # the network's interface on the machine (cni-podmanN)
-    subnets: list[str] = field(default_factory=list)
+    subnets: tuple[str, ...] = ()
     gateway: str = ""  # the bridge's IPv4 address on the machine
     created: list[str] = field(default_factory=list)  # what destroy must remove
 
@@ -206,9 +209,9 @@ class KindNode:
         self.created.append("network")
         info = json.loads(self.podman("network", "inspect", self.network).stdout)[0]
         self.bridge = str(info["network_interface"])
-        self.subnets = [str(s["subnet"]) for s in info["subnets"]]
+        self.subnets = tuple(str(s["subnet"]) for s in info["subnets"])
         self.gateway = next(str(s["gateway"]) for s in info["subnets"] if "." in s["subnet"])
-        self.api_port = _free_port(lab["host"])
+        self.host_api_port = _free_port(lab["host"])
         volumes = _rootfs(lab.tmp / "kind-rootfs")
         self.created.append("container")
         self.podman(
@@ -216,16 +219,16 @@ class KindNode:
             "--network", self.network,
             "--label", f"io.x-k8s.kind.cluster={self.network}",
             "--label", "io.x-k8s.kind.role=control-plane",
-            "--publish", f"127.0.0.1:{self.api_port}:{NODE_API_PORT}/tcp",
+            "--publish", f"127.0.0.1:{self.host_api_port}:{NODE_API_PORT}/tcp",
             "--publish", f"0.0.0.0:{MAPPED_PORT}:{NODE_WEB_PORT}/tcp",
             *volumes, "--rootfs", str(lab.tmp / "kind-rootfs"), "sleep", "infinity",
         )  # fmt: skip
         state = json.loads(self.podman("inspect", self.container).stdout)[0]
         pid = int(state["State"]["Pid"])
         self.node_ip = str(state["NetworkSettings"]["Networks"][self.network]["IPAddress"])
-        node = Netns(f"{lab.uid}-kindnode")
+        node = Netns(f"{lab.uid}-{self.role}")
         run(["ip", "netns", "attach", node.name, str(pid)])
-        lab.ns["kindnode"] = node
+        lab.ns[self.role] = node
         self._pods(node)
 
     def _pods(self, node: Netns) -> None:
@@ -268,11 +271,18 @@ class KindNode:
         coredns = {"addrs": [COREDNS_POD], "ports": [53], "answers": ANSWERS["coredns"]}
         wait_ready(
             [
-                node.spawn_agent(json.dumps({"ident": "kind-apiserver", "tcp": [["::", 6443]]})),
+                node.spawn_agent(json.dumps({"ident": self.api_ident, "tcp": [["::", 6443]]})),
                 node.spawn_agent(json.dumps({"ident": "kind-ingress", "tcp": [["::", 80]]})),
                 lab["kinddns"].spawn_agent(json.dumps({"ident": "coredns", "dns": [coredns]})),
             ]
         )
+
+    def generator(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Environment and settings for our CLI, as a kind user has them: the network's
+        name (and podman's configuration, so that `podman network inspect` sees it)."""
+        env = {"KIND_EXPERIMENTAL_PODMAN_NETWORK": self.network, **self.env}
+        settings = {"PRESET": "kind", "NODE_NETWORKS": "auto"}
+        return env, {**settings, "POD_CIDRS": "", "SERVICE_CIDRS": "", "HOST_PORTS": ""}
 
     def destroy(self) -> list[str]:
         """Remove the container and the network (each only if made); return errors."""
@@ -288,3 +298,61 @@ class KindNode:
             shutil.rmtree(IPAM_DIR / self.network, ignore_errors=True)
         self.created.clear()
         return errors
+
+
+@dataclass
+class MinikubeVm:
+    """minikube's kvm2 driver, by hand (no libvirt here): a "VM" namespace with one NIC on
+    libvirt's `default` NAT network (virbr0, 192.168.122.0/24: its way out, masqueraded
+    as libvirt's NAT rules do) and one on minikube's isolated network `mk-minikube`
+    (virbr1, 192.168.39.0/24, minikube's first choice), where the host reaches the API
+    server at 192.168.39.2:8443 (the kubeconfig's server). The NICs are veths named like
+    libvirt's taps (vnet0, vnet1); no dnsmasq, DHCP or libvirt filter rules."""
+
+    lab: Lab
+    role: str = "kvmvm"
+    bridge: str = "virbr1"
+    node_ip: str = "192.168.39.2"
+    gateway: str = "192.168.39.1"
+    subnets: tuple[str, ...] = ("192.168.39.0/24",)
+    nat_gateway: str = "192.168.122.1"
+    nat_ip: str = "192.168.122.2"
+    api_port: int = 8443  # minikube's --apiserver-port default, in the VM
+    api_ident: str = "minikube-apiserver"
+
+    def build(self) -> None:
+        lab, host = self.lab, self.lab["host"]
+        (vm,) = create_namespaces([f"{lab.uid}-{self.role}"])
+        lab.ns[self.role] = vm
+        lines = []
+        for i, (gw, plen) in enumerate(((self.nat_gateway, 24), (self.gateway, 24))):
+            lines += [
+                f"link add virbr{i} type bridge",
+                f"addr add {gw}/{plen} dev virbr{i}",
+                f"link add vnet{i} type veth peer name eth{i} netns {vm.name}",
+                f"link set vnet{i} master virbr{i} up",
+                f"link set virbr{i} up",
+            ]
+        host.ip("\n".join(lines) + "\n")
+        vm.ip(
+            "link set lo up\nlink set eth0 up\nlink set eth1 up\n"
+            f"addr add {self.nat_ip}/24 dev eth0\naddr add {self.node_ip}/24 dev eth1\n"
+            f"route add default via {self.nat_gateway}\n"
+        )
+        net = "192.168.122.0/24"
+        host.nft(  # libvirt's NAT network: its masquerade (not its forward filter rules)
+            "table ip netlab_libvirt {\n\tchain postrouting {\n"
+            "\t\ttype nat hook postrouting priority 100; policy accept;\n"
+            f"\t\tip saddr {net} ip daddr {{ 224.0.0.0/24, 255.255.255.255 }} return\n"
+            f"\t\tip saddr {net} ip daddr != {net} masquerade\n\t}}\n}}\n"
+        )
+        spec = {"ident": self.api_ident, "tcp": [["::", self.api_port]]}
+        wait_ready([vm.spawn_agent(json.dumps(spec))])
+
+    def generator(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Environment and settings for our CLI: the node network given explicitly."""
+        settings = {"PRESET": "minikube-kvm2", "NODE_NETWORKS": f"{self.subnets[0]}@{self.bridge}"}
+        return {}, {**settings, "POD_CIDRS": "", "SERVICE_CIDRS": "", "HOST_PORTS": ""}
+
+    def destroy(self) -> list[str]:
+        return []  # its namespace, bridges and veths go with the lab's namespaces

@@ -43,11 +43,20 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kube_proxy
-from .nsutil import LabError, Netns, create_namespaces, run, wait_ready
+from .nsutil import (
+    NETNS_DIR,
+    LabError,
+    Netns,
+    create_namespaces,
+    delete_namespaces,
+    run,
+    wait_ready,
+)
 from .topology import ANSWERS, Lab
 
 NETWORK_PREFIX = "mak-kind-"
@@ -83,12 +92,58 @@ def unavailable() -> str | None:
     return None
 
 
+def _podman_env(base: Path) -> dict[str, str]:
+    return {
+        "CONTAINERS_CONF": str(base / "containers.conf"),
+        "CONTAINERS_STORAGE_CONF": str(base / "storage.conf"),
+    }
+
+
+def purge_stale(prefix: str) -> list[str]:
+    """Remove the containers and networks of lab runs whose process is gone (killed
+    before their teardown), with the podman configuration they left in their temporary
+    directory; podman runs in that lab's machine namespace, or in an empty one if it is
+    gone already, so that CNI's DEL never touches the namespace we run in."""
+    removed: list[str] = []
+    for conf in Path(tempfile.gettempdir()).glob(f"{prefix}*-*/podman/containers.conf"):
+        lab_dir = conf.parent.parent
+        uid = lab_dir.name.rsplit("-", 1)[0]  # <prefix><pid>-<tag>, as Lab names it
+        pid = uid[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        env = {**os.environ, **_podman_env(conf.parent)}
+        host = NETNS_DIR / f"{uid}-host"
+        scratch = None
+        if not host.exists():
+            (scratch,) = create_namespaces([f"{uid}-purge"])
+            host = scratch.path
+        podman = ["nsenter", f"--net={host}", "podman"]
+        try:
+            subprocess.run([*podman, "rm", "-a", "-f", "-t", "0"], env=env, check=False,
+                           capture_output=True, timeout=120)  # fmt: skip
+            names = subprocess.run([*podman, "network", "ls", "--format", "{{.Name}}"],
+                                   env=env, check=False, capture_output=True, text=True,
+                                   timeout=60).stdout.split()  # fmt: skip
+            for name in names:
+                if name.startswith(NETWORK_PREFIX):
+                    subprocess.run([*podman, "network", "rm", "-f", name], env=env,
+                                   check=False, capture_output=True, timeout=60)  # fmt: skip
+                    shutil.rmtree(IPAM_DIR / name, ignore_errors=True)
+                    removed.append(name)
+        finally:
+            if scratch is not None:
+                delete_namespaces([scratch])
+        shutil.rmtree(lab_dir, ignore_errors=True)
+    return removed
+
+
 def _podman_config(base: Path) -> dict[str, str]:
     """containers.conf and storage.conf under `base`; the environment that selects them."""
     base.mkdir(parents=True, exist_ok=True)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = 20000 if hard == resource.RLIM_INFINITY else min(20000, hard)
-    conf, storage = base / "containers.conf", base / "storage.conf"
+    env = _podman_env(base)
+    conf, storage = Path(env["CONTAINERS_CONF"]), Path(env["CONTAINERS_STORAGE_CONF"])
     # crun cannot raise RLIMIT_NOFILE without CAP_SYS_RESOURCE and refuses cgroup v1
     # hybrids (shared/notes/machine.md): runc, and limits within the hard limit.
     conf.write_text(
@@ -108,7 +163,7 @@ def _podman_config(base: Path) -> dict[str, str]:
         f'graphroot = "{base / "storage"}"\n'
         f'runroot = "{base / "run" / "storage"}"\n'
     )
-    return {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+    return env
 
 
 def _rootfs(path: Path) -> list[str]:

@@ -33,7 +33,7 @@ import pytest
 
 from . import kind, mullvad_emu
 from .mullvad_emu import MullvadState
-from .probes import Expect, Outcome, Probe, Scenario, check, dns_query, ok_if, tcp_connect
+from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
 from .scenarios import run_generator, run_probes
 from .topology import HOST_SERVICE_PORT, INET_EXT_POD, INET_POD, V4, Lab, counter_rules
 
@@ -68,73 +68,59 @@ CAUGHT = {
 }
 
 
-def _probe(
-    name: str,
-    client: str,
-    why: str,
-    run: Callable[[Lab], Outcome],
-    expect: Callable[[Scenario], Expect],
-    *,
-    watch: str | None = None,
-) -> Probe:
-    return Probe(name, V4, client, why, run, expect, watch)
-
-
-def _tcp(client: str, dst: str, port: int, src: str | None = None) -> Callable[[Lab], Outcome]:
-    return lambda lab: lab[client].call(lambda: tcp_connect(dst, port, src=src))
-
-
-def _dns(client: str, server: str, proto: str) -> Callable[[Lab], Outcome]:
-    return lambda lab: lab[client].call(lambda: dns_query(server, 53, proto))
-
-
 def node_probes(node: Node) -> list[Probe]:
     """What every node shape is checked for: the host reaches it with the table, and its
     own traffic is treated as without the table."""
     vm = node.role
     return [
-        _probe(
+        Probe(
             "host_node",
+            V4,
             "host",
             "the host -> the node's address on its bridge (the API server)",
             _tcp("host", node.node_ip, node.api_port),
             lambda s: ok_if(s.effective, node.api_ident),
         ),
-        _probe(
+        Probe(
             "node_inet",
+            V4,
             vm,
             "the node's own connection to the internet leaves only through the tunnel",
             _tcp(vm, V4.internet, NODE_INET),
             lambda s: Expect(True, "vpn", "tunnel"),
-            watch="node_inet",
+            "node_inet",
         ),
         *(
-            _probe(
+            Probe(
                 f"node_outside_dns_{proto}",
+                V4,
                 vm,
                 "the node's DNS to an outside resolver is rejected: neither LAN nor tunnel",
                 _dns(vm, V4.outside_dns_pod, proto),
                 lambda s: Expect(False, path="nowhere"),
-                watch="node_dns",
+                "node_dns",
             )
             for proto in ("udp", "tcp")
         ),
-        _probe(
+        Probe(
             "node_tunnel_dns",
+            V4,
             vm,
             "the node's DNS to Mullvad's in-tunnel resolver works",
             _dns(vm, V4.tun_gw, "udp"),
             lambda s: Expect(True, "tunnel"),
         ),
-        _probe(
+        Probe(
             "node_host_service_gw",
+            V4,
             vm,
             "the node -> the machine's sshd on the bridge address: as without the table",
             _tcp(vm, node.gateway, HOST_SERVICE_PORT),
             lambda s: Expect(False),
         ),
-        _probe(
+        Probe(
             "node_host_service_lan",
+            V4,
             vm,
             "the node -> the machine's sshd on its LAN address: as without the table",
             _tcp(vm, V4.host_lan, HOST_SERVICE_PORT),
@@ -146,31 +132,35 @@ def node_probes(node: Node) -> list[Probe]:
 def kind_probes(node: kind.KindNode) -> list[Probe]:
     """kind's published ports, and the pods inside the node."""
     return [
-        _probe(
+        Probe(
             "host_api",
+            V4,
             "host",
             "kubectl: the host -> 127.0.0.1:<port>, podman's portmap DNAT (output) to node:6443",
             _tcp("host", "127.0.0.1", node.host_api_port),
             lambda s: ok_if(s.effective, node.api_ident),
         ),
-        _probe(
+        Probe(
             "remote_mapped",
+            V4,
             "lan",
             "off-link client -> the LAN address:80 (extraPortMappings); replies by the LAN",
             _tcp("lan", V4.host_lan, kind.MAPPED_PORT, src=V4.remote),
             lambda s: ok_if(s.effective, "kind-ingress", "lan", else_path="nowhere"),
-            watch="mapped",
+            "mapped",
         ),
-        _probe(
+        Probe(
             "lan_mapped",
+            V4,
             "lanclient",
             "on-link LAN client -> the machine's LAN address:80 (extraPortMappings)",
             _tcp("lanclient", V4.host_lan, kind.MAPPED_PORT),
             lambda s: ok_if(s.effective, "kind-ingress"),
         ),
         *(
-            _probe(
+            Probe(
                 f"pod_cluster_dns_{proto}",
+                V4,
                 "kindclient",
                 "a pod in the node -> the DNS ClusterIP, kube-proxy's DNAT in the node, CoreDNS",
                 _dns("kindclient", kind.KUBE_DNS, proto),
@@ -178,21 +168,23 @@ def kind_probes(node: kind.KindNode) -> list[Probe]:
             )
             for proto in ("udp", "tcp")
         ),
-        _probe(
+        Probe(
             "pod_inet",
+            V4,
             "kindclient",
             "a pod's connection to the internet (masqueraded by the node) only by the tunnel",
             _tcp("kindclient", V4.internet, POD_INET),
             lambda s: Expect(True, "vpn", "tunnel"),
-            watch="pod_inet",
+            "pod_inet",
         ),
     ]
 
 
 def vm_probes(vm: kind.MinikubeVm) -> list[Probe]:
     return [
-        _probe(
+        Probe(
             "node_host_service_nat",
+            V4,
             vm.role,
             "the VM -> the machine's sshd on libvirt's NAT bridge: as without the table",
             _tcp(vm.role, vm.nat_gateway, HOST_SERVICE_PORT),

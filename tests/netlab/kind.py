@@ -229,6 +229,7 @@ class KindNode:
     host_api_port: int = 0  # on the machine's 127.0.0.1
     api_port: int = NODE_API_PORT  # in the node
     node_ip: str = ""
+    node_ip6: str = ""
     bridge: str = ""  # the network's interface on the machine (cni-podmanN)
     subnets: tuple[str, ...] = ()
     gateway: str = ""  # the bridge's IPv4 address on the machine
@@ -280,7 +281,11 @@ class KindNode:
         )  # fmt: skip
         state = json.loads(self.podman("inspect", self.container).stdout)[0]
         pid = int(state["State"]["Pid"])
-        self.node_ip = str(state["NetworkSettings"]["Networks"][self.network]["IPAddress"])
+        addresses = state["NetworkSettings"]["Networks"][self.network]
+        self.node_ip, self.node_ip6 = (
+            str(addresses["IPAddress"]),
+            str(addresses["GlobalIPv6Address"]),
+        )
         node = Netns(f"{lab.uid}-{self.role}")
         run(["ip", "netns", "attach", node.name, str(pid)])
         lab.ns[self.role] = node

@@ -19,8 +19,8 @@ pods') own internet traffic leaves only through the tunnel, the node's DNS to an
 outside resolver is rejected (0 packets on the LAN, none in the tunnel), the in-tunnel
 resolver answers, and the machine's sshd stays unreachable from the node. A leaky
 hand-written table (the kind network exempted both ways) shows that those probes fail
-when they should. IPv4 only: the kind network is dual-stack, as kind makes it, but kind
-publishes ports on IPv4 addresses.
+when they should. The kind network is dual-stack, as kind makes it; kind publishes
+ports on IPv4 addresses, so IPv6 is probed only host -> node (see kind_probes).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from . import kind, mullvad_emu
 from .mullvad_emu import MullvadState
 from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
 from .scenarios import run_generator, run_probes
-from .topology import HOST_SERVICE_PORT, INET_EXT_POD, INET_POD, V4, Lab, counter_rules
+from .topology import HOST_SERVICE_PORT, INET_EXT_POD, INET_POD, V4, V6, Lab, counter_rules
 
 PODMAN_MISSING = kind.unavailable()
 MULLVAD = MullvadState("connected", allow_lan=False, split=True)
@@ -51,7 +51,7 @@ Node = kind.KindNode | kind.MinikubeVm
 SHAPES: dict[str, Callable[[Lab], Node]] = {"kind": kind.KindNode, "kvm2": kind.MinikubeVm}
 # Probes that must fail without our table (the control) and work with it.
 NEEDS_TABLE = {
-    "kind": {"host_api_v4", "host_node_v4", "remote_mapped_v4", "lan_mapped_v4"},
+    "kind": {"host_api_v4", "host_node_v4", "host_node_v6", "remote_mapped_v4", "lan_mapped_v4"},
     "kvm2": {"host_node_v4"},
 }
 # Probes that must catch the leaky kind table below (the node's own traffic exempted):
@@ -130,8 +130,22 @@ def node_probes(node: Node) -> list[Probe]:
 
 
 def kind_probes(node: kind.KindNode) -> list[Probe]:
-    """kind's published ports, and the pods inside the node."""
+    """kind's published ports, the node's IPv6 address, and the pods inside the node."""
     return [
+        # The host solicits the node (Mullvad's output passes neighbour solicitations to
+        # solicited-node multicast), so the node learns the host's link-layer address
+        # from it and can answer. The node's own IPv6 traffic is not probed: its first
+        # solicitation of its gateway comes from its ULA address, which Mullvad's input
+        # chain drops (only fe80::/10 passes), with or without our table, so whether it
+        # works depends on whether the host spoke to the node first (README).
+        Probe(
+            "host_node",
+            V6,
+            "host",
+            "the host -> the node's IPv6 address on the podman bridge (the ULA subnet)",
+            _tcp("host", node.node_ip6, node.api_port),
+            lambda s: ok_if(s.effective, node.api_ident),
+        ),
         Probe(
             "host_api",
             V4,
@@ -199,13 +213,15 @@ def leaky_ruleset(node: Node) -> str:
     work, and lets the node's own traffic out by the LAN, its DNS to any resolver, and
     the node into the machine's sshd; the in-tunnel resolver breaks."""
     mark = f"ct mark set {mullvad_emu.CT_MARK} meta mark set {mullvad_emu.FWMARK}"
-    net = next(s for s in node.subnets if "." in s)
+    ip = {net: "ip6" if ":" in net else "ip" for net in node.subnets}
+    pre = "".join(f"\t\t{ip[n]} saddr {n} {mark}\n\t\t{ip[n]} daddr {n} {mark}\n" for n in ip)
+    out = "".join(f"\t\t{ip[n]} daddr {n} {mark}\n" for n in ip)
     return (
         "table inet netlab_leaky_nodes {\n"
         "\tchain prerouting {\n\t\ttype filter hook prerouting priority -90; policy accept;\n"
-        f"\t\tip saddr {net} {mark}\n\t\tip daddr {net} {mark}\n\t}}\n"
+        f"{pre}\t}}\n"
         "\tchain output {\n\t\ttype route hook output priority -90; policy accept;\n"
-        f"\t\tip daddr {net} {mark}\n\t}}\n"
+        f"{out}\t}}\n"
         "}\n"
     )
 

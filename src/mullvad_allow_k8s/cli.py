@@ -1,4 +1,5 @@
-"""The `mullvad-allow-k8s` command: generate, apply, remove, status, doctor, settings.
+"""The `mullvad-allow-k8s` command: generate, apply, remove, status, doctor, settings,
+follow.
 
 Exit status: 0 success; 1 nftables or the system refused (nothing was changed);
 2 invalid settings or usage (nothing was changed); 3 status/doctor found the bypass
@@ -21,6 +22,7 @@ from .settings import (
     Detection,
     Settings,
     SettingsError,
+    detects,
     migrate,
     parse_json,
     parse_settings_file,
@@ -95,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="is the table loaded, and does it match the settings and the file",
     )
     sub.add_parser("doctor", parents=[common], help="check this machine; each finding has a fix")
+    fol = sub.add_parser(
+        "follow",
+        parents=[common],
+        help="keep the loaded table in step with what auto detects (kind create cluster, "
+        "k3s install): re-read on container engine events and every --interval seconds",
+    )
+    fol.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="re-read at least this often (default 60)",
+    )
+    fol.add_argument("--once", action="store_true", help="re-read and apply once, then exit")
     sset = sub.add_parser(
         "settings", parents=[common], help="print the effective settings (env, json) or the schema"
     )
@@ -279,14 +295,22 @@ def cmd_generate(args: argparse.Namespace, settings: Settings, facts: MachineFac
 def cmd_apply(args: argparse.Namespace, settings: Settings, facts: MachineFacts) -> int:
     if not nft.can_admin_network():
         raise CommandError("apply needs root (CAP_NET_ADMIN); try `generate --check` as a user")
-    extra = ruleset.tunnel_elements(facts.interface_addresses(settings.tunnel_interface))
     if args.from_file:
+        extra = ruleset.tunnel_elements(facts.interface_addresses(settings.tunnel_interface))
         text = _read(settings.output)
         if text is None:
             raise CommandError(f"{settings.output} does not exist; run `{PROG} apply` to create it")
         nft.load(text + extra)
         print(f"loaded {settings.output}", file=sys.stderr)
         return EXIT_OK
+    print(apply_settings(settings, facts), file=sys.stderr)
+    return EXIT_OK
+
+
+def apply_settings(settings: Settings, facts: MachineFacts) -> str:
+    """Check, write OUTPUT and load; on a refused load the previous file comes back.
+    Returns the line that says what was loaded."""
+    extra = ruleset.tunnel_elements(facts.interface_addresses(settings.tunnel_interface))
     overlaps = _lan_overlaps(settings, facts)
     if overlaps:
         raise overlaps[0]
@@ -302,11 +326,35 @@ def cmd_apply(args: argparse.Namespace, settings: Settings, facts: MachineFacts)
         if previous is not None:
             write_atomic(settings.output, previous)
         raise
-    print(
-        f"loaded table {marks.TABLE_FAMILY} {marks.TABLE_NAME} from {settings.output}",
-        file=sys.stderr,
-    )
-    return EXIT_OK
+    return f"loaded table {marks.TABLE_FAMILY} {marks.TABLE_NAME} from {settings.output}"
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    from .follow import follow  # noqa: PLC0415  (start-up time of the other commands)
+
+    if not nft.can_admin_network():
+        raise CommandError("follow needs root (CAP_NET_ADMIN)")
+    if not detects(raw_sources(args)):
+        print(f"{PROG}: nothing is auto in the settings: nothing to follow", file=sys.stderr)
+        return EXIT_OK
+
+    def step() -> str | None:
+        try:
+            settings = load_settings(args)
+        except SettingsError as err:
+            return f"{PROG}: warning: {err}; the loaded table stays as it is"
+        table = (marks.TABLE_FAMILY, marks.TABLE_NAME)
+        if table not in {(t["family"], t["name"]) for t in nft.table_list()}:
+            return None  # removed, or the service stopped: not ours to load again
+        if nft.table_comment(*table) == ruleset.table_comment(settings):
+            return None
+        try:
+            loaded = apply_settings(settings, MachineFacts())
+        except (SettingsError, nft.NftError, CommandError, OSError) as err:
+            return f"{PROG}: warning: {err}; the loaded table stays as it is"
+        return f"{PROG}: {loaded}: " + ("; ".join(settings.origins) or "the settings changed")
+
+    return follow(step, interval=args.interval, rounds=1 if args.once else None)
 
 
 def cmd_remove() -> int:
@@ -397,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_settings_raw(args)
         if args.command == "settings" and args.migrate:
             return cmd_settings_migrate(args)
+        if args.command == "follow":
+            return cmd_follow(args)
         settings = load_settings(args)
         if args.command == "generate":
             return cmd_generate(args, settings, facts)

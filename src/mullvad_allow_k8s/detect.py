@@ -72,6 +72,7 @@ class DetectError(Exception):
     def __init__(self, where: str, problem: str) -> None:
         self.where = where
         self.problem = " ".join(problem.split())
+        self.distribution = ""  # whose reader met it (set by detect)
         super().__init__(f"{where}: {self.problem}")
 
 
@@ -100,7 +101,10 @@ def detect(
     host = _Host(root, run, env)
     found: list[Found] = []
     for reader in READERS:
+        before = len(host.errors)
         found.extend(reader(host))
+        for error in host.errors[before:]:
+            error.distribution = reader.__name__.lstrip("_")
     return found, host.errors
 
 

@@ -33,6 +33,8 @@ NONE = "none"
 CUSTOM_PRESET = "custom"
 DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 # Linux interface names: at most 15 bytes; we accept the conservative portable subset.
+# PRESET's values, in the order front ends offer them (debconf's select, Nix's enum).
+PRESET_CHOICES: tuple[str, ...] = (AUTO, *PRESETS, CUSTOM_PRESET)
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # A name, or a prefix with a trailing * (never a bare *: that would match everything).
 _IFPATTERN = re.compile(r"[A-Za-z0-9_.-]{1,15}|[A-Za-z0-9_.-]{1,14}\*")
@@ -527,6 +529,14 @@ def resolve(
     )
 
 
+def detects(raw_sources: Iterable[Mapping[str, str]]) -> bool:
+    """Whether these settings read the machine (some value is auto), as `follow` asks."""
+    raw = {f.key: f.default for f in SCHEMA}
+    for source in raw_sources:
+        raw.update(source)
+    return any(raw.get(key, "").strip().lower() == AUTO for key in ("PRESET", *_AUTO_KINDS))
+
+
 def check_ifname(key: str, value: str) -> str:
     return _single(key, value, _IFNAME, "not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
 
@@ -556,13 +566,15 @@ def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _
         raise SettingsError(
             "PRESET",
             given["PRESET"],
-            f"unknown preset (choose {AUTO}, {', '.join(PRESETS)} or {CUSTOM_PRESET})",
+            f"unknown preset (choose {', '.join(PRESET_CHOICES[:-1])} or {CUSTOM_PRESET})",
         )
     wanted = [k for k in _AUTO_KINDS if given[k].lower() == AUTO]
     found: list[Found] = []
     origins: list[str] = []
     if (wanted or preset == AUTO) and detect is not None:
         hits, errors = detect()
+        if preset not in (AUTO, CUSTOM_PRESET):  # another distribution's files: not ours
+            errors = [e for e in errors if e.distribution in ("", _distribution(preset))]
         if errors:
             # A broken file withholds what it would say: guessing could exempt the wrong
             # ranges, so nothing changes until it is fixed or the ranges are given.

@@ -924,3 +924,11 @@ def test_libvirt_uri_is_checked(tmp_path: Path) -> None:
     assert found == []
     assert "KVMQemuURI: '--readonly' is not a libvirt URI" in str(errors[0])
     assert not any(argv[0] == "virsh" for argv in engines.calls)
+
+
+def test_each_error_names_the_distribution_whose_files_it_is(tmp_path: Path) -> None:
+    config = tmp_path / "etc/rancher/k3s/config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("cluster-cidr: [\n")
+    _, errors = detect(tmp_path, lambda argv: None, {})
+    assert [(e.distribution, e.where) for e in errors] == [("k3s", "/etc/rancher/k3s/config.yaml")]

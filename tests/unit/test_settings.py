@@ -412,3 +412,13 @@ def test_bad_node_networks_are_refused_naming_the_reason(value: str, reason: str
 def test_node_networks_may_not_overlap_the_cluster_ranges() -> None:
     with pytest.raises(SettingsError, match="overlaps POD_CIDRS or SERVICE_CIDRS"):
         settle(PRESET="kubeadm", NODE_NETWORKS="10.244.1.0/24@br-1")
+
+
+def test_another_distributions_broken_file_does_not_stop_a_preset() -> None:
+    broken = DetectError("/etc/rancher/k3s/config.yaml", "not valid YAML: line 3")
+    broken.distribution = "k3s"
+    hits = detected(found("kind", "nodes", "172.19.0.0/16", "br-1"), errors=(broken,))
+    s = resolve([{"PRESET": "kind"}], hits)
+    assert s.as_strings()["NODE_NETWORKS"] == "172.19.0.0/16@br-1"
+    with pytest.raises(SettingsError, match=r"k3s/config\.yaml: not valid YAML"):
+        resolve([{"PRESET": "k3s"}], hits)

@@ -1,0 +1,141 @@
+"""`follow` on the real kernel with Debian's podman: a kind network made after `apply`
+is exempted without the user running anything, and gone again once it is removed.
+
+Podman keeps its networks in its own configuration, not in a network namespace, so
+`podman network create` (no container, no bridge yet) is what detection reads, as it
+would be right after `kind create cluster` made the network. The namespace only holds
+our table. Each test uses a network name of its own, through the variable kind itself
+reads (KIND_EXPERIMENTAL_PODMAN_NETWORK), and removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Netns
+
+pytestmark = pytest.mark.kernel
+
+FALLBACK = {("172.18.0.0/16", "br-*")}  # the kind preset's, before the network exists
+
+
+@pytest.fixture
+def network() -> Iterator[str]:
+    if not shutil.which("podman"):
+        pytest.skip("needs podman (Debian's podman, .ci/apt/install.txt)")
+    name = f"mak-follow-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["podman", "network", "rm", "-f", name], capture_output=True, check=False)
+
+
+def podman_network(name: str) -> tuple[str, str]:
+    subprocess.run(["podman", "network", "create", name], capture_output=True, check=True)
+    data = json.loads(
+        subprocess.run(
+            ["podman", "network", "inspect", name], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
+    return data["subnets"][0]["subnet"], data["network_interface"]
+
+
+def node_set(host: Netns) -> set[tuple[str, str]]:
+    data = json.loads(host.nft_json("list set inet mullvad_allow_k8s node_v4"))
+    out = set()
+    for item in data["nftables"]:
+        for elem in item.get("set", {}).get("elem", []):
+            net, iface = elem["concat"]
+            prefix = net["prefix"]
+            out.add((f"{prefix['addr']}/{prefix['len']}", iface))
+    return out
+
+
+def cli(host: Netns, network: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return host.cli(
+        *args,
+        "--settings",
+        "none",
+        "--output",
+        str(out),
+        "--preset",
+        "kind",
+        KIND_EXPERIMENTAL_PODMAN_NETWORK=network,
+    )
+
+
+def test_a_network_made_later_is_followed_and_its_removal_too(
+    netns_factory: Callable[[str], Netns], network: str, tmp_path: Path
+) -> None:
+    host = netns_factory("follow")
+    out = tmp_path / "k.nft"
+    assert cli(host, network, out, "apply").returncode == 0
+    assert node_set(host) == FALLBACK
+    subnet, bridge = podman_network(network)
+    result = cli(host, network, out, "follow", "--once")
+    assert result.returncode == 0, result.stderr
+    assert f"NODE_NETWORKS {subnet}@{bridge}: podman network inspect {network}" in result.stderr
+    assert node_set(host) == {(subnet, bridge)}  # bound to its bridge: nothing else
+    assert f"{subnet}@{bridge}" in out.read_text()
+    subprocess.run(["podman", "network", "rm", network], capture_output=True, check=True)
+    assert cli(host, network, out, "follow", "--once").returncode == 0
+    assert node_set(host) == FALLBACK
+
+
+def test_follow_in_the_background_picks_the_network_up(
+    netns_factory: Callable[[str], Netns], network: str, tmp_path: Path
+) -> None:
+    host = netns_factory("follow")
+    out = tmp_path / "k.nft"
+    assert cli(host, network, out, "apply").returncode == 0
+    env = {"PYTHONPATH": str(ROOT / "src"), "KIND_EXPERIMENTAL_PODMAN_NETWORK": network}
+    argv = ["ip", "netns", "exec", host.name, "env", *(f"{k}={v}" for k, v in env.items())]
+    argv += [sys.executable, "-m", "mullvad_allow_k8s", "follow", "--interval", "1"]
+    argv += ["--settings", "none", "--output", str(out), "--preset", "kind"]
+    follower = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        subnet, bridge = podman_network(network)
+        deadline = time.monotonic() + 20
+        while node_set(host) != {(subnet, bridge)} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node_set(host) == {(subnet, bridge)}
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_follow_never_loads_a_removed_table_nor_applies_broken_settings(
+    netns_factory: Callable[[str], Netns], network: str, tmp_path: Path
+) -> None:
+    host = netns_factory("follow")
+    out = tmp_path / "k.nft"
+    assert cli(host, network, out, "apply").returncode == 0
+    table = host.sh("nft list table inet mullvad_allow_k8s").stdout
+    bad = cli(host, network, out, "follow", "--once", "--host-ports", "99999")
+    assert bad.returncode == 0
+    assert "warning: HOST_PORTS: '99999': ports must be 1-65535" in bad.stderr
+    assert "the loaded table stays as it is" in bad.stderr
+    assert host.sh("nft list table inet mullvad_allow_k8s").stdout == table
+    assert host.cli("remove").returncode == 0
+    podman_network(network)
+    assert cli(host, network, out, "follow", "--once").returncode == 0
+    assert "mullvad_allow_k8s" not in host.sh("nft list tables").stdout
+
+
+def test_follow_without_anything_auto_has_nothing_to_do(
+    netns_factory: Callable[[str], Netns], tmp_path: Path
+) -> None:
+    host = netns_factory("follow")
+    result = host.cli(
+        "follow", "--settings", "none", "--preset", "k3s", "--pod-cidrs", "10.42.0.0/16",
+        "--service-cidrs", "10.43.0.0/16", "--node-networks", "none",
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "nothing is auto in the settings: nothing to follow" in result.stderr

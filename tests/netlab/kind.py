@@ -1,4 +1,6 @@
-"""A kind-shaped cluster in the lab's machine: a real Podman network and node container.
+"""Clusters whose nodes are containers or VMs, in the lab's machine: kind on a real
+Podman network and node container (`KindNode`), minikube's kvm2 shape by hand
+(`MinikubeVm`), and the clean-up of podman state a killed run left (`purge_stale`).
 
 What is real: Debian's podman 4.3 (CNI backend) makes the network and runs the "node"
 container, with the commands kind's podman provider uses
@@ -8,8 +10,8 @@ with `--publish 127.0.0.1:<random port>:6443` for the API server and
 machine's network namespace (`nsenter --net`), so its CNI plugins (bridge with ipMasq,
 portmap, firewall, tuning; Debian's containernetworking-plugins) build the
 `cni-podman<N>` bridge, the veth, the masquerade and the hostport DNATs there, with the
-real iptables-nft, exactly as they would in a machine's root namespace; conmon holds the
-published ports' sockets there too. `root_namespace_state` lets the test show that
+real iptables-nft, as they do in the root namespace of a machine running podman;
+conmon holds the published ports' sockets there too. `root_namespace_state` lets the test show that
 nothing lands in the machine's own namespace.
 
 Only `nsenter --net`, not `ip netns exec`: the latter also gives podman a private mount
@@ -23,7 +25,8 @@ network namespace (`ip netns attach`). Inside it, as kindnetd and kube-proxy lay
 kind node: two pods on point-to-point veths (kindnet's ptp plugin: pod /32 addresses,
 the gateway 10.244.0.1 on the node's end of each veth), a CoreDNS stand-in (the lab's
 DNS responder) behind the ClusterIP 10.96.0.10, whose DNAT is kube-proxy's own
-nftables-mode rules (`kube_proxy.py`), kindnetd's masquerade of pod traffic leaving
+nftables-mode rules (`kube_proxy.py`; kind defaults to iptables mode, kubeProxyMode
+nftables is one of its options), kindnetd's masquerade of pod traffic leaving
 the node, an API server stand-in on :6443 and a web server (ingress) on :80, both the
 lab's banner servers.
 
@@ -84,7 +87,7 @@ def unavailable() -> str | None:
         hint = " (a docker client alone is not enough)" if shutil.which("docker") else ""
         return (
             f"the kind lab needs {', '.join(missing)}{hint}: apt-get install podman runc "
-            "conmon containernetworking-plugins (.ci/apt/netlab.txt)"
+            "conmon util-linux containernetworking-plugins (.ci/apt/netlab.txt)"
         )
     plugins = [p for p in CNI_PLUGINS if not (CNI_DIR / p).is_file()]
     if plugins:

@@ -71,12 +71,21 @@ def cli(host: Netns, network: str, out: Path, *args: str) -> subprocess.Complete
     )
 
 
-def test_a_network_made_later_is_followed_and_its_removal_too(
+@pytest.fixture
+def applied(
     netns_factory: Callable[[str], Netns], network: str, tmp_path: Path
-) -> None:
+) -> tuple[Netns, Path]:
+    """A namespace with our table applied with PRESET=kind, before the network exists."""
     host = netns_factory("follow")
     out = tmp_path / "k.nft"
     assert cli(host, network, out, "apply").returncode == 0
+    return host, out
+
+
+def test_a_network_made_later_is_followed_and_its_removal_too(
+    applied: tuple[Netns, Path], network: str
+) -> None:
+    host, out = applied
     assert node_set(host) == FALLBACK
     subnet, bridge = podman_network(network)
     result = cli(host, network, out, "follow", "--once")
@@ -90,11 +99,9 @@ def test_a_network_made_later_is_followed_and_its_removal_too(
 
 
 def test_follow_in_the_background_picks_the_network_up(
-    netns_factory: Callable[[str], Netns], network: str, tmp_path: Path
+    applied: tuple[Netns, Path], network: str
 ) -> None:
-    host = netns_factory("follow")
-    out = tmp_path / "k.nft"
-    assert cli(host, network, out, "apply").returncode == 0
+    host, out = applied
     env = {"PYTHONPATH": str(ROOT / "src"), "KIND_EXPERIMENTAL_PODMAN_NETWORK": network}
     argv = ["ip", "netns", "exec", host.name, "env", *(f"{k}={v}" for k, v in env.items())]
     argv += [sys.executable, "-m", "mullvad_allow_k8s", "follow", "--interval", "1"]
@@ -112,11 +119,9 @@ def test_follow_in_the_background_picks_the_network_up(
 
 
 def test_follow_never_loads_a_removed_table_nor_applies_broken_settings(
-    netns_factory: Callable[[str], Netns], network: str, tmp_path: Path
+    applied: tuple[Netns, Path], network: str
 ) -> None:
-    host = netns_factory("follow")
-    out = tmp_path / "k.nft"
-    assert cli(host, network, out, "apply").returncode == 0
+    host, out = applied
     table = host.sh("nft list table inet mullvad_allow_k8s").stdout
     bad = cli(host, network, out, "follow", "--once", "--host-ports", "99999")
     assert bad.returncode == 0

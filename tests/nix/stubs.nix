@@ -82,6 +82,18 @@ in
           default = true;
         };
       };
+      # The engines whose networks `follow` reads (nixpkgs: virtualisation/docker.nix,
+      # podman/default.nix, libvirtd.nix).
+      virtualisation = lib.genAttrs [ "docker" "podman" "libvirtd" ] (engine: {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        package = mkOption {
+          type = types.package;
+          default = fakeDrv "${engine}-0.0.0" { };
+        };
+      });
       services.mullvad-vpn.enable = mkOption {
         type = types.bool;
         default = false;

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from mullvad_allow_k8s import marks, nft
+from mullvad_allow_k8s.settings import FIELDS
 from tests.conftest import Netns
-from tests.nix.cases import CASES, OLD_CASES, Case, cli
+from tests.nix.cases import BUILD_TIME_SETTINGS, CASES, OLD_CASES, Case, cli
 from tests.nix.nixeval import GENERATE_SH, MAPPING, evaluate, module_expr, nix_path
 
 ALL_CASES = (*CASES, *OLD_CASES)
@@ -89,7 +90,15 @@ def test_old_configuration_builds_what_the_cli_makes_of_the_old_settings_file(
     out = build(settings_text("module", case, request), tmp_path, cli_on_path)
     old = tmp_path / "old-settings"
     old.write_text(case.old_settings)
-    migrated = cli("generate", "--settings", str(old))
+    # What the old file leaves to the defaults, the module's build-time defaults.
+    given = {line.split("=", 1)[0] for line in case.old_settings.splitlines()}
+    flags = [
+        word
+        for key, value in BUILD_TIME_SETTINGS.items()
+        if key not in given
+        for word in (FIELDS[key].flag, value)
+    ]
+    migrated = cli("generate", "--settings", str(old), *flags)
     assert (out / "k8s_bypass_mullvad.nft").read_text() == migrated
     # Nothing retired reaches the generator or the installed settings file.
     assert "INBOUND_PORTS" not in (out / "settings.json").read_text()

@@ -19,7 +19,7 @@ from mullvad_allow_k8s import marks, nft
 from mullvad_allow_k8s.settings import FIELDS
 from tests.conftest import Netns
 from tests.nix.cases import BUILD_TIME_SETTINGS, CASES, OLD_CASES, Case, cli
-from tests.nix.nixeval import GENERATE_SH, MAPPING, evaluate, module_expr, nix_path
+from tests.nix.nixeval import GENERATE_SH, MAPPING, build, evaluate, module_expr, nix_path
 
 ALL_CASES = (*CASES, *OLD_CASES)
 # (source of the JSON, case): the retired 0.1 options exist only in the module.
@@ -42,22 +42,6 @@ def settings_text(source: str, case: Case, request: pytest.FixtureRequest) -> st
         )
     assert isinstance(text, str)
     return text
-
-
-def build(text: str, where: Path, env: dict[str, str]) -> Path:
-    """Run the module's build step as the derivation does (passAsFile, then generate.sh)."""
-    settings = where / "settings-json"
-    settings.write_text(text)
-    out = where / "out"
-    proc = subprocess.run(
-        ["sh", str(GENERATE_SH), str(settings), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 @pytest.mark.parametrize(("source", "case"), RUNS)

@@ -20,7 +20,7 @@ import pytest
 from mullvad_allow_k8s.detect import Found
 from mullvad_allow_k8s.settings import AUTO, Detection, detects, parse_json, resolve
 from tests.nix.cases import cli, schema
-from tests.nix.nixeval import GENERATE_SH, evaluate, module_expr, module_settings
+from tests.nix.nixeval import build, evaluate, module_expr, module_settings
 
 FIELDS = schema()
 QUIET = 'services.mullvad-vpn.enable = true; networking.firewall.checkReversePath = "loose";'
@@ -274,28 +274,13 @@ def fake_engines(where: Path) -> tuple[Path, Path]:
     return bindir, log
 
 
-def run_build(text: str, where: Path, env: dict[str, str], *mode: str) -> Path:
-    settings = where / "settings-json"
-    settings.write_text(text)
-    out = where / "out"
-    proc = subprocess.run(
-        ["sh", str(GENERATE_SH), str(settings), str(out), *mode],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 def test_runtime_build_writes_the_settings_and_reads_nothing(
     nixpkgs_lib: Path, tmp_path: Path, cli_on_path: dict[str, str]
 ) -> None:
     text = runtime_json(nixpkgs_lib, 'preset = "auto"; hostPorts = [ 6443 ];')
     bindir, log = fake_engines(tmp_path)
     env = {**cli_on_path, "PATH": f"{bindir}:{cli_on_path['PATH']}"}
-    out = run_build(text, tmp_path, env, "runtime")
+    out = build(text, tmp_path, env, "runtime")
     assert sorted(p.name for p in out.iterdir()) == ["settings.env", "settings.json"]
     assert not log.exists()
     assert (out / "settings.json").read_text() == text
@@ -315,7 +300,7 @@ def test_build_time_build_calls_no_engine(
     )
     bindir, log = fake_engines(tmp_path)
     env = {**cli_on_path, "PATH": f"{bindir}:{cli_on_path['PATH']}"}
-    out = run_build(text, tmp_path, env)
+    out = build(text, tmp_path, env)
     assert (out / "k8s_bypass_mullvad.nft").read_text().count("172.18.0.0/16") > 0
     assert not log.exists()
     # The same JSON with the node networks left to detection does call them (the

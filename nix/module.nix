@@ -496,10 +496,16 @@ in
         # ordered after the network: so its PATH has none of their CLIs and it never
         # waits on one; it reads the clusters' config files, and the follow service,
         # ordered after the engines, adds their networks as soon as they run.
-        systemd.services.mullvad-allow-k8s.serviceConfig.ExecStart = [
-          ""
-          applyCommand
-        ];
+        systemd.services.mullvad-allow-k8s = {
+          serviceConfig.ExecStart = [
+            ""
+            applyCommand
+          ];
+          # New settings change ExecStart (the JSON's store path): reload, which applies
+          # them in one transaction, instead of the restart switch-to-configuration does
+          # by default (stop removes the table: cluster traffic would be dropped between).
+          reloadIfChanged = true;
+        };
 
         # `follow`: re-read on Docker/Podman events and every 60 s, apply when the result
         # changed. It never loads a table that is not loaded, so stopping

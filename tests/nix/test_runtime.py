@@ -130,6 +130,9 @@ def test_runtime_units(nixpkgs_lib: Path) -> None:
         # replaced: at boot and on reload detect and apply the module's JSON. No `path`:
         # it runs before the engines (see module.nix), so it never waits on one.
         "serviceConfig": {"ExecStart": ["", apply], "ExecReload": ["", apply]},
+        # A switch to new settings reloads (apply, atomic) rather than restarts (remove,
+        # then apply: a gap without the table).
+        "reloadIfChanged": True,
     }
     store = "/nix/store/00000000000000000000000000000000"
     assert services["mullvad-allow-k8s-follow"] == {

@@ -51,6 +51,13 @@ let
   settingsJson = "${generated}/settings.json";
   # `--settings none`: the units read only the module's JSON, never a file in /etc.
   applyCommand = "${exe} apply --settings none --json ${settingsJson}";
+  # A reload runs once the machine is up: then the engines may be asked too (systemd
+  # expands ${PATH}, the unit's own).
+  reloadCommand =
+    if engines == [ ] then
+      applyCommand
+    else
+      "${pkgs.coreutils}/bin/env PATH=${lib.makeBinPath (map (e: e.package) engines)}:\${PATH} ${applyCommand}";
 
   presets = [
     "kubeadm"
@@ -484,7 +491,7 @@ in
           reloadTriggers = [ generated ];
           serviceConfig.ExecReload = [
             ""
-            (if runtime then applyCommand else "${exe} apply --from-file")
+            (if runtime then reloadCommand else "${exe} apply --from-file")
           ];
         };
       })

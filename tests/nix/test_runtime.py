@@ -123,18 +123,21 @@ def test_runtime_units(nixpkgs_lib: Path) -> None:
     json_file = settings_path(nixpkgs_lib, config)
     apply = f"{EXE} apply --settings none --json {json_file}"
     gen = json_file.removesuffix("/settings.json")
+    store = "/nix/store/00000000000000000000000000000000"
+    engine_path = ":".join(f"{store}-{name}-0.0.0/bin" for name, _ in ENGINES)
+    reload = f"{store}-coreutils-0.0.0/bin/env PATH={engine_path}:${{PATH}} {apply}"
     assert services["mullvad-allow-k8s"] == {
         "wantedBy": ["multi-user.target"],
         "reloadTriggers": [gen],
         # The package's unit, whose ExecStart (`apply --from-file`) and ExecReload are
         # replaced: at boot and on reload detect and apply the module's JSON. No `path`:
-        # it runs before the engines (see module.nix), so it never waits on one.
-        "serviceConfig": {"ExecStart": ["", apply], "ExecReload": ["", apply]},
+        # it starts before the engines (see module.nix), so it never waits on one; a
+        # reload, once the machine is up, asks them too.
+        "serviceConfig": {"ExecStart": ["", apply], "ExecReload": ["", reload]},
         # A switch to new settings reloads (apply, atomic) rather than restarts (remove,
         # then apply: a gap without the table).
         "reloadIfChanged": True,
     }
-    store = "/nix/store/00000000000000000000000000000000"
     assert services["mullvad-allow-k8s-follow"] == {
         "description": "Keep the Kubernetes bypass table for Mullvad in step with the clusters",
         "documentation": ["man:mullvad-allow-k8s(8)"],
@@ -162,6 +165,8 @@ def test_follow_waits_for_and_reads_only_the_engines_configured(
     bare = ev(nixpkgs_lib, enabled('nodeNetworks = "auto";'), "config.systemd.services")
     assert bare["mullvad-allow-k8s-follow"]["after"] == ["mullvad-allow-k8s.service"]
     assert bare["mullvad-allow-k8s-follow"]["path"] == []
+    apply = bare["mullvad-allow-k8s"]["serviceConfig"]["ExecStart"]
+    assert bare["mullvad-allow-k8s"]["serviceConfig"]["ExecReload"] == apply  # no engines
 
 
 def test_runtime_with_the_nftables_firewall_uses_our_unit(nixpkgs_lib: Path) -> None:

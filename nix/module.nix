@@ -159,10 +159,10 @@ in
       ];
       description = ''
         Pod network ranges (IPv4 and/or IPv6, private ranges only), built into the
-        ruleset. `[ ]` (the default, unless `preset = "auto"`): the preset's. `"auto"`: the ranges the running cluster's
-        configuration names (kubeadm's manifests, k3s/rke2 config files, ...), read on
-        the running machine: the run-time mode (see
-        {option}`services.mullvadAllowK8s.preset`).
+        ruleset. `[ ]` (the default, unless `preset = "auto"`): the preset's. `"auto"`:
+        the ranges the running cluster's configuration names (kubeadm's manifests,
+        k3s/rke2 config files, ...), read on the running machine: the run-time mode
+        (see {option}`services.mullvadAllowK8s.preset`).
       '';
     };
 
@@ -188,9 +188,9 @@ in
         interface name or a `NAME*` pattern). This machine may reach the nodes there
         (kubectl), and connections forwarded to a node (kind's extraPortMappings) are
         exempted; the nodes' own traffic is not. `null`: the preset's (kind
-        `172.18.0.0/16@br-*`, the subnet Docker gives the first network; none for
-        clusters running on this machine; the default, unless `preset = "auto"`);
-        `[ ]`: none.
+        `172.18.0.0/16@br-*`, the subnet Docker gives the first network, and its IPv6
+        ULA; none for clusters running on this machine; the default, unless
+        `preset = "auto"`); `[ ]`: none.
 
         `"auto"`: the networks kind, k3d and minikube made, found through docker,
         podman and virsh, each bound to its own bridge (else the preset's). Docker picks
@@ -497,12 +497,13 @@ in
       })
 
       (lib.mkIf runtime {
-        # Detect, generate, check, write cfg.output and load, at boot as on every reload.
-        # This unit runs early (before network-pre.target, as the package's unit says),
+        # Detect, generate, check, write cfg.output and load, at boot and on every reload.
+        # This unit starts early (before network-pre.target, as the package's unit says),
         # before the container engines and libvirtd, which are socket-activated and
-        # ordered after the network: so its PATH has none of their CLIs and it never
-        # waits on one; it reads the clusters' config files, and the follow service,
-        # ordered after the engines, adds their networks as soon as they run.
+        # ordered after the network: so its PATH has none of their CLIs and its start
+        # never waits on one; it reads the clusters' config files, and the follow
+        # service, ordered after the engines, adds their networks as soon as they run.
+        # A reload (reloadCommand) comes later and asks the engines too.
         systemd.services.mullvad-allow-k8s = {
           serviceConfig.ExecStart = [
             ""
@@ -515,8 +516,8 @@ in
         };
 
         # `follow`: re-read on Docker/Podman events and every 60 s, apply when the result
-        # changed. It never loads a table that is not loaded, so stopping
-        # mullvad-allow-k8s.service (which removes the table) stops it too.
+        # changed. It never loads a table that is not loaded; stopping
+        # mullvad-allow-k8s.service (which removes the table) stops it too (partOf).
         systemd.services.mullvad-allow-k8s-follow = {
           description = "Keep the Kubernetes bypass table for Mullvad in step with the clusters";
           documentation = [ "man:mullvad-allow-k8s(8)" ];

@@ -38,19 +38,25 @@ def wall(cmd: list[str]) -> float:
 def startup_ratio() -> None:
     bare = [sys.executable, "-c", "pass"]
     gen = [sys.executable, "-m", "mullvad_allow_k8s", "generate", "--settings", "none"]
+    # The same ranges given, so nothing is detected: what a settings file with explicit
+    # values (or the Nix build) costs.
+    given = [*gen, "--preset", "kubeadm", "--pod-cidrs", "10.244.0.0/16"]
+    given += ["--service-cidrs", "10.96.0.0/12", "--node-networks", "none"]
     wall(gen)  # warm the page cache
     lib = [sys.executable, "-c", "import netaddr"]
-    runs = [(wall(bare), wall(gen), wall(lib)) for _ in range(RUNS)]  # interleaved
-    b = statistics.median(r[0] for r in runs)
-    g = statistics.median(r[1] for r in runs)
-    n = statistics.median(r[2] for r in runs)
+    runs = [(wall(bare), wall(gen), wall(lib), wall(given)) for _ in range(RUNS)]  # interleaved
+    b, g, n, e = (statistics.median(r[i] for r in runs) for i in range(4))
     print(
         f"(a) python3 -c 'import netaddr' alone: median {n * 1000:.1f} ms, ratio {n / b:.2f}x "
         "(the validation library's import is most of the start-up cost)"
     )
     print(
-        f"(a) generate: median {g * 1000:.1f} ms, python3 -c pass: {b * 1000:.1f} ms, "
-        f"ratio {g / b:.2f}x (goal <= 3x)"
+        f"(a) generate, ranges given: median {e * 1000:.1f} ms, python3 -c pass: "
+        f"{b * 1000:.1f} ms, ratio {e / b:.2f}x (goal <= 3x)"
+    )
+    print(
+        f"(a) generate, defaults (auto: reads the machine, the engines' CLIs among it): "
+        f"median {g * 1000:.1f} ms, ratio {g / b:.2f}x"
     )
 
 

@@ -262,6 +262,48 @@ def check_overlaps(settings: Settings, facts: MachineFacts) -> list[Finding]:
     ]
 
 
+def check_cluster_ranges(settings: Settings, facts: MachineFacts) -> list[Finding]:
+    """Where the auto values came from, node networks whose bridge is gone, and ranges in
+    Mullvad's tunnel address pool."""
+    findings = [
+        Finding(
+            WARN,
+            line,
+            "start the cluster and run `mullvad-allow-k8s apply` (mullvad-allow-k8s-follow"
+            ".service does it), or set PRESET or the ranges",
+        )
+        if "no cluster found" in line
+        else Finding(OK, f"detected: {line}")
+        for line in settings.origins
+    ]
+    for net, iface in settings.node_networks:
+        if not iface.endswith("*") and not facts.has_interface(iface):
+            findings.append(
+                Finding(
+                    WARN,
+                    f"node network {net}@{iface}: there is no interface {iface} (the cluster "
+                    "is stopped or gone); nothing is exempted for it until it is back",
+                    "after recreating the cluster: `mullvad-allow-k8s apply` (mullvad-allow-"
+                    "k8s-follow.service does it)",
+                )
+            )
+    pool = netaddr.IPSet([marks.TUNNEL_POOL_V4])
+    nodes = [net for net, _ in settings.node_networks]
+    for net in [*settings.pod_cidrs, *settings.service_cidrs, *nodes]:
+        if netaddr.IPSet([net]) & pool:
+            findings.append(
+                Finding(
+                    WARN,
+                    f"{net} lies in {marks.TUNNEL_POOL_V4}, where Mullvad takes the tunnel's "
+                    "own address from: that address stays protected, but if it falls inside "
+                    f"{net} its route and the cluster's clash",
+                    "if the cluster misbehaves while Mullvad is connected, give it another "
+                    "range (e.g. `podman network create --subnet`)",
+                )
+            )
+    return findings
+
+
 def _join(items: Iterable[object]) -> str:
     return ", ".join(str(i) for i in items)
 
@@ -281,6 +323,7 @@ def run(settings: Settings, facts: MachineFacts, lister: Lister = nft.table_json
             )
     except nft.NftError as err:
         findings.append(Finding(ERROR, str(err), "apt install python3-nftables nftables"))
+    findings += check_cluster_ranges(settings, facts)
     findings += check_kernel(settings, facts)
     findings += check_addresses(settings, facts)
     findings += check_overlaps(settings, facts)

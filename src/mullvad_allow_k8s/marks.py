@@ -115,6 +115,16 @@ PROTECTED_SOURCE = (
     "100.64.0.x)"
 )
 
+# Where Mullvad takes its WireGuard tunnels' own IPv4 addresses from (the gateway
+# 10.64.0.1 sits in it). A cluster range here is allowed (kubeadm's 10.96.0.0/12,
+# Podman's 10.88.0.0/16 are engine defaults): the tunnel's current address is protected
+# at load, but its routes may clash with the cluster's, which `doctor` says.
+TUNNEL_POOL_V4 = "10.64.0.0/10"
+TUNNEL_POOL_SOURCE = (
+    "Mullvad's WireGuard tunnel addresses (10.64.0.0/10 around the gateway 10.64.0.1 of "
+    "mullvad-api/src/relay_list.rs; mullvad/mullvadvpn-app#6243)"
+)
+
 # Private ranges a cluster CIDR must fall in: RFC 1918, RFC 6598 (shared address space,
 # used by some CNIs) and RFC 4193 unique local IPv6 addresses.
 PRIVATE_RANGES: tuple[str, ...] = (

@@ -33,6 +33,8 @@ NONE = "none"
 CUSTOM_PRESET = "custom"
 DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 # Linux interface names: at most 15 bytes; we accept the conservative portable subset.
+# PRESET's values, in the order front ends offer them (debconf's select, Nix's enum).
+PRESET_CHOICES: tuple[str, ...] = (AUTO, *PRESETS, CUSTOM_PRESET)
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # A name, or a prefix with a trailing * (never a bare *: that would match everything).
 _IFPATTERN = re.compile(r"[A-Za-z0-9_.-]{1,15}|[A-Za-z0-9_.-]{1,14}\*")
@@ -564,7 +566,7 @@ def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _
         raise SettingsError(
             "PRESET",
             given["PRESET"],
-            f"unknown preset (choose {AUTO}, {', '.join(PRESETS)} or {CUSTOM_PRESET})",
+            f"unknown preset (choose {', '.join(PRESET_CHOICES[:-1])} or {CUSTOM_PRESET})",
         )
     wanted = [k for k in _AUTO_KINDS if given[k].lower() == AUTO]
     found: list[Found] = []

@@ -41,6 +41,7 @@ INCLUDE = (
     "nftables",
     "python3-nftables",
     "python3-netaddr",
+    "python3-yaml",
     "iproute2",
     "apt-utils",
     "systemd",

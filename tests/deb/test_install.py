@@ -98,13 +98,14 @@ def test_reconfigure_asks_again_after_a_bad_answer_and_changes_the_file(
     machine: Machine, builds: Builds
 ) -> None:
     machine.apt_install(builds.deb)
-    assert "PRESET=kubeadm\n" in machine.file(SETTINGS).read_text()
+    assert "PRESET=auto\n" in machine.file(SETTINGS).read_text()
 
     choices = parse_templates(TEMPLATES.read_text())["preset"]["Choices"].split(", ")
     answers = [
         str(choices.index("custom") + 1),  # distribution
         "8.8.8.0/24",  # pod ranges: public, rejected
         "10.96.0.0/16",  # service ranges
+        "auto",  # node networks
         "auto",  # machine addresses
         "",  # public addresses
         "6443 9345",  # host ports
@@ -165,7 +166,7 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
         .replace("HOST_PORTS=''", "HOST_PORTS=80,443,6443,30000-32767")
         .replace("PUBLIC_ADDRESSES=''", 'PUBLIC_ADDRESSES="198.51.100.9"  # our LB')
         # Valid for the generator (shlex), though not for sh: must be read all the same.
-        .replace("POD_CIDRS=''", "POD_CIDRS=10.42.0.0/16 10.142.0.0/16")
+        .replace("POD_CIDRS=auto", "POD_CIDRS=10.42.0.0/16 10.142.0.0/16")
         + "# edited by hand\n"
     )
     settings.write_text(edited)

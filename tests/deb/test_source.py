@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from mullvad_allow_k8s import __version__
-from mullvad_allow_k8s.presets import PRESETS
-from mullvad_allow_k8s.settings import CUSTOM_PRESET, SCHEMA, render_settings_file
+from mullvad_allow_k8s.settings import PRESET_CHOICES, SCHEMA, render_settings_file
 from tests.deb.conftest import REPO, Builds, need_tools, run
 
 pytestmark = pytest.mark.deb
@@ -56,7 +55,7 @@ def test_question_defaults_are_the_schema_defaults() -> None:
 def test_preset_choices_are_the_presets() -> None:
     preset = parse_templates(TEMPLATES.read_text())["preset"]
     assert preset["Type"] == "select"
-    assert preset["Choices"].split(", ") == [*PRESETS, CUSTOM_PRESET]
+    assert preset["Choices"].split(", ") == list(PRESET_CHOICES)
 
 
 @pytest.mark.parametrize("script", ["mullvad-allow-k8s.config", "mullvad-allow-k8s.postinst"])

@@ -60,7 +60,8 @@ License:   GPL-3.0-or-later
 BuildArch: noarch
 EOF
     dpkg-query -W -f '${Package}\n' | sort -u | sed 's/^/Provides:  /'
-    printf 'Provides:  %s\n' iproute /bin/sh /usr/bin/sh /usr/bin/python3 /usr/sbin/nft
+    printf 'Provides:  %s\n' iproute python3-pyyaml \
+        /bin/sh /usr/bin/sh /usr/bin/python3 /usr/sbin/nft
     printf '%%description\nLets rpm and dnf see the packages dpkg installed.\n'
     # what Fedora's filesystem package owns and our package puts files into
     printf '%%install\nmkdir -p %%{buildroot}/etc/sysconfig %%{buildroot}/usr/share/licenses\n'
@@ -73,15 +74,17 @@ rm -rf /tmp/shim
 
 
 # python = "X.Y": the interpreter layer (tests/rpm/harness.python_layer, copied into the
-# build context as python/) replaces /usr/bin/python3; netaddr and the bindings the image
-# already has (Debian's, pure Python) are copied into its site-packages, and Debian's
-# dnf, a Python 3.11 program, is pointed at Debian's interpreter.
+# build context as python/) replaces /usr/bin/python3; netaddr, the bindings and PyYAML
+# the image already has (Debian's; PyYAML without its C part, built for 3.11) are copied
+# into its site-packages, and Debian's dnf, a Python 3.11 program, is pointed at
+# Debian's interpreter.
 PYTHON_SCRIPT = r"""
 set -e
 site=/usr/lib/python{v}/site-packages
-cp -r /usr/lib/python3/dist-packages/netaddr /usr/lib/python3/dist-packages/nftables "$site/"
+cp -r /usr/lib/python3/dist-packages/netaddr /usr/lib/python3/dist-packages/nftables \
+    /usr/lib/python3/dist-packages/yaml "$site/"
 sed -i '1s|^#!/usr/bin/python3$|#!/usr/bin/python3.11|' /usr/bin/dnf
-python3 -B -c 'import sys, netaddr, nftables
+python3 -B -c 'import sys, netaddr, nftables, yaml
 assert sys.version_info[:2] == ({major}, {minor}), sys.version
 assert not [p for p in sys.path if "dist-packages" in p], sys.path'
 dnf --version >/dev/null

@@ -75,7 +75,7 @@ def test_install_with_defaults(box: Box, debs: Packages) -> None:
     assert box.read(SETTINGS) == box.read(TEMPLATE)
     box.assert_active()
     shown = box.sh("debconf-show mullvad-allow-k8s").stdout
-    assert "mullvad-allow-k8s/preset: kubeadm" in shown
+    assert "mullvad-allow-k8s/preset: auto" in shown
     assert "mullvad-allow-k8s/machine_addresses: auto" in shown
 
 
@@ -93,6 +93,7 @@ def test_reconfigure_interactively_changes_the_file_and_the_table(box: Box, debs
         str(k3s),  # distribution (a numbered menu in the teletype frontend)
         "",  # pod ranges: empty, the preset's
         "",  # service ranges: empty, the preset's
+        "",  # node networks: empty, the preset's (k3s: none)
         "auto",  # machine addresses (teletype offers no default: empty means empty)
         "203.0.113.9",  # public addresses
     ]

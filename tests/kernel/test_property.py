@@ -62,11 +62,19 @@ valid = st.fixed_dictionaries(
         "CLUSTER_INTERFACES": st.lists(
             st.from_regex(r"[A-Za-z0-9_.-]{1,14}\*?", fullmatch=True), min_size=1, max_size=4
         ).map(" ".join),
+        "NODE_NETWORKS": st.lists(
+            st.builds(
+                lambda cidr, iface: f"{cidr}@{iface}",
+                valid_cidr,
+                st.from_regex(r"[A-Za-z0-9_.-]{1,14}\*?", fullmatch=True),
+            ),
+            max_size=3,
+        ).map(lambda words: " ".join(words) or "none"),
     }
 )
 # Values written inside a rule rather than as set elements: the tunnel's name. An
 # injection attempt for each, which a looser name pattern would let through.
-injection = st.fixed_dictionaries(
+tunnel_injection = st.fixed_dictionaries(
     {
         "TUNNEL_INTERFACE": st.sampled_from(
             [
@@ -78,6 +86,23 @@ injection = st.fixed_dictionaries(
         ),
     }
 )
+# The node networks' bridges are written into set elements, quoted: words that end the
+# quote (values split at blanks, so an attempt is one word), each tried on its own.
+node_injection = st.fixed_dictionaries(
+    {
+        "NODE_NETWORKS": st.sampled_from(
+            [
+                '172.18.0.0/16@br-0"}',
+                '172.18.0.0/16@br-0";flush',
+                '172.18.0.0/16@br-0"."x',
+                '172.18.0.0/16@br-0" accept #',
+                "172.18.0.0/16@br-0\nflush ruleset",
+                "172.18.0.0/16@*",
+            ]
+        ),
+    }
+)
+injection = st.one_of(tunnel_injection, node_injection)
 raw = st.dictionaries(st.sampled_from([f.key for f in SCHEMA if f.key != "OUTPUT"]), value)
 
 
@@ -100,6 +125,9 @@ def template(s: Settings) -> list[str]:
             {
                 "MACHINE_ADDRESSES": "auto" if s.machine_addresses is None else "192.168.1.1",
                 "BRIDGE_TABLE": "yes" if s.bridge_table else "no",
+                # node networks add their rules (and only then): the template has them too
+                "NODE_NETWORKS": "172.31.255.0/24@IF" if s.node_networks else "none",
+                **({} if s.pod_cidrs else {"PRESET": "kind"}),
             }
         ],
     )

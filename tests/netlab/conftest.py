@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from . import kind
 from .nsutil import NETNS_DIR, Netns, delete_namespaces, purge_stale
 from .probes import Probe, Scenario, applies
 from .scenarios import ScenarioResult, run_scenario
@@ -76,6 +77,7 @@ def _namespace_hygiene() -> Iterator[None]:
     if lab_unavailable() is not None:
         yield
         return
+    kind.purge_stale(PREFIX)  # before the namespaces: it uses their machine namespace
     purge_stale(PREFIX)
     yield
     ours = f"{PREFIX}{os.getpid()}-"

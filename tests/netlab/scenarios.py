@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +54,19 @@ def generator_command() -> tuple[list[str], dict[str, str]]:
 
 
 def run_generator(
-    lab: Lab, *args: str, check: bool = True, **overrides: str
+    lab: Lab,
+    *args: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    **overrides: str,
 ) -> subprocess.CompletedProcess[str]:
-    """`mullvad-allow-k8s <args> --settings FILE` inside the machine's namespace."""
+    """`mullvad-allow-k8s <args> --settings FILE` inside the machine's namespace, with
+    `env` added to its environment (e.g. what a user's shell exports for kind)."""
     path = lab.tmp / "settings"
     path.write_text(settings_text(lab, **overrides))
-    argv, env = generator_command()
-    return lab["host"].exec(*argv, *args, "--settings", str(path), check=check, env=env)
+    argv, run_env = generator_command()
+    run_env.update(env or {})
+    return lab["host"].exec(*argv, *args, "--settings", str(path), check=check, env=run_env)
 
 
 def naive_ruleset() -> str:

@@ -23,6 +23,7 @@ packets entering it can still be counted on the far side.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -302,28 +303,21 @@ def receiver_rules(counter: str, port: int, priority: int) -> str:
     return "table inet netlab_rx {\n" + "".join(counters) + _chain("rx", head, rules) + "}\n"
 
 
-def counter_rules(ifname: str) -> str:
-    """Named counters for every watch, on packets arriving on `ifname`."""
+def counter_rules(
+    ifname: str, watches: dict[str, str] = WATCHES, table: str = "netlab_counters"
+) -> str:
+    """Named counters for every watch, on packets arriving on `ifname`.
+
+    A watch is an nft match with the family's addresses as `{field}` (any Fam field)."""
     counters, rules = [], []
     for f in FAMILIES:
-        fields = (
-            "remote",
-            "internet",
-            "outside_dns_pod",
-            "outside_dns_host",
-            "other_node_pod",
-            "unassigned_svc",
-            "lb_ip",
-        )
-        fmt = {"ip": f.nfproto, **{k: getattr(f, k) for k in fields}}
-        for watch, match in WATCHES.items():
+        fmt = {"ip": f.nfproto, **dataclasses.asdict(f)}
+        for watch, match in watches.items():
             name = watch_name(watch, f)
             counters.append(f"\tcounter {name} {{ }}\n")
             rules.append(f'iifname "{ifname}" {match.format(**fmt)} counter name "{name}"')
     head = "type filter hook prerouting priority -400; policy accept;"
-    return (
-        "table inet netlab_counters {\n" + "".join(counters) + _chain("watch", head, rules) + "}\n"
-    )
+    return f"table inet {table} {{\n" + "".join(counters) + _chain("watch", head, rules) + "}\n"
 
 
 class Lab:
@@ -594,12 +588,12 @@ class Lab:
 
     # --- observation -----------------------------------------------------------------
 
-    def counters(self) -> dict[str, tuple[int, int]]:
+    def counters(self, table: str = "netlab_counters") -> dict[str, tuple[int, int]]:
         """watch name -> (packets into the tunnel, packets onto the LAN)."""
 
         def read(ns: Netns) -> dict[str, int]:
             data = json.loads(
-                ns.exec("nft", "-j", "list", "counters", "table", "inet", "netlab_counters").stdout
+                ns.exec("nft", "-j", "list", "counters", "table", "inet", table).stdout
             )
             return {
                 item["counter"]["name"]: int(item["counter"]["packets"])

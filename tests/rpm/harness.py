@@ -39,7 +39,14 @@ TABLE = "inet mullvad_allow_k8s"
 SYSCONFIG = "/etc/sysconfig/mullvad-allow-k8s"
 NFT_FILE = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 UNIT_LINK = "/etc/systemd/system/multi-user.target.wants/mullvad-allow-k8s.service"
-ROOT_PACKAGES = ("python3", "python3-netaddr", "python3-nftables", "nftables", "iproute2")
+ROOT_PACKAGES = (
+    "python3",
+    "python3-netaddr",
+    "python3-nftables",
+    "python3-yaml",
+    "nftables",
+    "iproute2",
+)
 ROOT_EXTRA = ("systemd",)  # systemctl for the preset/enable/disable scriptlet steps
 DBPATH = "/var/lib/rpm"
 CACHE = Path(os.environ.get("MULLVAD_TEST_CACHE", "/var/tmp/mullvad-allow-k8s-test-cache"))
@@ -208,7 +215,7 @@ def _rpm_extra_args() -> list[str]:
 
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
 FEDORA_LIKE = ("3.11", "3.12", "3.13")
-SITE_LIBS = ("netaddr", "nftables")
+SITE_LIBS = ("netaddr", "nftables", "yaml")  # PyYAML: pure Python without _yaml
 SITECUSTOMIZE = """\
 # test layer: search path like Fedora's (no dist-packages; /usr/lib/python3.11/site-packages)
 import site

@@ -95,7 +95,10 @@ def test_preset_enables_the_unit() -> None:
         for line in (harness.REPO / "rpm" / "50-mullvad-allow-k8s.preset").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert lines == ["enable mullvad-allow-k8s.service"]
+    assert lines == [
+        "enable mullvad-allow-k8s.service",
+        "enable mullvad-allow-k8s-follow.service",
+    ]
 
 
 def test_sysconfig_is_the_schema_rendered_at_build_time(release1: harness.Build) -> None:

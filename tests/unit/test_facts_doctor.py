@@ -7,6 +7,7 @@ from pathlib import Path
 import netaddr
 
 from mullvad_allow_k8s import doctor
+from mullvad_allow_k8s.detect import Found
 from mullvad_allow_k8s.facts import MachineFacts
 from mullvad_allow_k8s.settings import resolve
 
@@ -115,3 +116,35 @@ def test_ipv6_pods_without_lan_sharing_get_a_warning() -> None:
     assert warn.level == doctor.WARN and warn.fix == "mullvad lan set allow"
     assert doctor.check_ipv6_lan(v6, [*table, lan])[0].level == doctor.OK
     assert doctor.check_ipv6_lan(resolve([]), table) == []
+
+
+def test_doctor_shows_what_auto_found_and_warns_of_gone_bridges_and_mullvads_pool(
+    tmp_path: Path,
+) -> None:
+    facts = MachineFacts(root=tmp_path)
+    facts._addresses = [{"ifname": "cni-podman1", "addr_info": []}]
+    hits = [
+        Found("kind", "nodes", "10.89.0.0/24", "cni-podman1", "podman network inspect kind"),
+        Found("kind", "nodes", "172.19.0.0/16", "br-0123456789ab", "docker network inspect kind"),
+    ]
+    settings = resolve([], lambda: (hits, []))
+    lines = [f.line() for f in doctor.check_cluster_ranges(settings, facts)]
+    assert lines[0] == "[ok] detected: PRESET=auto: found kind"
+    assert (
+        "[ok] detected: NODE_NETWORKS 10.89.0.0/24@cni-podman1: podman network inspect kind"
+        in lines
+    )
+    gone = [line for line in lines if "there is no interface" in line]
+    assert len(gone) == 1 and "172.19.0.0/16@br-0123456789ab" in gone[0]  # cni-podman1 exists
+    pool = [line for line in lines if "lies in 10.64.0.0/10" in line]
+    assert len(pool) == 1 and pool[0].startswith("[warning] 10.89.0.0/24 lies in")
+
+
+def test_doctor_warns_when_auto_found_no_cluster(tmp_path: Path) -> None:
+    facts = MachineFacts(root=tmp_path)
+    facts._addresses = []
+    findings = doctor.check_cluster_ranges(resolve([], lambda: ([], [])), facts)
+    assert findings[0].level == doctor.WARN
+    assert findings[0].message == "PRESET=auto: no cluster found, kubeadm's defaults"
+    # kubeadm's service range 10.96.0.0/12 lies in Mullvad's pool: said too
+    assert any("10.96.0.0/12 lies in 10.64.0.0/10" in f.message for f in findings)

@@ -57,7 +57,7 @@ let
     if engines == [ ] then
       applyCommand
     else
-      "${pkgs.coreutils}/bin/env PATH=${lib.makeBinPath (map (e: e.package) engines)}:\${PATH} ${applyCommand}";
+      "${pkgs.coreutils}/bin/env PATH=${lib.makeBinPath engines}:\${PATH} ${applyCommand}";
 
   presets = [
     "kubeadm"
@@ -84,20 +84,15 @@ let
   auto = types.enum [ "auto" ];
 
   # The container engines and libvirt this configuration runs, whose networks `follow`
-  # reads through their CLIs (docker, podman, virsh) and whose events it waits for.
-  engines =
-    lib.optional (config.virtualisation.docker.enable or false) {
-      unit = "docker.service";
-      package = config.virtualisation.docker.package;
-    }
-    ++ lib.optional (config.virtualisation.podman.enable or false) {
-      unit = "podman.service";
-      package = config.virtualisation.podman.package;
-    }
-    ++ lib.optional (config.virtualisation.libvirtd.enable or false) {
-      unit = "libvirtd.service";
-      package = config.virtualisation.libvirtd.package;
-    };
+  # reads through their CLIs (docker, podman, virsh) and whose events it waits for
+  # (the package's follow unit is ordered after their services).
+  engines = lib.concatMap (
+    engine:
+    let
+      v = config.virtualisation.${engine} or { };
+    in
+    lib.optional (v.enable or false) v.package
+  ) [ "docker" "podman" "libvirtd" ];
 
   generated =
     pkgs.runCommand "mullvad-allow-k8s-${if runtime then "settings" else "ruleset"}"
@@ -515,22 +510,17 @@ in
           reloadIfChanged = true;
         };
 
-        # `follow`: re-read on Docker/Podman events and every 60 s, apply when the result
-        # changed. It never loads a table that is not loaded; stopping
-        # mullvad-allow-k8s.service (which removes the table) stops it too (partOf).
+        # The package's mullvad-allow-k8s-follow.service (`follow`: re-read on
+        # Docker/Podman events and every 60 s, apply when the result changed; After= our
+        # unit and the engines' services, PartOf= our unit, so stopping ours, which
+        # removes the table, stops it too), given the module's JSON and the engines' CLIs.
         systemd.services.mullvad-allow-k8s-follow = {
-          description = "Keep the Kubernetes bypass table for Mullvad in step with the clusters";
-          documentation = [ "man:mullvad-allow-k8s(8)" ];
           wantedBy = [ "multi-user.target" ];
-          requires = [ "mullvad-allow-k8s.service" ];
-          partOf = [ "mullvad-allow-k8s.service" ];
-          after = [ "mullvad-allow-k8s.service" ] ++ map (e: e.unit) engines;
-          path = map (e: e.package) engines;
-          serviceConfig = {
-            ExecStart = "${exe} follow --settings none --json ${settingsJson}";
-            Restart = "on-failure";
-            RestartSec = 10;
-          };
+          path = engines;
+          serviceConfig.ExecStart = [
+            ""
+            "${exe} follow --settings none --json ${settingsJson}"
+          ];
         };
       })
     ]

@@ -9,6 +9,7 @@ CLI.
 
 from __future__ import annotations
 
+import configparser
 import json
 import subprocess
 import sys
@@ -20,9 +21,10 @@ import pytest
 from mullvad_allow_k8s.detect import Found
 from mullvad_allow_k8s.settings import AUTO, Detection, detects, parse_json, resolve
 from tests.nix.cases import cli, schema
-from tests.nix.nixeval import build, evaluate, module_expr, module_settings
+from tests.nix.nixeval import ROOT, build, evaluate, module_expr, module_settings
 
 FIELDS = schema()
+FOLLOW_UNIT = ROOT / "data" / "mullvad-allow-k8s-follow.service"
 QUIET = 'services.mullvad-vpn.enable = true; networking.firewall.checkReversePath = "loose";'
 RUNTIME_OUTPUT = "/run/mullvad-allow-k8s/k8s_bypass_mullvad.nft"
 PKG = "/nix/store/00000000000000000000000000000000-mullvad-allow-k8s-0.0.0"
@@ -138,32 +140,38 @@ def test_runtime_units(nixpkgs_lib: Path) -> None:
         # then apply: a gap without the table).
         "reloadIfChanged": True,
     }
+    # The package's follow unit (ordering, PartOf, Restart: see the next test), given
+    # the module's JSON and the engines' CLIs.
     assert services["mullvad-allow-k8s-follow"] == {
-        "description": "Keep the Kubernetes bypass table for Mullvad in step with the clusters",
-        "documentation": ["man:mullvad-allow-k8s(8)"],
         "wantedBy": ["multi-user.target"],
-        "requires": ["mullvad-allow-k8s.service"],
-        "partOf": ["mullvad-allow-k8s.service"],
-        "after": ["mullvad-allow-k8s.service", *(unit for _, unit in ENGINES)],
         "path": [f"{store}-{name}-0.0.0" for name, _ in ENGINES],
         "serviceConfig": {
-            "ExecStart": f"{EXE} follow --settings none --json {json_file}",
-            "Restart": "on-failure",
-            "RestartSec": 10,
+            "ExecStart": ["", f"{EXE} follow --settings none --json {json_file}"],
         },
     }
+    assert ev(nixpkgs_lib, config, "map (p: p.name) config.systemd.packages") == [
+        "mullvad-allow-k8s-0.0.0"
+    ]
 
 
-@pytest.mark.parametrize(("engine", "unit"), ENGINES)
-def test_follow_waits_for_and_reads_only_the_engines_configured(
-    nixpkgs_lib: Path, engine: str, unit: str
-) -> None:
+def test_the_packages_follow_unit_waits_for_the_engines_and_stops_with_ours() -> None:
+    """What the module takes from data/mullvad-allow-k8s-follow.service (the package's)."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(FOLLOW_UNIT.read_text())
+    after = unit["Unit"]["After"].split()
+    assert after[0] == "mullvad-allow-k8s.service"
+    assert {u for _, u in ENGINES} <= set(after)
+    assert unit["Unit"]["PartOf"] == "mullvad-allow-k8s.service"
+    assert unit["Service"]["ExecStart"] == "/usr/bin/mullvad-allow-k8s follow"
+    assert unit["Service"]["Restart"] == "on-failure"
+
+
+@pytest.mark.parametrize("engine", [name for name, _ in ENGINES])
+def test_follow_reads_only_the_engines_configured(nixpkgs_lib: Path, engine: str) -> None:
     config = enabled('nodeNetworks = "auto";', QUIET + f"virtualisation.{engine}.enable = true;")
     follow = ev(nixpkgs_lib, config, 'config.systemd.services."mullvad-allow-k8s-follow"')
-    assert follow["after"] == ["mullvad-allow-k8s.service", unit]
     assert follow["path"] == [f"/nix/store/00000000000000000000000000000000-{engine}-0.0.0"]
     bare = ev(nixpkgs_lib, enabled('nodeNetworks = "auto";'), "config.systemd.services")
-    assert bare["mullvad-allow-k8s-follow"]["after"] == ["mullvad-allow-k8s.service"]
     assert bare["mullvad-allow-k8s-follow"]["path"] == []
     apply = bare["mullvad-allow-k8s"]["serviceConfig"]["ExecStart"]
     assert bare["mullvad-allow-k8s"]["serviceConfig"]["ExecReload"] == apply  # no engines

@@ -20,6 +20,7 @@ from mullvad_allow_k8s.presets import FALLBACK_PRESET, PRESETS
 from mullvad_allow_k8s.settings import (
     AUTO,
     CUSTOM_PRESET,
+    PRESET_CHOICES,
     RETIRED,
     Detection,
     Field,
@@ -128,7 +129,9 @@ def test_defaults_literal_used_by_the_mapping_tests_is_the_modules(nixpkgs_lib: 
 
 def test_preset_choices_are_the_generators(nixpkgs_lib: Path) -> None:
     description = ev(nixpkgs_lib, "{ }", "options.preset.type.description")
-    assert sorted(re.findall(r'"([^"]+)"', description)) == sorted([AUTO, *PRESETS, CUSTOM_PRESET])
+    # In the order front ends offer them (debconf's select too).
+    assert tuple(re.findall(r'"([^"]+)"', description)) == PRESET_CHOICES
+    assert sorted(PRESET_CHOICES) == sorted([AUTO, *PRESETS, CUSTOM_PRESET])
 
 
 def test_descriptions_and_documented_defaults(nixpkgs_lib: Path) -> None:

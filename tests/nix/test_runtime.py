@@ -13,6 +13,7 @@ import configparser
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from mullvad_allow_k8s.detect import Found
 from mullvad_allow_k8s.settings import AUTO, Detection, detects, parse_json, resolve
+from tests.conftest import Netns
 from tests.nix.cases import cli, schema
 from tests.nix.nixeval import ROOT, build, evaluate, module_expr, module_settings
 
@@ -225,6 +227,7 @@ def test_runtime_output_must_be_writable_on_the_machine(
 
 
 def runtime_json(lib: Path, setting: str) -> str:
+    """The module's JSON for `setting` (services.mullvadAllowK8s lines)."""
     text = evaluate(module_expr(lib, enabled(setting), "cfg.generated.env.settings"))
     assert isinstance(text, str)
     return text
@@ -337,3 +340,70 @@ def test_build_time_build_calls_no_engine(
         check=False,
     )
     assert log.exists()
+
+
+# ---------------------------------------------------------------- the units' commands, run
+
+KIND_NETWORK = json.dumps(
+    [
+        {
+            "Name": "kind",
+            "Id": "0123456789ab" + "cd" * 26,
+            "Driver": "bridge",
+            "IPAM": {"Config": [{"Subnet": "172.19.0.0/16"}]},
+            "Labels": {},
+        }
+    ]
+)
+
+
+def engines_dir(where: Path, kind: bool) -> Path:
+    """docker, podman and virsh that know nothing, or a docker that knows kind's network
+    (first on PATH, so this machine's own engines are never asked)."""
+    bindir = where / ("kind-engines" if kind else "no-engines")
+    bindir.mkdir()
+    for name in ("docker", "podman", "virsh"):
+        answer = ""
+        if kind and name == "docker":
+            answer = f"[ \"$*\" = 'network inspect kind' ] && echo '{KIND_NETWORK}' && exit 0\n"
+        (bindir / name).write_text(f"#!/bin/sh\n{answer}exit 1\n")
+        (bindir / name).chmod(0o755)
+    return bindir
+
+
+@pytest.mark.kernel
+def test_the_units_commands_apply_and_follow_in_a_namespace(
+    nixpkgs_lib: Path,
+    tmp_path: Path,
+    cli_on_path: dict[str, str],
+    netns_factory: Callable[[str], Netns],
+) -> None:
+    """ExecStart of both units as the module writes them, run with this tree's CLI: the
+    boot apply loads kubeadm's fallback, follow then adds the kind network Docker shows."""
+    output = tmp_path / "run" / "k8s_bypass_mullvad.nft"
+    setting = f'preset = "auto"; output = "{output}";'
+    config = enabled(setting)
+    services, gen = ev(nixpkgs_lib, config, "[ config.systemd.services cfg.generated.outPath ]")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "settings.json").write_text(runtime_json(nixpkgs_lib, setting))
+    cli_dir = cli_on_path["PATH"].split(":", 1)[0]
+
+    def command(unit: str) -> str:
+        (line,) = [c for c in services[unit]["serviceConfig"]["ExecStart"] if c]
+        return line.replace(EXE, f"{cli_dir}/mullvad-allow-k8s").replace(gen, str(store))
+
+    ns = netns_factory("nixrt")
+    table = "nft list table inet mullvad_allow_k8s"
+    boot = ns.sh(f"PATH={engines_dir(tmp_path, kind=False)}:$PATH {command('mullvad-allow-k8s')}")
+    assert "loaded table inet mullvad_allow_k8s" in boot.stderr
+    assert output.is_file()
+    assert "10.96.0.0/12" in ns.sh(table).stdout  # kubeadm's services: nothing was found
+    assert "172.19.0.0/16" not in ns.sh(table).stdout
+
+    follow = f"{command('mullvad-allow-k8s-follow')} --once"
+    ns.sh(f"PATH={engines_dir(tmp_path, kind=True)}:$PATH {follow}")
+    listing = ns.sh(table).stdout
+    assert '172.19.0.0/16 . "br-0123456789ab"' in listing
+    assert "10.96.0.0/12" not in listing  # kind's preset now: no pod or service ranges
+    assert "172.19.0.0/16@br-0123456789ab" in output.read_text()

@@ -9,6 +9,10 @@
     preset = "k3s"; # pods 10.42.0.0/16, services 10.43.0.0/16; or give the ranges:
     # podCidrs = [ "10.42.0.0/16" "fd42::/56" ];
     # serviceCidrs = [ "10.43.0.0/16" "fd43::/112" ];
+    # Clusters in containers or VMs: preset = "kind" (or k3d, minikube, minikube-kvm2)
+    # exempts their node network; name it if Docker chose another subnet:
+    # nodeNetworks = [ "172.19.0.0/16@br-*" ];
+    # Or preset = "auto": what runs on the machine, detected at run time (see the README).
     machineAddresses = "auto"; # or [ "192.168.1.20" ]
     # Services on this machine itself (not in pods) reachable from the LAN: null, the
     # preset's (k3s: the API server, 6443); [ ] for none; or e.g. [ 6443 "8000-8099" ].

@@ -5,6 +5,24 @@
 # module turns them into the generator's JSON (./settings.nix), and the generator itself
 # writes the ruleset at build time (./generate.sh). So a NixOS machine gets byte for byte
 # the file the Debian and RPM packages write for the same settings.
+#
+# Two modes, chosen by the values (./settings.nix detectsAtRuntime):
+# - build time (the default): every cluster range is declared, or is the preset's, so
+#   the JSON the build hands the generator has nothing "auto" in it and the generator
+#   never looks at the build machine (in the sandbox it would find nothing, and without
+#   the sandbox it would read the builder). The ruleset is a store path: reviewed with
+#   `nix build`, checked by nftables.service at build time (loader = "nftables"), rolled
+#   back with the generation.
+# - run time: preset = "auto" or podCidrs/serviceCidrs/nodeNetworks = "auto" ask for the
+#   machine's own clusters, which only the running machine knows (kind's Docker network
+#   gets its subnet when `kind create cluster` runs, long after the build). Then
+#   mullvad-allow-k8s.service runs `apply` with the same JSON from the store, writing
+#   the ruleset under /run, and mullvad-allow-k8s-follow.service (`follow`) re-applies
+#   it when the clusters change.
+# The schema's default is auto (Debian/RPM read the machine they run on); the module's
+# default stays the build-time mode (kubeadm's preset, what auto falls back to when it
+# finds nothing): a NixOS configuration then fully determines the firewall, as it did
+# before, and "auto" is one explicit word away.
 {
   config,
   options,
@@ -27,27 +45,64 @@ let
   nftables = config.networking.nftables;
   etcPath = lib.removePrefix "/etc/" cfg.output;
 
+  # Some value is "auto": the ruleset is made on the running machine (see the header).
+  runtime = mapping.detectsAtRuntime cfg;
+  exe = lib.getExe cfg.package;
+  settingsJson = "${generated}/settings.json";
+  # `--settings none`: the units read only the module's JSON, never a file in /etc.
+  applyCommand = "${exe} apply --settings none --json ${settingsJson}";
+  # A reload runs once the machine is up: then the engines may be asked too (systemd
+  # expands ${PATH}, the unit's own).
+  reloadCommand =
+    if engines == [ ] then
+      applyCommand
+    else
+      "${pkgs.coreutils}/bin/env PATH=${lib.makeBinPath engines}:\${PATH} ${applyCommand}";
+
   presets = [
     "kubeadm"
     "k3s"
     "rke2"
     "kind"
+    "k3d"
     "minikube"
+    "minikube-kvm2"
+    "minikube-none"
     "microk8s"
     "k0s"
     "custom"
   ];
   portRange = types.strMatching "[0-9]{1,5}-[0-9]{1,5}";
+  # The shapes the generator accepts (mullvad_allow_k8s.settings); it checks the rest
+  # (host bits, private ranges, overlaps) when it runs.
+  cidrPattern = "([0-9]{1,3}[.]){3}[0-9]{1,3}/[0-9]{1,2}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*/[0-9]{1,3}";
+  ifPatternPattern = "[A-Za-z0-9_.-]{1,15}|[A-Za-z0-9_.-]{1,14}[*]";
+  cidr = types.strMatching cidrPattern;
+  nodeNetwork = types.strMatching "(${cidrPattern})@(${ifPatternPattern})";
+  ifPattern = types.strMatching ifPatternPattern;
+  ifName = types.strMatching "[A-Za-z0-9_.-]{1,15}";
+  auto = types.enum [ "auto" ];
+
+  # The container engines and libvirt this configuration runs, whose networks `follow`
+  # reads through their CLIs (docker, podman, virsh) and whose events it waits for
+  # (the package's follow unit is ordered after their services).
+  engines = lib.concatMap (
+    engine:
+    let
+      v = config.virtualisation.${engine} or { };
+    in
+    lib.optional (v.enable or false) v.package
+  ) [ "docker" "podman" "libvirtd" ];
 
   generated =
-    pkgs.runCommand "mullvad-allow-k8s-ruleset"
+    pkgs.runCommand "mullvad-allow-k8s-${if runtime then "settings" else "ruleset"}"
       {
         nativeBuildInputs = [ cfg.package ];
         settings = builtins.toJSON (mapping.toGeneratorSettings cfg);
         passAsFile = [ "settings" ];
       }
       ''
-        sh ${./generate.sh} "$settingsPath" "$out"
+        sh ${./generate.sh} "$settingsPath" "$out"${lib.optionalString runtime " runtime"}
       '';
 in
 {
@@ -67,31 +122,76 @@ in
     };
 
     preset = mkOption {
-      type = types.enum presets;
+      type = types.enum ([ "auto" ] ++ presets);
       default = "kubeadm";
       example = "k3s";
       description = ''
-        Kubernetes distribution whose default pod and service ranges are used when
-        {option}`services.mullvadAllowK8s.podCidrs` and `serviceCidrs` are empty.
-        `custom`: no defaults, set both lists.
+        Kubernetes distribution whose defaults fill the ranges that are empty
+        ({option}`services.mullvadAllowK8s.podCidrs`, `serviceCidrs`,
+        `nodeNetworks`) and give the `hostPorts`. `kind`, `k3d`, `minikube` (its docker
+        driver) and `minikube-kvm2` have node networks only (the host never sees their
+        pods and services); `minikube-none` is minikube running kubeadm on this machine.
+        `custom`: no defaults, give the ranges.
+
+        `"auto"`: the distributions running on this machine (kubeadm's defaults if none
+        is found), and by default (`"auto"` there too) their pod, service and node
+        ranges, which only the running machine can tell: this switches the module to
+        its run-time mode (mullvad-allow-k8s.service runs `mullvad-allow-k8s apply` at
+        boot and on every change, mullvad-allow-k8s-follow.service re-applies when
+        clusters come and go, the ruleset is written to
+        {option}`services.mullvadAllowK8s.output` under /run). The default is a named
+        preset, so the ruleset is built, reviewed and rolled back with the system.
       '';
     };
 
     podCidrs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
+      type = types.either auto (types.listOf cidr);
+      default = if cfg.preset == "auto" then "auto" else [ ];
+      defaultText = literalExpression ''if preset == "auto" then "auto" else [ ]'';
       example = [
         "10.42.0.0/16"
         "fd42::/56"
       ];
-      description = "Pod network ranges (IPv4 and/or IPv6, private ranges only). Empty: the preset's.";
+      description = ''
+        Pod network ranges (IPv4 and/or IPv6, private ranges only), built into the
+        ruleset. `[ ]` (the default, unless `preset = "auto"`): the preset's. `"auto"`:
+        the ranges the running cluster's configuration names (kubeadm's manifests,
+        k3s/rke2 config files, ...), read on the running machine: the run-time mode
+        (see {option}`services.mullvadAllowK8s.preset`).
+      '';
     };
 
     serviceCidrs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
+      type = types.either auto (types.listOf cidr);
+      default = if cfg.preset == "auto" then "auto" else [ ];
+      defaultText = literalExpression ''if preset == "auto" then "auto" else [ ]'';
       example = [ "10.43.0.0/16" ];
-      description = "Service (ClusterIP) ranges (IPv4 and/or IPv6). Empty: the preset's.";
+      description = ''
+        Service (ClusterIP) ranges (IPv4 and/or IPv6). `[ ]`: the preset's. `"auto"`:
+        detected on the running machine (the run-time mode, as for `podCidrs`).
+      '';
+    };
+
+    nodeNetworks = mkOption {
+      type = types.nullOr (types.either auto (types.listOf nodeNetwork));
+      default = if cfg.preset == "auto" then "auto" else null;
+      defaultText = literalExpression ''if preset == "auto" then "auto" else null'';
+      example = [ "172.18.0.0/16@br-*" ];
+      description = ''
+        Node networks of clusters in containers or VMs (kind, k3d, minikube's docker and
+        kvm2 drivers) as `"CIDR@INTERFACE"`: the range on the bridge it lives on (an
+        interface name or a `NAME*` pattern). This machine may reach the nodes there
+        (kubectl), and connections forwarded to a node (kind's extraPortMappings) are
+        exempted; the nodes' own traffic is not. `null`: the preset's (kind
+        `172.18.0.0/16@br-*`, the subnet Docker gives the first network, and its IPv6
+        ULA; none for clusters running on this machine; the default, unless
+        `preset = "auto"`); `[ ]`: none.
+
+        `"auto"`: the networks kind, k3d and minikube made, found through docker,
+        podman and virsh, each bound to its own bridge (else the preset's). Docker picks
+        the subnet when the cluster is created, so only the running machine knows it:
+        this is the run-time mode (see {option}`services.mullvadAllowK8s.preset`).
+      '';
     };
 
     machineAddresses = mkOption {
@@ -155,13 +255,13 @@ in
     };
 
     tunnelInterface = mkOption {
-      type = types.str;
+      type = ifName;
       default = "wg0-mullvad";
       description = "Mullvad's tunnel interface; traffic arriving on it is never exempted.";
     };
 
     clusterInterfaces = mkOption {
-      type = types.nonEmptyListOf types.str;
+      type = types.nonEmptyListOf ifPattern;
       default = [
         "cni*"
         "cbr0"
@@ -180,11 +280,15 @@ in
         "ovn0"
         "docker0"
         "br-*"
+        "bridge"
+        "podman*"
+        "virbr*"
       ];
       example = [ "cni0" "flannel.1" "veth*" ];
       description = ''
         Interfaces cluster traffic may leave by (a trailing `*` matches any suffix): CNI
-        bridges, veths and overlays. An exempted flow to a cluster address routed
+        bridges, veths and overlays, container engines' and libvirt's bridges (nodes of
+        container and VM clusters). An exempted flow to a cluster address routed
         elsewhere (no such pod or service here, so the default route) loses the
         exemption. Add the LAN interface only for host-gw style multi-node clusters.
       '';
@@ -192,10 +296,20 @@ in
 
     output = mkOption {
       type = types.str;
-      default = "/etc/nftables.d/k8s_bypass_mullvad.nft";
+      default =
+        if runtime then
+          "/run/mullvad-allow-k8s/k8s_bypass_mullvad.nft"
+        else
+          "/etc/nftables.d/k8s_bypass_mullvad.nft";
+      defaultText = literalExpression ''
+        if the run-time mode (some value is "auto") then "/run/mullvad-allow-k8s/k8s_bypass_mullvad.nft"
+        else "/etc/nftables.d/k8s_bypass_mullvad.nft"'';
       description = ''
-        Where the generated ruleset is installed (through {option}`environment.etc`, so
-        it must lie under /etc). Part of the settings the table's fingerprint covers.
+        Where the ruleset is. Built at build time: installed through
+        {option}`environment.etc`, so it must lie under /etc. In the run-time mode
+        `mullvad-allow-k8s apply` writes it on the running machine, so it must not lie
+        under /etc (which NixOS manages) or /nix; /run suits, since every boot detects
+        again. Part of the settings the table's fingerprint covers.
       '';
     };
 
@@ -213,12 +327,13 @@ in
         "nftables"
         "unit"
       ];
-      default = if nftables.enable then "nftables" else "unit";
-      defaultText = literalExpression ''if config.networking.nftables.enable then "nftables" else "unit"'';
+      default = if nftables.enable && !runtime then "nftables" else "unit";
+      defaultText = literalExpression ''if config.networking.nftables.enable && the build-time mode then "nftables" else "unit"'';
       description = ''
         How the table reaches the kernel. `nftables`: as
         {option}`networking.nftables.tables` entries, loaded, checked at build time and
-        replaced by nftables.service with the rest of the NixOS ruleset. `unit`: by
+        replaced by nftables.service with the rest of the NixOS ruleset (build-time mode
+        only: their content must be known at build time). `unit`: by
         mullvad-allow-k8s.service, which loads only our file (plus the tunnel's current
         addresses) and loads it again whenever nftables.service restarts or reloads.
       '';
@@ -233,6 +348,9 @@ in
         The generator's output: {file}`k8s_bypass_mullvad.nft`, {file}`settings.env`,
         {file}`settings.json` and the table bodies. Build it to review the ruleset:
         `nix build .#nixosConfigurations.HOST.config.services.mullvadAllowK8s.generated`.
+        In the run-time mode only {file}`settings.json` (what the units apply) and
+        {file}`settings.env`: the ruleset is made on the machine
+        (`mullvad-allow-k8s settings` shows what was detected).
       '';
     };
   };
@@ -261,10 +379,40 @@ in
             '';
           }
           {
-            assertion = lib.hasPrefix "/etc/" cfg.output && etcPath != "";
+            assertion = runtime || (lib.hasPrefix "/etc/" cfg.output && etcPath != "");
             message = ''
               services.mullvadAllowK8s.output = "${cfg.output}": the file is installed through
               environment.etc, so it must be a path under /etc/.
+            '';
+          }
+          {
+            assertion =
+              !runtime
+              || (
+                lib.hasPrefix "/" cfg.output
+                && !lib.hasPrefix "/etc/" cfg.output
+                && !lib.hasPrefix "/nix/" cfg.output
+              );
+            message = ''
+              services.mullvadAllowK8s.output = "${cfg.output}": with "auto" settings the
+              ruleset is written at run time by mullvad-allow-k8s.service, so it must be an
+              absolute path outside /etc (which NixOS manages) and /nix, e.g. the default
+              /run/mullvad-allow-k8s/k8s_bypass_mullvad.nft.
+            '';
+          }
+          {
+            assertion = runtime -> cfg.loader == "unit";
+            message = ''
+              services.mullvadAllowK8s.loader = "nftables" needs a ruleset known at build time,
+              but ${
+                lib.concatStringsSep ", " (
+                  lib.optional (cfg.preset == "auto") "preset"
+                  ++ lib.optional (cfg.podCidrs == "auto") "podCidrs"
+                  ++ lib.optional (cfg.serviceCidrs == "auto") "serviceCidrs"
+                  ++ lib.optional (cfg.nodeNetworks == "auto") "nodeNetworks"
+                )
+              } = "auto" is detected on the running machine: use loader = "unit", or declare
+              the values.
             '';
           }
         ];
@@ -295,11 +443,15 @@ in
           '';
 
         environment.systemPackages = [ cfg.package ];
-        environment.etc.${etcPath}.source = "${generated}/k8s_bypass_mullvad.nft";
         # The first settings file the CLI reads: `mullvad-allow-k8s status` and `doctor`
-        # then judge the loaded table against these settings.
+        # then judge the loaded table against these settings (in the run-time mode they
+        # detect, as apply does).
         environment.etc."default/mullvad-allow-k8s".source = "${generated}/settings.env";
       }
+
+      (lib.mkIf (!runtime) {
+        environment.etc.${etcPath}.source = "${generated}/k8s_bypass_mullvad.nft";
+      })
 
       (lib.mkIf (cfg.loader == "nftables") {
         # networking.nftables wraps `content` in `table FAMILY NAME { ... }` itself and
@@ -328,12 +480,46 @@ in
         systemd.packages = [ cfg.package ];
         systemd.services.mullvad-allow-k8s = {
           wantedBy = [ "multi-user.target" ];
-          # A new ruleset: load the new file (the package's ExecReload would regenerate
-          # it from the settings file and write into /etc, which is read-only here).
+          # New settings: load the new file (the package's ExecReload would regenerate
+          # it from the settings file and write into /etc, which is read-only here), or
+          # in the run-time mode apply the new JSON.
           reloadTriggers = [ generated ];
           serviceConfig.ExecReload = [
             ""
-            "${lib.getExe cfg.package} apply --from-file"
+            (if runtime then reloadCommand else "${exe} apply --from-file")
+          ];
+        };
+      })
+
+      (lib.mkIf runtime {
+        # Detect, generate, check, write cfg.output and load, at boot and on every reload.
+        # This unit starts early (before network-pre.target, as the package's unit says),
+        # before the container engines and libvirtd, which are socket-activated and
+        # ordered after the network: so its PATH has none of their CLIs and its start
+        # never waits on one; it reads the clusters' config files, and the follow
+        # service, ordered after the engines, adds their networks as soon as they run.
+        # A reload (reloadCommand) comes later and asks the engines too.
+        systemd.services.mullvad-allow-k8s = {
+          serviceConfig.ExecStart = [
+            ""
+            applyCommand
+          ];
+          # New settings change ExecStart (the JSON's store path): reload, which applies
+          # them in one transaction, instead of the restart switch-to-configuration does
+          # by default (stop removes the table: cluster traffic would be dropped between).
+          reloadIfChanged = true;
+        };
+
+        # The package's mullvad-allow-k8s-follow.service (`follow`: re-read on
+        # Docker/Podman events and every 60 s, apply when the result changed; After= our
+        # unit and the engines' services, PartOf= our unit, so stopping ours, which
+        # removes the table, stops it too), given the module's JSON and the engines' CLIs.
+        systemd.services.mullvad-allow-k8s-follow = {
+          wantedBy = [ "multi-user.target" ];
+          path = engines;
+          serviceConfig.ExecStart = [
+            ""
+            "${exe} follow --settings none --json ${settingsJson}"
           ];
         };
       })

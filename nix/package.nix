@@ -1,5 +1,5 @@
 # mullvad-allow-k8s, built from this source tree: the CLI (generator, apply, status,
-# doctor), its systemd unit and, when the tree has one, the man page.
+# doctor, follow), its systemd units and, when the tree has one, the man page.
 {
   lib,
   python3Packages,
@@ -32,7 +32,12 @@ python3Packages.buildPythonApplication {
   };
 
   build-system = [ python3Packages.setuptools ];
-  dependencies = [ python3Packages.netaddr ];
+  # PyYAML: detection parses the clusters' YAML config files (kubeadm's manifests, k3s,
+  # rke2, k0s); Debian and RPM depend on it too.
+  dependencies = [
+    python3Packages.netaddr
+    python3Packages.pyyaml
+  ];
   nativeBuildInputs = [ installShellFiles ];
 
   # nixpkgs packages no libnftables Python bindings, so the CLI uses its fallback, the
@@ -49,11 +54,13 @@ python3Packages.buildPythonApplication {
     ])
   ];
 
+  # The units Debian and RPM ship (the NixOS module enables them through systemd.packages).
   postInstall = ''
-    install -Dm644 data/mullvad-allow-k8s.service \
-      $out/lib/systemd/system/mullvad-allow-k8s.service
-    substituteInPlace $out/lib/systemd/system/mullvad-allow-k8s.service \
-      --replace-fail /usr/bin/mullvad-allow-k8s $out/bin/mullvad-allow-k8s
+    for unit in mullvad-allow-k8s.service mullvad-allow-k8s-follow.service; do
+      install -Dm644 data/$unit $out/lib/systemd/system/$unit
+      substituteInPlace $out/lib/systemd/system/$unit \
+        --replace-fail /usr/bin/mullvad-allow-k8s $out/bin/mullvad-allow-k8s
+    done
     for page in data/*.8 man/*.8; do
       if [ -e "$page" ]; then installManPage "$page"; fi
     done

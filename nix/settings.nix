@@ -5,10 +5,17 @@
 rec {
   # cfg: the evaluated services.mullvadAllowK8s options.
   toGeneratorSettings = cfg: {
-    PRESET = cfg.preset;
-    POD_CIDRS = cfg.podCidrs;
+    PRESET = cfg.preset; # "auto" only in the runtime mode (detectsAtRuntime)
+    POD_CIDRS = cfg.podCidrs; # [ ]: the preset's; "auto": detected at run time
     SERVICE_CIDRS = cfg.serviceCidrs;
-    MACHINE_ADDRESSES = cfg.machineAddresses; # "auto" or a list
+    NODE_NETWORKS = # null: the preset's; [ ]: none; "auto": detected at run time
+      if cfg.nodeNetworks == null then
+        ""
+      else if cfg.nodeNetworks == [ ] then
+        "none"
+      else
+        cfg.nodeNetworks;
+    MACHINE_ADDRESSES = cfg.machineAddresses; # "auto" or a list (checked per packet)
     PUBLIC_ADDRESSES = cfg.publicAddresses;
     HOST_PORTS = # null: the preset's; [ ]: none; else ports (numbers) and "LOW-HIGH" ranges
       if cfg.hostPorts == null then
@@ -22,6 +29,19 @@ rec {
     OUTPUT = cfg.output;
     BRIDGE_TABLE = cfg.bridgeTable;
   };
+
+  # Whether these options leave anything for the generator to detect on the running
+  # machine (the generator's settings.detects for this JSON): then the module runs
+  # `apply` and `follow` at run time instead of building the ruleset. MACHINE_ADDRESSES
+  # "auto" is not detection: it is matched per packet by the built ruleset.
+  detectsAtRuntime =
+    cfg:
+    builtins.elem "auto" [
+      cfg.preset
+      cfg.podCidrs
+      cfg.serviceCidrs
+      cfg.nodeNetworks
+    ];
 
   # What 0.1.x's services.mullvadAllowK8s.inboundPorts becomes (the generator's
   # settings.migrate does the same for the other front ends): the old default

@@ -1,4 +1,5 @@
-# NixOS VM test of services.mullvadAllowK8s (both loaders, with Mullvad blocking).
+# NixOS VM test of services.mullvadAllowK8s (both loaders, with Mullvad blocking, and
+# the run-time mode: preset = "auto" with Podman).
 #   nix build .#checks.x86_64-linux.vm      or      nix-build -A tests.vm
 # Needs nixpkgs and KVM; it is not run on the project's test machine (no nixpkgs there),
 # only parsed, and its test script compiled, by tests/nix.
@@ -39,6 +40,14 @@ pkgs.testers.runNixOSTest {
     nftloader = {
       networking.nftables.enable = true;
     };
+    # "auto": apply at boot and follow what Podman's networks become.
+    runtime =
+      { lib, ... }:
+      {
+        networking.firewall.checkReversePath = "loose";
+        virtualisation.podman.enable = true;
+        services.mullvadAllowK8s.preset = lib.mkForce "auto";
+      };
   };
 
   testScript = ''
@@ -100,6 +109,23 @@ pkgs.testers.runNixOSTest {
         nftloader.succeed("nft list table inet mullvad")
         nftloader.succeed("mullvad-allow-k8s status")
         nftloader.succeed(pod_to_host)
+
+    with subtest("run-time mode: applied at boot, then follows a new kind network"):
+        runtime.wait_for_unit("mullvad-allow-k8s.service")
+        runtime.wait_for_unit("mullvad-allow-k8s-follow.service")
+        runtime.succeed(
+            "test -f /run/mullvad-allow-k8s/k8s_bypass_mullvad.nft",
+            "test ! -e /etc/nftables.d/k8s_bypass_mullvad.nft",
+            "mullvad-allow-k8s status",
+        )
+        runtime.fail("nft list table inet mullvad_allow_k8s | grep -F 172.19.0.0/16")
+        # The network `kind create cluster --provider podman` makes (no image needed).
+        runtime.succeed("podman network create --subnet 172.19.0.0/16 kind")
+        # Podman reports no network events: follow re-reads within its 60 s interval.
+        runtime.wait_until_succeeds(
+            "nft list table inet mullvad_allow_k8s | grep -F 172.19.0.0/16", timeout=120
+        )
+        runtime.succeed("mullvad-allow-k8s status")
 
     with subtest("reloading our unit loads the file again"):
         unitloader.succeed("systemctl reload mullvad-allow-k8s.service")

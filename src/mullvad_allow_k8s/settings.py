@@ -651,7 +651,7 @@ def _node_networks(key: str, value: str, tunnel: str) -> tuple[NodeNetwork, ...]
     out: set[NodeNetwork] = set()
     for word in _words(value):
         cidr, at, iface = word.partition("@")
-        if not at:
+        if not at or not cidr:
             raise SettingsError(
                 key, word, "not CIDR@INTERFACE (e.g. 172.18.0.0/16@br-1a2b3c4d5e6f)"
             )

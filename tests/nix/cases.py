@@ -21,6 +21,7 @@ DEFAULTS_NIX = """{
   preset = "kubeadm";
   podCidrs = [ ];
   serviceCidrs = [ ];
+  nodeNetworks = null;
   machineAddresses = "auto";
   publicAddresses = [ ];
   hostPorts = null;
@@ -28,11 +29,27 @@ DEFAULTS_NIX = """{
   clusterInterfaces = [
     "cni*" "cbr0" "veth*" "flannel*" "cali*" "vxlan.calico"
     "tunl0" "cilium_*" "lxc*" "kube-bridge" "kube-ipvs0" "weave"
-    "genev*" "antrea-*" "ovn0" "docker0" "br-*"
+    "genev*" "antrea-*" "ovn0" "docker0" "br-*" "bridge" "podman*" "virbr*"
   ];
   output = "/etc/nftables.d/k8s_bypass_mullvad.nft";
   bridgeTable = false;
 }"""
+
+# Where the module's defaults differ from the CLI's: the CLI detects (PRESET, POD_CIDRS,
+# SERVICE_CIDRS and NODE_NETWORKS are auto), the module builds the ruleset and declares
+# them: kubeadm's preset (what auto falls back to) and its ranges. A Debian or RPM user
+# gets the module's file by giving these flags, so every case's argv starts with them
+# (a case's own flags replace them).
+BUILD_TIME_FLAGS = (
+    ("--preset", "kubeadm"),
+    ("--pod-cidrs", ""),
+    ("--service-cidrs", ""),
+    ("--node-networks", ""),
+)
+# The same as raw settings (KEY: value), a source for settings.resolve.
+BUILD_TIME_SETTINGS = {
+    flag[2:].upper().replace("-", "_"): value for flag, value in BUILD_TIME_FLAGS
+}
 
 # Options of the module that are not settings of the generator.
 MODULE_ONLY = {"enable", "package", "loader", "generated"}
@@ -56,7 +73,9 @@ class Case:
 
     @property
     def argv(self) -> list[str]:
-        return [word for pair in self.flags for word in pair]
+        given = {flag for flag, _ in self.flags}
+        flags = [pair for pair in BUILD_TIME_FLAGS if pair[0] not in given] + list(self.flags)
+        return [word for pair in flags for word in pair]
 
     def cfg(self) -> str:
         """The full option set, for nix/settings.nix alone."""
@@ -127,6 +146,53 @@ CASES = (
         ),
     ),
 )
+
+# The presets for clusters in containers and VMs, and node networks given.
+NODE_CASES = (
+    # nodeNetworks = null: the preset's node network (kind's, on a br-* bridge).
+    Case("kind-preset", '{ preset = "kind"; }', (("--preset", "kind"),)),
+    Case(
+        "k3d-own-network",
+        '{ preset = "k3d"; nodeNetworks = [ "172.19.0.0/16@br-0123456789ab" ]; }',
+        (("--preset", "k3d"), ("--node-networks", "172.19.0.0/16@br-0123456789ab")),
+    ),
+    Case("minikube-kvm2", '{ preset = "minikube-kvm2"; }', (("--preset", "minikube-kvm2"),)),
+    # minikube's none driver: pods and services on this machine, API server 8443.
+    Case("minikube-none", '{ preset = "minikube-none"; }', (("--preset", "minikube-none"),)),
+    # [ ]: none (not the preset's 192.168.49.0/24), here beside declared pod ranges.
+    Case(
+        "minikube-no-node-networks",
+        """{
+          preset = "minikube";
+          podCidrs = [ "10.244.0.0/16" ];
+          serviceCidrs = [ "10.96.0.0/12" ];
+          nodeNetworks = [ ];
+        }""",
+        (
+            ("--preset", "minikube"),
+            ("--pod-cidrs", "10.244.0.0/16"),
+            ("--service-cidrs", "10.96.0.0/12"),
+            ("--node-networks", "none"),
+        ),
+    ),
+    Case(
+        "custom-dual-stack-node-networks",
+        """{
+          preset = "custom";
+          nodeNetworks = [
+            "172.18.0.0/16@br-*" "fc00:f853:ccd:e793::/64@br-*" "192.168.39.0/24@virbr1"
+          ];
+        }""",
+        (
+            ("--preset", "custom"),
+            (
+                "--node-networks",
+                "172.18.0.0/16@br-* fc00:f853:ccd:e793::/64@br-*,192.168.39.0/24@virbr1",
+            ),
+        ),
+    ),
+)
+CASES = (*CASES, *NODE_CASES)
 
 # Only through the module (nix/settings.nix alone never sees retired options): 0.1
 # configurations, migrated. The flags are what the migrated settings are today.

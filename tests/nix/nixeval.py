@@ -129,3 +129,20 @@ def mapping_settings(cfg: str) -> dict[str, Any]:
     data = evaluate(f"(import {nix_path(MAPPING)}).toGeneratorSettings ({cfg})")
     assert isinstance(data, dict)
     return data
+
+
+def build(text: str, where: Path, env: dict[str, str], *mode: str) -> Path:
+    """Run the module's build step as the derivation does (passAsFile, then generate.sh
+    with the module's mode argument: none, or `runtime`); return its $out."""
+    settings = where / "settings-json"
+    settings.write_text(text)
+    out = where / "out"
+    proc = subprocess.run(
+        ["sh", str(GENERATE_SH), str(settings), str(out), *mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -13,6 +13,7 @@ in
 {
   pkgs = {
     mullvad-allow-k8s = fakeDrv "mullvad-allow-k8s-0.0.0" { meta.mainProgram = "mullvad-allow-k8s"; };
+    coreutils = fakeDrv "coreutils-0.0.0" { };
     runCommand = name: env: buildCommand: fakeDrv name { inherit env buildCommand; };
     callPackage = path: args: fakeDrv "callPackage" { inherit path args; };
   };
@@ -82,6 +83,18 @@ in
           default = true;
         };
       };
+      # The engines whose networks `follow` reads (nixpkgs: virtualisation/docker.nix,
+      # podman/default.nix, libvirtd.nix).
+      virtualisation = lib.genAttrs [ "docker" "podman" "libvirtd" ] (engine: {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        package = mkOption {
+          type = types.package;
+          default = fakeDrv "${engine}-0.0.0" { };
+        };
+      });
       services.mullvad-vpn.enable = mkOption {
         type = types.bool;
         default = false;

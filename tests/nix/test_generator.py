@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from mullvad_allow_k8s import marks, nft
+from mullvad_allow_k8s.settings import FIELDS
 from tests.conftest import Netns
-from tests.nix.cases import CASES, OLD_CASES, Case, cli
-from tests.nix.nixeval import GENERATE_SH, MAPPING, evaluate, module_expr, nix_path
+from tests.nix.cases import BUILD_TIME_SETTINGS, CASES, OLD_CASES, Case, cli
+from tests.nix.nixeval import GENERATE_SH, MAPPING, build, evaluate, module_expr, nix_path
 
 ALL_CASES = (*CASES, *OLD_CASES)
 # (source of the JSON, case): the retired 0.1 options exist only in the module.
@@ -41,22 +42,6 @@ def settings_text(source: str, case: Case, request: pytest.FixtureRequest) -> st
         )
     assert isinstance(text, str)
     return text
-
-
-def build(text: str, where: Path, env: dict[str, str]) -> Path:
-    """Run the module's build step as the derivation does (passAsFile, then generate.sh)."""
-    settings = where / "settings-json"
-    settings.write_text(text)
-    out = where / "out"
-    proc = subprocess.run(
-        ["sh", str(GENERATE_SH), str(settings), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 @pytest.mark.parametrize(("source", "case"), RUNS)
@@ -89,7 +74,15 @@ def test_old_configuration_builds_what_the_cli_makes_of_the_old_settings_file(
     out = build(settings_text("module", case, request), tmp_path, cli_on_path)
     old = tmp_path / "old-settings"
     old.write_text(case.old_settings)
-    migrated = cli("generate", "--settings", str(old))
+    # What the old file leaves to the defaults, the module's build-time defaults.
+    given = {line.split("=", 1)[0] for line in case.old_settings.splitlines()}
+    flags = [
+        word
+        for key, value in BUILD_TIME_SETTINGS.items()
+        if key not in given
+        for word in (FIELDS[key].flag, value)
+    ]
+    migrated = cli("generate", "--settings", str(old), *flags)
     assert (out / "k8s_bypass_mullvad.nft").read_text() == migrated
     # Nothing retired reaches the generator or the installed settings file.
     assert "INBOUND_PORTS" not in (out / "settings.json").read_text()

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from mullvad_allow_k8s.presets import PRESETS
-from mullvad_allow_k8s.settings import RETIRED, SettingsError, parse_json, resolve
-from tests.nix.cases import CASES, DEFAULTS_NIX, Case, schema
+from mullvad_allow_k8s.settings import AUTO, RETIRED, SettingsError, parse_json, resolve
+from tests.nix.cases import BUILD_TIME_SETTINGS, CASES, DEFAULTS_NIX, Case, schema
 from tests.nix.nixeval import MAPPING, evaluate, mapping_settings, nix_path
 
 FIELDS = schema()
@@ -48,8 +48,12 @@ def test_value_shapes_are_what_the_json_reader_takes(nix: str) -> None:
 
 
 def test_defaults_literal_maps_to_the_schema_defaults(nix: str) -> None:
+    # The schema's defaults, except the four the CLI detects, which the module declares.
     raw = parse_json(json.dumps(mapping_settings(DEFAULTS_NIX)))
-    assert raw == {f["key"]: f["default"] for f in FIELDS}
+    assert raw == {f["key"]: f["default"] for f in FIELDS} | BUILD_TIME_SETTINGS
+    assert {f["key"]: f["default"] for f in FIELDS if f["key"] in BUILD_TIME_SETTINGS} == {
+        "PRESET": AUTO, "POD_CIDRS": AUTO, "SERVICE_CIDRS": AUTO, "NODE_NETWORKS": AUTO,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

@@ -9,26 +9,39 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mullvad_allow_k8s import marks
-from mullvad_allow_k8s.presets import PRESETS
+from mullvad_allow_k8s.presets import FALLBACK_PRESET, PRESETS
 from mullvad_allow_k8s.settings import (
+    AUTO,
     CUSTOM_PRESET,
+    PRESET_CHOICES,
     RETIRED,
+    Detection,
     Field,
+    SettingsError,
+    detects,
     migrate,
     parse_json,
     parse_settings_file,
     resolve,
 )
-from tests.nix.cases import DEFAULTS_NIX, MODULE_ONLY, RETIRED_OPTIONS, schema
+from tests.nix.cases import (
+    BUILD_TIME_SETTINGS,
+    DEFAULTS_NIX,
+    MODULE_ONLY,
+    RETIRED_OPTIONS,
+    schema,
+)
 from tests.nix.nixeval import (
     GENERATE_SH,
     ROOT,
+    NixError,
     eval_error,
     evaluate,
     module_expr,
@@ -36,6 +49,7 @@ from tests.nix.nixeval import (
 )
 
 FIELDS = schema()
+RUNTIME_OUTPUT = "/run/mullvad-allow-k8s/k8s_bypass_mullvad.nft"
 ENABLED = "{ services.mullvadAllowK8s.enable = true; }"
 MULLVAD_ON = "services.mullvad-vpn.enable = true;"
 # No warning expected: Mullvad on, and a loose reverse-path filter.
@@ -84,10 +98,27 @@ def test_retired_options_are_the_generators_retired_keys_invisible(nixpkgs_lib: 
 
 
 def test_option_defaults_match_the_schema_defaults(nixpkgs_lib: Path) -> None:
+    # The schema's defaults, except the four that the CLI detects: the module declares
+    # them (the build-time mode), as kubeadm's preset, PRESET=auto's fallback.
     data = module_settings(nixpkgs_lib, ENABLED)
-    assert parse_json(json.dumps(data)) == {f["key"]: f["default"] for f in FIELDS}
-    # And as resolved settings the module's defaults are the other front ends' defaults.
-    assert resolve([parse_json(json.dumps(data))]) == resolve([])
+    schema_defaults = {f["key"]: f["default"] for f in FIELDS}
+    assert parse_json(json.dumps(data)) == schema_defaults | BUILD_TIME_SETTINGS
+    assert BUILD_TIME_SETTINGS["PRESET"] == FALLBACK_PRESET
+    assert not detects([parse_json(json.dumps(data))])
+    # Resolved, they are what the CLI's defaults give on a machine where nothing is found.
+    nothing: Detection = ([], [])
+    cli_defaults = resolve([], lambda: nothing)
+    assert cli_defaults.preset == AUTO
+    assert resolve([parse_json(json.dumps(data))]) == cli_defaults._replace(
+        preset=FALLBACK_PRESET, origins=()
+    )
+
+
+def test_preset_auto_defaults_are_the_schema_defaults(nixpkgs_lib: Path) -> None:
+    # preset = "auto" makes the three ranges auto too: the CLI's defaults, but OUTPUT.
+    data = module_settings(nixpkgs_lib, enabled('preset = "auto";'))
+    schema_defaults = {f["key"]: f["default"] for f in FIELDS}
+    assert parse_json(json.dumps(data)) == schema_defaults | {"OUTPUT": RUNTIME_OUTPUT}
 
 
 def test_defaults_literal_used_by_the_mapping_tests_is_the_modules(nixpkgs_lib: Path) -> None:
@@ -98,7 +129,9 @@ def test_defaults_literal_used_by_the_mapping_tests_is_the_modules(nixpkgs_lib: 
 
 def test_preset_choices_are_the_generators(nixpkgs_lib: Path) -> None:
     description = ev(nixpkgs_lib, "{ }", "options.preset.type.description")
-    assert sorted(re.findall(r'"([^"]+)"', description)) == sorted([*PRESETS, CUSTOM_PRESET])
+    # In the order front ends offer them (debconf's select too).
+    assert tuple(re.findall(r'"([^"]+)"', description)) == PRESET_CHOICES
+    assert sorted(PRESET_CHOICES) == sorted([AUTO, *PRESETS, CUSTOM_PRESET])
 
 
 def test_descriptions_and_documented_defaults(nixpkgs_lib: Path) -> None:
@@ -109,7 +142,10 @@ def test_descriptions_and_documented_defaults(nixpkgs_lib: Path) -> None:
         "builtins.mapAttrs (_: o: { d = o.description or null; t = o ? defaultText; }) options",
     )
     assert all(v["d"] for v in docs.values()), docs
-    for name in ("package", "hostPorts", "loader", "generated"):
+    for name in (
+        "package", "hostPorts", "loader", "generated",
+        "podCidrs", "serviceCidrs", "nodeNetworks", "output",
+    ):  # fmt: skip
         assert docs[name]["t"], name
 
 
@@ -296,6 +332,115 @@ def test_default_host_ports_are_the_presets(nixpkgs_lib: Path, preset: str) -> N
     assert resolved == resolve([{"PRESET": preset}])
 
 
+# ---------------------------------------------------------------- presets, nodeNetworks
+
+
+def no_detection() -> Detection:
+    raise AssertionError("the build-time JSON made the generator read the machine")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_each_preset_is_built_from_its_own_ranges_without_detection(
+    nixpkgs_lib: Path, preset: str
+) -> None:
+    config = enabled(f'preset = "{preset}";')
+    raw = parse_json(json.dumps(module_settings(nixpkgs_lib, config)))
+    assert not detects([raw])
+    got = resolve([raw], no_detection)
+    want = PRESETS[preset]
+    assert got.preset == preset
+    assert {str(n) for n in got.pod_cidrs} == set(want.pod_cidrs)
+    assert {str(n) for n in got.service_cidrs} == set(want.service_cidrs)
+    assert {f"{n}@{i}" for n, i in got.node_networks} == set(want.node_networks)
+    out = ev(nixpkgs_lib, config, "{ inherit (cfg) loader output; s = config.systemd.services; }")
+    assert out["output"] == "/etc/nftables.d/k8s_bypass_mullvad.nft"
+    assert sorted(out["s"]) == ["mullvad-allow-k8s"]  # no follow service at build time
+
+
+@pytest.mark.parametrize(
+    ("setting", "json_value", "nodes"),
+    [
+        ("", "", {"172.18.0.0/16@br-*", "fc00:f853:ccd:e793::/64@br-*"}),  # null: kind's
+        ("nodeNetworks = null;", "", {"172.18.0.0/16@br-*", "fc00:f853:ccd:e793::/64@br-*"}),
+        (
+            'nodeNetworks = [ "172.19.0.0/16@br-0123456789ab" ];',
+            ["172.19.0.0/16@br-0123456789ab"],
+            {"172.19.0.0/16@br-0123456789ab"},
+        ),
+        # [ ]: none; kind has nothing else, so pods are given here.
+        (
+            "nodeNetworks = [ ]; "
+            'podCidrs = [ "10.244.0.0/16" ]; serviceCidrs = [ "10.96.0.0/12" ];',
+            "none",
+            set(),
+        ),
+    ],
+)
+def test_node_networks_reach_the_generator(
+    nixpkgs_lib: Path, setting: str, json_value: object, nodes: set[str]
+) -> None:
+    config = enabled(f'preset = "kind"; {setting}')
+    data = module_settings(nixpkgs_lib, config)
+    assert data["NODE_NETWORKS"] == json_value
+    got = resolve([parse_json(json.dumps(data))], no_detection)
+    assert {f"{n}@{i}" for n, i in got.node_networks} == nodes
+    assert problems(nixpkgs_lib, config) == {"failed": [], "warnings": []}
+
+
+def _generator_takes(word: str) -> bool:
+    raw = {"PRESET": CUSTOM_PRESET, "POD_CIDRS": "", "SERVICE_CIDRS": "", "NODE_NETWORKS": word}
+    try:
+        resolve([raw], no_detection)
+    except SettingsError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "172.18.0.0/16@br-*",
+        "fc00:f853:ccd:e793::/64@br-0123456789ab",
+        "192.168.39.0/24@virbr1",
+        "10.89.0.0/24@podman1",
+        "fd00::/8@cni-podman0",
+        "192.168.49.0/24@bridge",
+        "172.18.0.0/16",  # no @INTERFACE
+        "172.18.0.0/16@",
+        "172.18.0.0/16@*",  # a bare * would match every interface
+        "172.18.0.0/16@br 1",
+        "172.18.0.0/16@abcdefghijklmnop",  # 16 characters: longer than Linux allows
+        "172.18.0.0@br-*",
+        "@br-*",
+    ],
+)
+def test_node_network_shapes_agree_with_the_generator(nixpkgs_lib: Path, word: str) -> None:
+    """The Nix type refuses at evaluation what the generator refuses by its shape."""
+    config = enabled(f'preset = "custom"; nodeNetworks = [ "{word}" ];')
+    try:
+        ev(nixpkgs_lib, config, "cfg.nodeNetworks")
+        nix_takes = True
+    except NixError as err:
+        assert "services.mullvadAllowK8s.nodeNetworks" in str(err)
+        nix_takes = False
+    assert nix_takes == _generator_takes(word)
+
+
+def test_the_types_take_every_default_the_generator_has(nixpkgs_lib: Path) -> None:
+    words = sorted({w for p in PRESETS.values() for w in p.node_networks})
+    cidrs = sorted({c for p in PRESETS.values() for c in (*p.pod_cidrs, *p.service_cidrs)})
+    setting = (
+        f"nodeNetworks = {nix_list(words)}; podCidrs = {nix_list(cidrs)}; "
+        f"clusterInterfaces = {nix_list(marks.CLUSTER_INTERFACES)};"
+    )
+    got = ev(nixpkgs_lib, enabled(setting), "{ inherit (cfg) nodeNetworks podCidrs; }")
+    assert got == {"nodeNetworks": words, "podCidrs": cidrs}
+
+
+def nix_list(words: Iterable[str]) -> str:
+    return "[ " + " ".join(json.dumps(w) for w in words) + " ]"
+
+
 # ---------------------------------------------------------------- 0.1 options, migrated
 
 INBOUND_RETIRED = "services.mullvadAllowK8s.inboundPorts is retired (0.2.0)"
@@ -395,7 +540,8 @@ def test_migration_is_the_generators(nixpkgs_lib: Path, setting: str, old_file: 
     out = migrated(nixpkgs_lib, setting)
     current, notes = migrate(parse_settings_file(old_file))
     assert notes
-    assert resolve([parse_json(json.dumps(out["settings"]))]) == resolve([current])
+    expected = resolve([BUILD_TIME_SETTINGS, current])
+    assert resolve([parse_json(json.dumps(out["settings"]))]) == expected
     assert len(out["warnings"]) == len(notes)
 
 
@@ -482,6 +628,22 @@ def test_no_reverse_path_warning_with_any_firewall(nixpkgs_lib: Path, firewall: 
         ("hostPorts = 6443;", "hostPorts"),
         ('hostPorts = "none";', "hostPorts"),  # the generator's word; Nix says [ ]
         ("machineAddresses = [ ];", "machineAddresses"),
+        ('preset = "minikube-docker";', "preset"),
+        ('nodeNetworks = [ "172.18.0.0/16" ];', "nodeNetworks"),
+        ('nodeNetworks = [ "172.18.0.0/16@*" ];', "nodeNetworks"),
+        ('nodeNetworks = "none";', "nodeNetworks"),  # the generator's word; Nix says [ ]
+        ('nodeNetworks = "172.18.0.0/16@br-*";', "nodeNetworks"),  # a list, not a word
+        # The generator's keywords are no entries: in the JSON they would mean detection
+        # (in the build sandbox) and none.
+        ('nodeNetworks = [ "auto" ];', "nodeNetworks"),
+        ('nodeNetworks = [ "none" ];', "nodeNetworks"),
+        ('podCidrs = [ "auto" ];', "podCidrs"),
+        ('podCidrs = [ "10.42.0.0" ];', "podCidrs"),
+        ('serviceCidrs = [ "10.43.0.0/16 fd43::/112" ];', "serviceCidrs"),  # one per entry
+        ('serviceCidrs = "none";', "serviceCidrs"),
+        ('clusterInterfaces = [ "*" ];', "clusterInterfaces"),
+        ('clusterInterfaces = [ "cni0,veth*" ];', "clusterInterfaces"),
+        ('tunnelInterface = "wg0 mullvad";', "tunnelInterface"),
         # The retired options are still checked, so a wrong old value fails loudly.
         ("inboundPorts = [ 70000 ];", "inboundPorts"),
         ("inboundPorts = [ ];", "inboundPorts"),

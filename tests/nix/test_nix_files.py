@@ -22,6 +22,18 @@ PYPROJECT_VERSION = re.search(
     r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE
 )
 UNIT = ROOT / "data" / "mullvad-allow-k8s.service"
+UNITS = sorted(p.name for p in (ROOT / "data").glob("*.service"))
+# What nixpkgs' stdenv gives a postInstall, as far as ours uses it.
+STDENV_SHIM = r"""
+substituteInPlace() {
+  file=$1; shift
+  [ "$1" = --replace-fail ] || exit 9
+  grep -qF -- "$2" "$file" || { echo "substituteInPlace: no $2 in $file" >&2; exit 1; }
+  sed -i "s|$2|$3|g" "$file"
+}
+installManPage() { install -Dm644 "$1" "$out/share/man/man8/${1##*/}"; }
+set -e
+"""
 
 
 def test_the_nix_files_are_found() -> None:
@@ -152,7 +164,7 @@ def test_nix_flake_check(nixpkgs_lib: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_package_attributes(nixpkgs_lib: Path) -> None:
+def test_package_attributes(nixpkgs_lib: Path, tmp_path: Path) -> None:
     # `src` uses lib.fileset, which needs builtins.readFileType (Nix >= 2.14); Nix 2.8
     # here cannot evaluate it, so it is left out.
     out = evaluate(f"""
@@ -164,6 +176,7 @@ def test_package_attributes(nixpkgs_lib: Path) -> None:
             buildPythonApplication = attrs: attrs;
             setuptools = "setuptools";
             netaddr = "netaddr";
+            pyyaml = "pyyaml";
             pytestCheckHook = "pytestCheckHook";
             hypothesis = "hypothesis";
           }};
@@ -178,17 +191,34 @@ def test_package_attributes(nixpkgs_lib: Path) -> None:
       }}""")
     assert PYPROJECT_VERSION
     assert (out["pname"], out["version"]) == ("mullvad-allow-k8s", PYPROJECT_VERSION.group(1))
-    assert out["dependencies"] == ["netaddr"]
+    assert out["dependencies"] == ["netaddr", "pyyaml"]  # detection parses YAML
     assert out["mainProgram"] == "mullvad-allow-k8s"
     assert out["makeWrapperArgs"] == [
         "--prefix", "PATH", ":", "/nftables/bin:/iproute2/bin:/util-linux/bin",
     ]  # fmt: skip
     assert out["pytestFlagsArray"] == ["tests/unit"]
     assert (ROOT / "tests" / "unit").is_dir()
-    # postInstall installs data/mullvad-allow-k8s.service and rewrites its /usr/bin path
-    # with --replace-fail: that path must be the only one the unit names.
-    assert "data/mullvad-allow-k8s.service" in out["postInstall"]
-    assert set(re.findall(r"/usr/\S+", UNIT.read_text())) == {"/usr/bin/mullvad-allow-k8s"}
+    # postInstall installs every unit in data/ and rewrites its /usr/bin path with
+    # --replace-fail: that path must be the only one a unit names. Run it (from the
+    # source tree, as the build does) with a stand-in for stdenv's two functions.
+    assert UNITS == ["mullvad-allow-k8s-follow.service", "mullvad-allow-k8s.service"]
+    dest = tmp_path / "out"
+    proc = subprocess.run(
+        ["sh", "-c", STDENV_SHIM + out["postInstall"]],
+        cwd=ROOT,
+        env={**os.environ, "out": str(dest)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (dest / "lib" / "systemd" / "system").iterdir()) == UNITS
+    for name in UNITS:
+        source = (ROOT / "data" / name).read_text()
+        assert set(re.findall(r"/usr/\S+", source)) == {"/usr/bin/mullvad-allow-k8s"}, name
+        installed = (dest / "lib" / "systemd" / "system" / name).read_text()
+        assert installed == source.replace("/usr/bin/", f"{dest}/bin/"), name
+    assert (dest / "share" / "man" / "man8" / "mullvad-allow-k8s.8").is_file()
 
 
 def test_flake_lock_absent_or_valid() -> None:

@@ -392,6 +392,7 @@ def test_detected_ranges_are_validated_like_given_ones() -> None:
     ("value", "reason"),
     [
         ("172.18.0.0/16", "not CIDR@INTERFACE"),
+        ("@br-1", "not CIDR@INTERFACE"),  # no range: once an AttributeError
         ("172.18.0.0/16@", "not an interface name or NAME* pattern"),
         ("172.18.0.0/16@*", "not an interface name or NAME* pattern"),
         ('172.18.0.0/16@br-1"', "not an interface name or NAME* pattern"),

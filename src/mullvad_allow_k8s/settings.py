@@ -663,7 +663,42 @@ def _node_networks(key: str, value: str, tunnel: str) -> tuple[NodeNetwork, ...]
         if _matches(iface, tunnel):
             raise SettingsError(key, word, f"matches the tunnel interface {tunnel}")
         out.add((net, iface))
-    return tuple(sorted(out, key=lambda n: (*_net_key(n[0]), n[1])))
+    return _without_covered(key, out)
+
+
+def _without_covered(key: str, nodes: Iterable[NodeNetwork]) -> tuple[NodeNetwork, ...]:
+    """Sorted, without entries another covers (a wider range on a bridge pattern that
+    covers theirs): nft refuses overlapping elements of an interval set. Entries that
+    overlap without one covering the other are refused: which one was meant?"""
+    ordered = sorted(nodes, key=lambda n: (*_net_key(n[0]), n[1]))
+    kept: list[NodeNetwork] = []
+    for net, iface in ordered:
+        if any(_covers(other, (net, iface)) for other in ordered if other != (net, iface)):
+            continue
+        kept.append((net, iface))
+    for i, (net, iface) in enumerate(kept):
+        for other, other_iface in kept[i + 1 :]:
+            if (
+                net.version == other.version
+                and (_covers_if(iface, other_iface) or _covers_if(other_iface, iface))
+                and (net in other or other in net)
+            ):
+                raise SettingsError(
+                    key,
+                    f"{other}@{other_iface}",
+                    f"overlaps {net}@{iface} without either covering the other (give each "
+                    "bridge its own range)",
+                )
+    return tuple(kept)
+
+
+def _covers(a: NodeNetwork, b: NodeNetwork) -> bool:
+    return a[0].version == b[0].version and b[0] in a[0] and _covers_if(a[1], b[1])
+
+
+def _covers_if(pattern: str, other: str) -> bool:
+    """Whether every name OTHER (a name or NAME* pattern) matches also matches PATTERN."""
+    return _matches(pattern, other.rstrip("*")) and (pattern.endswith("*") or pattern == other)
 
 
 def _matches(pattern: str, name: str) -> bool:

@@ -423,3 +423,20 @@ def test_another_distributions_broken_file_does_not_stop_a_preset() -> None:
     assert s.as_strings()["NODE_NETWORKS"] == "172.19.0.0/16@br-1"
     with pytest.raises(SettingsError, match=r"k3s/config\.yaml: not valid YAML"):
         resolve([{"PRESET": "k3s"}], hits)
+
+
+def test_node_networks_another_entry_covers_are_dropped() -> None:
+    s = settle(
+        PRESET="kind",
+        NODE_NETWORKS="172.18.0.0/16@br-1 172.18.0.0/24@br-1 172.18.0.0/16@br-* 10.89.0.0/24@x",
+    )
+    assert s.as_strings()["NODE_NETWORKS"] == "10.89.0.0/24@x 172.18.0.0/16@br-*"
+
+
+def test_node_networks_that_overlap_without_covering_are_refused() -> None:
+    with pytest.raises(SettingsError) as err:
+        settle(PRESET="kind", NODE_NETWORKS="172.16.0.0/12@br-1 172.18.0.0/16@br-*")
+    assert str(err.value) == (
+        "NODE_NETWORKS: '172.18.0.0/16@br-*': overlaps 172.16.0.0/12@br-1 without either "
+        "covering the other (give each bridge its own range)"
+    )

@@ -395,6 +395,7 @@ def cmd_status(settings: Settings) -> int:
         print(f"file {settings.output}: matches the settings")
     ports = settings.as_strings()["HOST_PORTS"]
     print(f"host ports reachable from outside (HOST_PORTS, TCP): {ports}")
+    print(f"node networks (NODE_NETWORKS): {settings.as_strings()['NODE_NETWORKS']}")
     for family, name in marks.SEED_TABLES:
         if (family, name) in tables:
             print(

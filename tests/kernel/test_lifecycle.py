@@ -60,6 +60,7 @@ def test_apply_reapply_status_remove(
     status = ns.cli("status", "--settings", str(conf), **env)
     assert status.returncode == 0, status.stdout
     assert "loaded, matches the settings" in status.stdout
+    assert "node networks (NODE_NETWORKS): none\n" in status.stdout
 
     again = ns.cli("apply", "--settings", str(conf), **env)
     assert again.returncode == 0, again.stderr

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all deps deps-core venv run test unit kernel netlab lint bench clean help
+.PHONY: all deps deps-core venv run test unit kernel netlab lint bench clean clean-test-cache help
 all: lint test
 
 help:
@@ -61,5 +61,9 @@ netlab: venv
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The test suites' cache of Debian roots, Python layers and stubs (tests/roots.py).
+clean-test-cache:
+	rm -rf "$${MAK_TEST_CACHE:-/var/tmp/mullvad-allow-k8s-tests}"
 
 -include mk/*.mk

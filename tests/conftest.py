@@ -1,4 +1,5 @@
-"""Shared helpers: root/netns helpers for kernel tests."""
+"""Shared helpers: root/netns helpers for kernel tests; the package builds and the
+Debian root that tests/deb, tests/rpm, tests/repo and tests/install share."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from tests import roots
+from tests.packages import Builds
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "mullvad_allow_k8s"]
@@ -67,3 +71,27 @@ def netns_factory() -> Iterator[Callable[[str], Netns]]:
     yield make
     for ns in made:
         ns.delete()
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
+    """Every package the suites install, all started now (tests/packages.py)."""
+    started = Builds(tmp_path_factory.mktemp("packages"))
+    yield started
+    started.close()
+
+
+def root_or_skip(suite: str = "bookworm", include: Sequence[str] = roots.INCLUDE) -> Path:
+    try:
+        return roots.debian_root(suite, include)
+    except roots.UnavailableError as why:
+        pytest.skip(str(why))
+
+
+@pytest.fixture(scope="session")
+def debian_root(builds: Builds) -> Path:
+    """The cached bookworm root of tests/deb and tests/rpm (tests/roots.py).
+
+    Requests builds only so that the packages build while mmdebstrap downloads.
+    """
+    return root_or_skip()

@@ -8,16 +8,15 @@ the host never sees.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import pytest
 
 from mullvad_allow_k8s.settings import render_settings_file
-from tests.deb.conftest import UPGRADE_VERSION, Builds, Machine, need_tools
+from tests.deb.conftest import Machine, need_tools
 from tests.deb.test_source import TEMPLATES, parse_templates
 from tests.nftmonitor import table_present_after_each
-from tests.releases import NOT_IN_CHECKOUT
+from tests.packages import UPGRADE_VERSION, Builds
 
 pytestmark = pytest.mark.deb
 
@@ -56,9 +55,7 @@ def test_preseeded_install_writes_the_file_and_loads_the_table(
             "public_addresses": "203.0.113.7",
         }
     )
-    start = time.monotonic()
     proc = machine.apt_install(builds.deb)
-    print(f"apt-get install: {time.monotonic() - start:.2f} s")
 
     assert machine.file(SETTINGS).read_text() == with_values(
         render_settings_file(),
@@ -172,7 +169,7 @@ def test_upgrade_keeps_a_manual_edit_and_never_drops_the_table(
     settings.write_text(edited)
 
     # Every nftables transaction of the upgrade, recorded by `nft monitor`.
-    upgrade = machine.copy_in(builds.upgrade_deb)
+    upgrade = machine.copy_in(builds.deb_upgrade)
     with machine.monitor() as transactions:
         machine.sh(f"dpkg -i {upgrade}")
 
@@ -268,7 +265,7 @@ def test_with_systemd_the_unit_loads_the_table_reloads_on_upgrade_and_stops_on_r
 
     settings = machine.file(SETTINGS)
     settings.write_text(settings.read_text().replace("HOST_PORTS=''", "HOST_PORTS=9345"))
-    upgrade = machine.copy_in(builds.upgrade_deb)
+    upgrade = machine.copy_in(builds.deb_upgrade)
     with machine.monitor() as transactions:
         machine.sh(f"dpkg -i {upgrade}")
 
@@ -358,10 +355,8 @@ def test_a_0_1_0_settings_file_is_migrated_once_by_postinst(
 def test_upgrade_from_the_0_1_0_package_gets_the_new_model_and_says_so_once(
     machine: Machine, builds: Builds, edit: str | None, host_ports: str
 ) -> None:
-    if builds.release_0_1_0 is None:
-        pytest.skip(NOT_IN_CHECKOUT)
     machine.preseed({"preset": "k3s"})
-    machine.apt_install(builds.release_0_1_0)
+    machine.apt_install(builds.deb_0_1_0)
     settings = machine.file(SETTINGS)
     assert "INBOUND_PORTS=non-ephemeral" in settings.read_text()
     old_table = machine.sh("nft list table inet mullvad_allow_k8s").stdout

@@ -11,7 +11,8 @@ import pytest
 
 from mullvad_allow_k8s import __version__
 from mullvad_allow_k8s.settings import PRESET_CHOICES, SCHEMA, render_settings_file
-from tests.deb.conftest import REPO, Builds, need_tools, run
+from tests.deb.conftest import REPO, need_tools, run
+from tests.packages import Builds
 
 pytestmark = pytest.mark.deb
 

@@ -8,11 +8,9 @@
   archive) and that are missing are built at the start of the session (as `make
   images` would); those that need a registry and were not built are skipped,
   saying how to build them.
-- The packages are built once per session from this tree, in parallel: the .deb
-  (`make deb`) at its own version and at UPGRADE_DEB, the .rpm (`make rpm`) at
-  release 1 and 2. The "previous version" of the upgrade tests is therefore the
-  same source at a lower version: what changes is the package version, which is
-  what the maintainer scripts act on.
+- The packages are the session's (tests/packages.py, shared with tests/deb, rpm and
+  repo): the .deb at its own version and at UPGRADE_VERSION, the .rpm at release 1
+  and 2, and the released 0.1.0 of each.
 - Containers are pytest-container's: `container_per_test` (a fresh container per
   test) or `container` (shared by the tests of a module, for the systemd lifecycle).
 """
@@ -21,10 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +28,7 @@ from _pytest.mark.structures import ParameterSet
 
 from tests.install import engine, imagebuild, imagelist
 from tests.install.harness import SYSTEMD_BOOT, Box
-from tests.releases import NOT_IN_CHECKOUT, RELEASE_0_1_0, release_tree
+from tests.packages import Builds, version
 
 try:
     from pytest_container import Container
@@ -45,8 +40,6 @@ except ImportError:  # the container tests cannot even be collected; test_harnes
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = imagelist.load()
 BY_TAG = {image.tag: image for image in IMAGES}
-UPGRADE_DEB = "+installtest1"  # appended to the package's version
-UPGRADE_RPM_RELEASE = "2"
 # tests/deb installs the .deb into a bookworm root (no systemd as PID 1) and runs
 # the preseed/invalid/reconfigure/upgrade/purge flows there; those flows run here on
 # the other userlands, and on bookworm only with systemd as PID 1.
@@ -121,7 +114,6 @@ def image_of(item: pytest.Item) -> imagelist.Image | None:
 TO_BUILD = pytest.StashKey[list[imagelist.Image]]()
 USED = pytest.StashKey[list[imagelist.Image]]()
 FAILED = pytest.StashKey[bool]()
-TIMINGS: list[str] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -178,27 +170,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.stash[FAILED] = report.failed
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TIMINGS:
-        terminalreporter.write_sep("-", "tests/install: images and packages")
-        for line in TIMINGS:
-            terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _images_ready(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> None:
     """Build the missing images this session's tests need, then check a container runs."""
     wanted = pytestconfig.stash.get(TO_BUILD, [])
     used = pytestconfig.stash.get(USED, [])
     if used:  # package builds (a few seconds of CPU) overlap the image downloads
-        request.getfixturevalue("builder").start()
-    start = time.monotonic()
-    if errors := imagebuild.ensure(wanted, say=TIMINGS.append):
+        request.getfixturevalue("builds")
+    if errors := imagebuild.ensure(wanted):
         pytest.fail(
             "building the test images failed:\n" + "\n".join(errors.values()), pytrace=False
         )
-    if wanted:
-        TIMINGS.append(f"images: built what was missing in {time.monotonic() - start:.0f} s")
     if used and (problem := engine.probe_run(used[0].tag)):
         pytest.fail(f"container engine: {problem}", pytrace=False)
 
@@ -214,147 +196,30 @@ class Packages:
     version_new: str
 
 
-class Builder:
-    """Builds every package once, all at the same time, on first request."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.pool = ThreadPoolExecutor(max_workers=4)
-        self.jobs: dict[str, Future[tuple[subprocess.CompletedProcess[str], float]] | str] = {}
-
-    def start(self) -> None:
-        if self.jobs:
-            return
-        release = release_tree(RELEASE_0_1_0, self.workdir / "src-0.1.0")
-        targets = {
-            "deb-old": (ROOT / "debian", lambda: ["deb", f"DEB_DIR={self.workdir / 'deb-old'}"]),
-            "deb-new": (
-                ROOT / "debian",
-                lambda: [
-                    "deb",
-                    f"DEB_DIR={self.workdir / 'deb-new'}",
-                    f"DEB_VERSION={self.deb_new()}",
-                ],
-            ),
-            "rpm-old": (ROOT / "rpm", lambda: ["rpm", f"RPM_TOPDIR={self.workdir / 'rpm-old'}"]),
-            "rpm-new": (
-                ROOT / "rpm",
-                lambda: [
-                    "rpm",
-                    f"RPM_TOPDIR={self.workdir / 'rpm-new'}",
-                    f"RPM_RELEASE={UPGRADE_RPM_RELEASE}",
-                ],
-            ),
-            # The released 0.1.0, built from this repository's history (upgrade flows).
-            "deb-0.1.0": (
-                ROOT / "debian",
-                lambda: ["deb", f"DEB_DIR={self.workdir / 'deb-0.1.0'}"],
-            ),
-            "rpm-0.1.0": (
-                ROOT / "rpm",
-                lambda: ["rpm", f"RPM_TOPDIR={self.workdir / 'rpm-0.1.0'}"],
-            ),
-        }
-        tools = {"deb": ("dpkg-buildpackage", "deb.txt"), "rpm": ("rpmbuild", "rpm.txt")}
-        for name, (needs, target) in targets.items():
-            tool, apt_list = tools[name[:3]]
-            tree = ROOT
-            if name.endswith("0.1.0"):
-                if release is None:
-                    self.jobs[name] = NOT_IN_CHECKOUT
-                    continue
-                tree = release
-            if not needs.is_dir():
-                self.jobs[name] = f"{needs.relative_to(ROOT)}/ is not in this tree"
-                continue
-            if not shutil.which(tool):
-                self.jobs[name] = f"{tool} is missing (install .ci/apt/{apt_list})"
-                continue
-            # no lintian, no unit tests (other suites run them): install tests only
-            cmd = ["make", "-s", "-C", str(tree), *target(), "DEB_LINTIAN=no"]
-            if name.startswith("rpm"):
-                cmd.append("RPMBUILD_FLAGS=--nodeps --without check")
-            self.jobs[name] = self.pool.submit(self._run, cmd)
-
-    @staticmethod
-    def _run(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
-        start = time.monotonic()
-        env = {**os.environ, "DEB_BUILD_OPTIONS": "nocheck"}
-        proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False
-        )
-        return proc, time.monotonic() - start
-
-    @staticmethod
-    def deb_old() -> str:
-        out = subprocess.run(
-            ["dpkg-parsechangelog", "-l", str(ROOT / "debian" / "changelog"), "-S", "Version"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
-
-    def deb_new(self) -> str:
-        return self.deb_old() + UPGRADE_DEB
-
-    def wait(self, name: str) -> Path:
-        self.start()
-        job = self.jobs[name]
-        if isinstance(job, str):
-            pytest.skip(job)
-        proc, seconds = job.result()
-        if proc.returncode != 0:
-            pytest.fail(f"`{' '.join(proc.args)}` failed:\n{proc.stdout[-3000:]}", pytrace=False)
-        if name.startswith("deb"):
-            (path,) = (self.workdir / name).glob("mullvad-allow-k8s_*_all.deb")
-        else:
-            release = UPGRADE_RPM_RELEASE if name == "rpm-new" else "1"
-            (path,) = (self.workdir / name / "RPMS" / "noarch").glob(
-                f"mullvad-allow-k8s-*-{release}*.noarch.rpm"
-            )
-        line = f"packages: {path.name} built in {seconds:.1f} s"
-        if line not in TIMINGS:
-            TIMINGS.append(line)
-        return path
+def pair(old: Path, new: Path) -> Packages:
+    return Packages(old, new, version(old), version(new))
 
 
 @pytest.fixture(scope="session")
-def builder(tmp_path_factory: pytest.TempPathFactory) -> Builder:
-    builder = Builder(tmp_path_factory.mktemp("packages"))
-    builder.start()
-    return builder
+def debs(builds: Builds) -> Packages:
+    return pair(builds.deb, builds.deb_upgrade)
 
 
 @pytest.fixture(scope="session")
-def debs(builder: Builder) -> Packages:
-    return Packages(
-        builder.wait("deb-old"), builder.wait("deb-new"), builder.deb_old(), builder.deb_new()
-    )
-
-
-@pytest.fixture(scope="session")
-def debs_from_0_1_0(builder: Builder) -> Packages:
+def debs_from_0_1_0(builds: Builds) -> Packages:
     """The released 0.1.0 .deb and this tree's."""
-    return Packages(builder.wait("deb-0.1.0"), builder.wait("deb-old"), "0.1.0", builder.deb_old())
+    return pair(builds.deb_0_1_0, builds.deb)
 
 
 @pytest.fixture(scope="session")
-def rpms_from_0_1_0(builder: Builder) -> Packages:
+def rpms_from_0_1_0(builds: Builds) -> Packages:
     """The released 0.1.0 .rpm and this tree's."""
-    old, new = builder.wait("rpm-0.1.0"), builder.wait("rpm-old")
-    return Packages(old, new, "0.1.0-1", rpm_version(new))
+    return pair(builds.rpm_0_1_0, builds.rpm)
 
 
 @pytest.fixture(scope="session")
-def rpms(builder: Builder) -> Packages:
-    old, new = builder.wait("rpm-old"), builder.wait("rpm-new")
-    return Packages(old, new, rpm_version(old), rpm_version(new))
-
-
-def rpm_version(rpm: Path) -> str:
-    query = ["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", str(rpm)]
-    return subprocess.run(query, capture_output=True, text=True, check=True).stdout
+def rpms(builds: Builds) -> Packages:
+    return pair(builds.rpm, builds.rpm_upgrade)
 
 
 # ---------------------------------------------------------------- containers

@@ -21,18 +21,17 @@ import fcntl
 import hashlib
 import inspect
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests import roots
 from tests.install import engine
 from tests.install.imagelist import REPOSITORY, Image, load
 
@@ -91,26 +90,6 @@ dnf --version >/dev/null
 """
 
 
-def debian_mirror() -> str:
-    """The Debian archive apt uses on this machine (never a hard-coded host)."""
-    if mirror := os.environ.get("MAK_DEBIAN_MIRROR"):
-        return mirror
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in sources:
-        if path.suffix not in (".list", ".sources") and path.name != "sources.list":
-            continue
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        uris = re.findall(r"^\s*URIs:\s*(\S+)", text, re.M)
-        uris += re.findall(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
-        for uri in uris:
-            if re.search(r"/debian/?$", uri):
-                return uri.rstrip("/")
-    raise RuntimeError("no Debian archive in apt's sources; set MAK_DEBIAN_MIRROR=URL")
-
-
 def present(tag: str) -> bool:
     return engine.podman("image", "exists", tag, check=False).returncode == 0
 
@@ -132,19 +111,15 @@ def cmd_line(image: Image) -> str:
 
 
 def build_root(image: Image, log: Path) -> None:
-    """mmdebstrap | podman import: a Debian root without a registry."""
+    """mmdebstrap | podman import: a Debian root without a registry (tests/roots.py's
+    mmdebstrap command, written to a pipe instead of the cache)."""
     assert image.suite is not None
-    mmdebstrap = [
-        "mmdebstrap",
-        "--quiet",
-        "--variant=minbase",
-        f"--include={','.join(image.include)}",
-        *[f"--aptopt={opt}" for opt in APT_OPTS],
-        *[f"--dpkgopt={opt}" for opt in DPKG_OPTS],
-        image.suite,
-        "-",
-        debian_mirror(),
-    ]
+    mirror = roots.debian_mirror(image.suite)
+    if mirror is None:
+        raise RuntimeError("no Debian archive in apt's sources; set MAK_DEB_MIRROR=URL")
+    mmdebstrap = roots.mmdebstrap(
+        image.suite, image.include, "-", mirror, aptopts=APT_OPTS, dpkgopts=DPKG_OPTS
+    )
     podman_import = [
         engine.PODMAN, "import",
         "--change", f"CMD {cmd_line(image)}",
@@ -197,17 +172,15 @@ def build_derived(image: Image, log: Path) -> None:
         run_logged([*build, "-t", image.tag, tmp], log)
 
 
-def build(image: Image, parent: Future[float] | None) -> float:
+def build(image: Image, parent: Future[None] | None) -> None:
     if parent is not None:
         parent.result()  # raises when the parent failed
     log = LOGDIR / f"{image.name}.log"
     log.write_text("")
-    start = time.monotonic()
     if image.suite:
         build_root(image, log)
     else:
         build_derived(image, log)
-    return time.monotonic() - start
 
 
 def prune(images: list[Image], say: Callable[[str], None] = print) -> None:
@@ -266,22 +239,20 @@ def ensure(
             return errors
         if any(i.suite for i in todo) and shutil.which("mmdebstrap") is None:
             return {i.name: "mmdebstrap is not installed (`make deps` installs it)" for i in todo}
-        start = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures: dict[str, Future[float]] = {}
+            futures: dict[str, Future[None]] = {}
             for image in todo:  # parents come first, so they are started first
                 parent = futures.get(image.parent.name) if image.parent else None
                 futures[image.name] = pool.submit(build, image, parent)
             for image in todo:
                 try:
-                    seconds = futures[image.name].result()
+                    futures[image.name].result()
                 except (RuntimeError, OSError) as err:
                     errors[image.name] = str(err)
                     say(f"images: {image.name}: FAILED: {err}")
                 else:
-                    say(f"images: {image.name}: built in {seconds:.0f} s ({image.tag})")
-        total = time.monotonic() - start
-        say(f"images: {len(todo) - len(errors)} built, {len(errors)} failed, {total:.0f} s")
+                    say(f"images: {image.name}: built ({image.tag})")
+        say(f"images: {len(todo) - len(errors)} built, {len(errors)} failed")
         prune(load(), say)
     return errors
 

@@ -1,14 +1,14 @@
 """Fixtures for the repository tests: keys, packages, published repositories, systems.
 
-Packages: the .deb at its own version and at tests.deb's UPGRADE_VERSION (tests/deb's
-build fixtures), the .rpm at release 1 and 2 (tests/rpm's harness). Keys: made by
+Packages: the .deb at its own version and at UPGRADE_VERSION, the .rpm at release 1
+and 2, the Provides helper (tests/packages.py, shared with the other suites). Keys: made by
 repo/test-key in temporary GNUPGHOMEs, one that signs and one that an attacker has.
 Repositories: `make repo-publish` into a temporary folder, served per test by
 `python3 -m http.server` on 127.0.0.1 inside the test system's own network
 namespace, the address written into the published .sources and .repo files.
 
-Systems: for apt, tests/deb's Machine on a cached root of each suite (tests/deb's
-cached_root); for dnf, tests/rpm's System on a cached bookworm root that also has
+Systems: for apt, tests/deb's Machine on a cached root of each suite (tests/roots.py);
+for dnf, tests/rpm's System on a cached bookworm root that also has
 Debian's dnf and rpm, with rpm's database at /var/lib/rpm as on Fedora, and the
 Provides helper rpm for what the Debian userland already has.
 """
@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +26,15 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.deb.conftest import (  # noqa: F401 (build_jobs, builds: fixtures used here)
-    INCLUDE,
-    Builds,
-    Machine,
-    build_jobs,
-    builds,
-    cached_root,
-)
+from tests.conftest import root_or_skip
+from tests.deb.conftest import Machine
+from tests.packages import Builds
+from tests.roots import DNF_INCLUDE, PATH, run
 from tests.rpm import harness
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8000  # free in every test: each system has a network namespace of its own
 URL = f"http://127.0.0.1:{PORT}"
-PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Debian's own interpreter serves the files (any python3 would do).
 SERVER_PYTHON = "/usr/bin/python3"
 TOOLS = {
@@ -54,7 +48,6 @@ TOOLS = {
     "dpkg-deb": "dpkg",
     "make": "make",
 }
-DNF_ROOT_EXTRA = ("rpm", "dnf")
 RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-mullvad-allow-k8s"  # the .repo file's gpgkey
 
 
@@ -68,24 +61,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/repo/" in item.nodeid:
             item.add_marker(pytest.mark.repo)
-
-
-def run(
-    args: list[str | Path], *, check: bool = True, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(  # type: ignore[call-overload]
-        [str(a) for a in args], capture_output=True, text=True, check=False, **kw
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc  # type: ignore[no-any-return]
-
-
-def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: mounts overlays and creates network namespaces (CI is root)")
 
 
 @pytest.fixture(scope="session")
@@ -136,31 +111,6 @@ def attacker_key(keys: tuple[Key, Key]) -> Key:
     return keys[1]
 
 
-# -------------------------------------------------------------------- packages
-
-
-@dataclass(frozen=True)
-class Packages:
-    deb: Path
-    deb_upgrade: Path
-    rpm: Path
-    rpm_upgrade: Path
-    shim: Path  # Provides helper for the dnf test systems, never published
-
-
-@pytest.fixture(scope="session")
-def packages(
-    repo_tools: None, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Packages:
-    """Both .deb builds run in the background (build_jobs) while the rpms build here."""
-    request.getfixturevalue("build_jobs")
-    tmp = tmp_path_factory.mktemp("rpm")
-    rpms = harness.build_releases(tmp, (1, 2))
-    shim = harness.build_shim(tmp / "shim")
-    debs: Builds = request.getfixturevalue("builds")
-    return Packages(debs.deb, debs.upgrade_deb, rpms[1].rpm, rpms[2].rpm, shim)
-
-
 # ---------------------------------------------------------------- repositories
 
 
@@ -187,21 +137,18 @@ def publish(
 
 
 @pytest.fixture(scope="session")
-def published(
-    packages: Packages, key: Key, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, float]:
+def published(builds: Builds, key: Key, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first release published: the .deb and the .rpm (each test serves a copy)."""
     out = tmp_path_factory.mktemp("published") / "repo"
-    start = time.monotonic()
-    publish(out, key, debs=(packages.deb,), rpms=(packages.rpm,))
-    return out, time.monotonic() - start
+    publish(out, key, debs=(builds.deb,), rpms=(builds.rpm,))
+    return out
 
 
 @pytest.fixture
-def repo_copy(published: tuple[Path, float], tmp_path: Path) -> Path:
+def repo_copy(published: Path, tmp_path: Path) -> Path:
     """A copy of the published repository that the test may add to or tamper with."""
     copy = tmp_path / "served"
-    shutil.copytree(published[0], copy, symlinks=True)
+    shutil.copytree(published, copy, symlinks=True)
     return copy
 
 
@@ -291,15 +238,12 @@ def suite(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def apt_system(
-    suite: str, repo_copy: Path, packages: Packages, tmp_path: Path
-) -> Iterator[AptSystem]:
+def apt_system(suite: str, repo_copy: Path, tmp_path: Path) -> Iterator[AptSystem]:
     """A fresh root of `suite` with our repository served in its network namespace.
 
-    Requests packages first so the builds run while a root is built.
+    Requests repo_copy (so the packages) first: the builds run while a root is built.
     """
-    need_root()
-    root = cached_root(suite)
+    root = root_or_skip(suite)
     machine = Machine(root, tmp_path / "machine")
     system = None
     try:
@@ -348,20 +292,19 @@ class DnfSystem:
 
 @pytest.fixture(scope="session")
 def dnf_root(repo_tools: None) -> Path:
-    need_root()
     if not shutil.which("nsenter"):
         pytest.skip("needs nsenter (util-linux)")
-    return cached_root("bookworm", (*INCLUDE, *DNF_ROOT_EXTRA))
+    return root_or_skip("bookworm", DNF_INCLUDE)
 
 
 @pytest.fixture
 def dnf_system(
-    dnf_root: Path, repo_copy: Path, packages: Packages, tmp_path: Path
+    dnf_root: Path, repo_copy: Path, builds: Builds, tmp_path: Path
 ) -> Iterator[DnfSystem]:
     system = harness.System(dnf_root, tmp_path / "system", live=True)
     dnf = None
     try:
-        dnf = DnfSystem(system, repo_copy, packages.shim)
+        dnf = DnfSystem(system, repo_copy, builds.shim)
         yield dnf
     finally:
         if dnf:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import pytest
 
 from tests.deb.conftest import Machine
 from tests.nftmonitor import table_present_after_each
+from tests.packages import Builds
 from tests.repo import tamper
-from tests.repo.conftest import AptSystem, Key, Packages, publish, run
+from tests.repo.conftest import AptSystem, Key, publish, run
 
 SETTINGS = "/etc/default/mullvad-allow-k8s"
 RULESET = "/etc/nftables.d/k8s_bypass_mullvad.nft"
@@ -39,10 +39,7 @@ def problems(proc: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def update(system: AptSystem) -> subprocess.CompletedProcess[str]:
-    start = time.monotonic()
-    proc = system.apt("update", check=False)
-    print(f"apt-get update: {time.monotonic() - start:.2f} s, exit {proc.returncode}")
-    return proc
+    return system.apt("update", check=False)
 
 
 def status(machine: Machine) -> str:
@@ -51,7 +48,7 @@ def status(machine: Machine) -> str:
     return proc.stdout
 
 
-def test_install_by_name(apt_system: AptSystem, packages: Packages, suite: str) -> None:
+def test_install_by_name(apt_system: AptSystem, builds: Builds, suite: str) -> None:
     machine = apt_system.machine
     apt_system.add_repository()
     updated = update(apt_system)
@@ -59,13 +56,11 @@ def test_install_by_name(apt_system: AptSystem, packages: Packages, suite: str) 
     assert problems(updated) == []  # signed by the key in the .sources file: no warnings
     machine.preseed({"preset": "k3s", "pod_cidrs": "10.42.0.0/16"})
 
-    start = time.monotonic()
     installed = apt_system.apt("install -y mullvad-allow-k8s")
-    print(f"{suite}: apt-get install mullvad-allow-k8s: {time.monotonic() - start:.2f} s")
 
-    version = deb_version(packages.deb)
+    version = deb_version(builds.deb)
     assert apt_system.version() == f"ii {version}"
-    assert f"GET /apt/{DEB}/{packages.deb.name} HTTP/1.1 200" in (apt_system.server.requests())
+    assert f"GET /apt/{DEB}/{builds.deb.name} HTTP/1.1 200" in (apt_system.server.requests())
     assert "wrote /etc/default/mullvad-allow-k8s" in installed.stderr
     settings = machine.file(SETTINGS).read_text()
     assert "\nPRESET=k3s\n" in settings and "\nPOD_CIDRS=10.42.0.0/16\n" in settings
@@ -76,7 +71,7 @@ def test_install_by_name(apt_system: AptSystem, packages: Packages, suite: str) 
 
 
 def test_upgrade_is_picked_up_and_keeps_settings_and_table(
-    apt_system: AptSystem, packages: Packages, key: Key, suite: str
+    apt_system: AptSystem, builds: Builds, key: Key, suite: str
 ) -> None:
     machine = apt_system.machine
     apt_system.add_repository()
@@ -91,15 +86,13 @@ def test_upgrade_is_picked_up_and_keeps_settings_and_table(
     machine.sh("mullvad-allow-k8s apply")
 
     # The maintainer publishes the next version into the same repository.
-    start = time.monotonic()
-    publish(apt_system.repo, key, debs=(packages.deb_upgrade,))
-    print(f"publish the upgrade: {time.monotonic() - start:.2f} s")
-    new = deb_version(packages.deb_upgrade)
+    publish(apt_system.repo, key, debs=(builds.deb_upgrade,))
+    new = deb_version(builds.deb_upgrade)
 
     updated = update(apt_system)
     assert updated.returncode == 0 and problems(updated) == [], updated.stdout + updated.stderr
     upgradable = machine.sh("apt list --upgradable 2>/dev/null").stdout
-    assert f"mullvad-allow-k8s/stable {new} all [upgradable from: {deb_version(packages.deb)}]" in (
+    assert f"mullvad-allow-k8s/stable {new} all [upgradable from: {deb_version(builds.deb)}]" in (
         upgradable
     )
 
@@ -108,7 +101,7 @@ def test_upgrade_is_picked_up_and_keeps_settings_and_table(
         apt_system.apt("upgrade -y")
 
     assert apt_system.version() == f"ii {new}"
-    assert f"GET /apt/{DEB}/{packages.deb_upgrade.name} HTTP/1.1 200" in (
+    assert f"GET /apt/{DEB}/{builds.deb_upgrade.name} HTTP/1.1 200" in (
         apt_system.server.requests()
     )
     assert settings.read_text() == edited
@@ -129,28 +122,28 @@ BAD_SIGNATURE = r"BADSIG|Message has been manipulated"
 UNKNOWN_KEY = r"NO_PUBKEY|Missing key [0-9A-F]{40}"
 
 
-def packages_edited(repo: Path, _: Packages, __: Key) -> None:
+def packages_edited(repo: Path, _: Builds, __: Key) -> None:
     tamper.apt_packages_edited(repo)
 
 
-def inrelease_edited(repo: Path, _: Packages, __: Key) -> None:
+def inrelease_edited(repo: Path, _: Builds, __: Key) -> None:
     tamper.apt_inrelease_edited(repo)
 
 
-def unsigned(repo: Path, _: Packages, __: Key) -> None:
+def unsigned(repo: Path, _: Builds, __: Key) -> None:
     tamper.apt_unsigned(repo)
 
 
-def attacker_publishes(repo: Path, packages: Packages, attacker: Key) -> None:
+def attacker_publishes(repo: Path, builds: Builds, attacker: Key) -> None:
     """Someone with write access but not the key signs a 'newer' package with theirs."""
-    publish(repo, attacker, debs=(packages.deb_upgrade,))
+    publish(repo, attacker, debs=(builds.deb_upgrade,))
 
 
-def deb_replaced(repo: Path, packages: Packages, _: Key) -> None:
-    tamper.apt_deb_replaced(repo, packages.deb_upgrade)
+def deb_replaced(repo: Path, builds: Builds, _: Key) -> None:
+    tamper.apt_deb_replaced(repo, builds.deb_upgrade)
 
 
-TAMPERING: dict[str, tuple[Callable[[Path, Packages, Key], None], str, str]] = {
+TAMPERING: dict[str, tuple[Callable[[Path, Builds, Key], None], str, str]] = {
     # name: (tamper, what `apt-get update` says (None: update succeeds), what install says)
     "packages-edited": (packages_edited, HASH_MISMATCH, "Unable to locate package"),
     "inrelease-edited": (inrelease_edited, BAD_SIGNATURE, "Unable to locate package"),
@@ -162,11 +155,11 @@ TAMPERING: dict[str, tuple[Callable[[Path, Packages, Key], None], str, str]] = {
 
 @pytest.mark.parametrize("attack", TAMPERING)
 def test_a_tampered_repository_is_refused(
-    apt_system: AptSystem, packages: Packages, attacker_key: Key, attack: str, suite: str
+    apt_system: AptSystem, builds: Builds, attacker_key: Key, attack: str, suite: str
 ) -> None:
     change, update_says, install_says = TAMPERING[attack]
     apt_system.add_repository()  # the user added the genuine .sources before
-    change(apt_system.repo, packages, attacker_key)
+    change(apt_system.repo, builds, attacker_key)
 
     updated = update(apt_system)
     said = updated.stdout + updated.stderr

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.packages import Builds
 from tests.repo import tamper
-from tests.repo.conftest import DnfSystem, Key, Packages, publish, run
+from tests.repo.conftest import DnfSystem, Key, publish, run
 
 SYSCONFIG = "/etc/sysconfig/mullvad-allow-k8s"
 NFT_FILE = "/etc/nftables.d/k8s_bypass_mullvad.nft"
@@ -32,25 +31,18 @@ def evr(rpm: Path) -> str:
     return run(["rpm", "-qp", "--nosignature", "--qf", "%{VERSION}-%{RELEASE}", rpm]).stdout
 
 
-def dnf(system: DnfSystem, args: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    start = time.monotonic()
-    proc = system.dnf(args, check=check)
-    print(f"dnf {args}: {time.monotonic() - start:.2f} s, exit {proc.returncode}")
-    return proc
-
-
 def grouped(fingerprint: str) -> str:
     """A fingerprint as dnf shows it: groups of four."""
     return " ".join(fingerprint[i : i + 4] for i in range(0, 40, 4))
 
 
-def test_install_by_name(dnf_system: DnfSystem, packages: Packages, key: Key) -> None:
+def test_install_by_name(dnf_system: DnfSystem, builds: Builds, key: Key) -> None:
     system = dnf_system.system
     dnf_system.add_repository()
-    installed = dnf(dnf_system, "install mullvad-allow-k8s")
+    installed = dnf_system.dnf("install mullvad-allow-k8s")
 
     out = installed.stdout
-    assert dnf_system.version() == evr(packages.rpm)
+    assert dnf_system.version() == evr(builds.rpm)
     # The key came from the local file the .repo names (gpgkey), shown with its
     # fingerprint before import; it checked the repository metadata and the package.
     assert f"Fingerprint: {grouped(key.fingerprint)}" in out
@@ -59,7 +51,7 @@ def test_install_by_name(dnf_system: DnfSystem, packages: Packages, key: Key) ->
     assert system.sh(f"rpm -q gpg-pubkey-{keyid}").returncode == 0
     served = dnf_system.server.requests()
     assert "GET /rpm/repodata/repomd.xml.asc HTTP/1.1 200" in served
-    assert f"GET /rpm/packages/{packages.rpm.name} HTTP/1.1 200" in served
+    assert f"GET /rpm/packages/{builds.rpm.name} HTTP/1.1 200" in served
     assert system.sh("rpm -q --qf '%{RSAHEADER:pgpsig}' mullvad-allow-k8s").stdout.endswith(
         f"Key ID {key.fingerprint[-16:].lower()}"
     )
@@ -72,11 +64,11 @@ def test_install_by_name(dnf_system: DnfSystem, packages: Packages, key: Key) ->
 
 
 def test_upgrade_is_picked_up_and_keeps_settings_and_table(
-    dnf_system: DnfSystem, packages: Packages, key: Key
+    dnf_system: DnfSystem, builds: Builds, key: Key
 ) -> None:
     system = dnf_system.system
     dnf_system.add_repository()
-    dnf(dnf_system, "install mullvad-allow-k8s")
+    dnf_system.dnf("install mullvad-allow-k8s")
     settings = system.path(SYSCONFIG)
     edited = re.sub(
         r"(?m)^PUBLIC_ADDRESSES=.*$", "PUBLIC_ADDRESSES=192.0.2.10", settings.read_text()
@@ -84,17 +76,17 @@ def test_upgrade_is_picked_up_and_keeps_settings_and_table(
     settings.write_text(edited)
     system.sh("mullvad-allow-k8s apply")
 
-    publish(dnf_system.repo, key, rpms=(packages.rpm_upgrade,))
-    listed = dnf(dnf_system, "--refresh check-update", check=False)
+    publish(dnf_system.repo, key, rpms=(builds.rpm_upgrade,))
+    listed = dnf_system.dnf("--refresh check-update", check=False)
     assert listed.returncode == 100, listed.stdout  # 100: upgrades are available
     assert re.search(
-        rf"mullvad-allow-k8s\.noarch\s+{re.escape(evr(packages.rpm_upgrade))}", listed.stdout
+        rf"mullvad-allow-k8s\.noarch\s+{re.escape(evr(builds.rpm_upgrade))}", listed.stdout
     )
 
     with system.monitor() as transactions:
-        upgraded = dnf(dnf_system, "upgrade")
-    assert dnf_system.version() == evr(packages.rpm_upgrade)
-    assert f"GET /rpm/packages/{packages.rpm_upgrade.name} HTTP/1.1 200" in (
+        upgraded = dnf_system.dnf("upgrade")
+    assert dnf_system.version() == evr(builds.rpm_upgrade)
+    assert f"GET /rpm/packages/{builds.rpm_upgrade.name} HTTP/1.1 200" in (
         dnf_system.server.requests()
     )
     assert settings.read_text() == edited
@@ -107,34 +99,34 @@ def test_upgrade_is_picked_up_and_keeps_settings_and_table(
     assert "removed" not in upgraded.stdout
     # both releases stay in the repository
     both = system.sh("dnf --quiet --showduplicates list mullvad-allow-k8s 2>&1").stdout
-    assert evr(packages.rpm) in both and evr(packages.rpm_upgrade) in both
+    assert evr(builds.rpm) in both and evr(builds.rpm_upgrade) in both
 
 
-def repomd_edited(repo: Path, _: Packages, __: Key, ___: Key) -> None:
+def repomd_edited(repo: Path, _: Builds, __: Key, ___: Key) -> None:
     tamper.rpm_repomd_edited(repo)
 
 
-def unsigned(repo: Path, _: Packages, __: Key, ___: Key) -> None:
+def unsigned(repo: Path, _: Builds, __: Key, ___: Key) -> None:
     tamper.rpm_unsigned(repo)
 
 
-def attacker_publishes(repo: Path, packages: Packages, _: Key, attacker: Key) -> None:
+def attacker_publishes(repo: Path, builds: Builds, _: Key, attacker: Key) -> None:
     """Someone with write access but not the key publishes a 'newer' release with theirs."""
-    publish(repo, attacker, rpms=(packages.rpm_upgrade,))
+    publish(repo, attacker, rpms=(builds.rpm_upgrade,))
 
 
-def primary_edited(repo: Path, _: Packages, __: Key, ___: Key) -> None:
+def primary_edited(repo: Path, _: Builds, __: Key, ___: Key) -> None:
     tamper.rpm_primary_edited(repo)
 
 
-def package_modified(repo: Path, _: Packages, __: Key, ___: Key) -> None:
+def package_modified(repo: Path, _: Builds, __: Key, ___: Key) -> None:
     tamper.rpm_package_modified(repo)
 
 
-def unsigned_package(repo: Path, packages: Packages, key: Key, _: Key) -> None:
+def unsigned_package(repo: Path, builds: Builds, key: Key, _: Key) -> None:
     """Correctly signed metadata for an unsigned package: gpgcheck alone must refuse it."""
     (published,) = (repo / "rpm/packages").glob("*.rpm")
-    shutil.copy(packages.rpm, published)
+    shutil.copy(builds.rpm, published)
     run(["createrepo_c", "--quiet", "--update", repo / "rpm"])
     repomd = repo / "rpm/repodata/repomd.xml"
     key.gpg(
@@ -143,7 +135,7 @@ def unsigned_package(repo: Path, packages: Packages, key: Key, _: Key) -> None:
 
 
 GPG_ERROR = r"repomd\.xml GPG signature verification error: Bad GPG signature"
-TAMPERING: dict[str, tuple[Callable[[Path, Packages, Key, Key], None], str]] = {
+TAMPERING: dict[str, tuple[Callable[[Path, Builds, Key, Key], None], str]] = {
     # name: (tamper, what dnf says)
     "repomd-edited": (repomd_edited, GPG_ERROR),
     "unsigned": (unsigned, r"GPG verification is enabled, but GPG signature is not available"),
@@ -159,13 +151,13 @@ TAMPERING: dict[str, tuple[Callable[[Path, Packages, Key, Key], None], str]] = {
 
 @pytest.mark.parametrize("attack", TAMPERING)
 def test_a_tampered_repository_is_refused(
-    dnf_system: DnfSystem, packages: Packages, key: Key, attacker_key: Key, attack: str
+    dnf_system: DnfSystem, builds: Builds, key: Key, attacker_key: Key, attack: str
 ) -> None:
     change, says = TAMPERING[attack]
     dnf_system.add_repository()  # the user added the genuine .repo before
-    change(dnf_system.repo, packages, key, attacker_key)
+    change(dnf_system.repo, builds, key, attacker_key)
 
-    installed = dnf(dnf_system, "install mullvad-allow-k8s", check=False)
+    installed = dnf_system.dnf("install mullvad-allow-k8s", check=False)
     said = installed.stdout
     errors = [line for line in said.splitlines() if re.search("rror|GPG|atch|sign", line)]
     print(f"{attack}: {' | '.join(errors)}")

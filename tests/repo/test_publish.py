@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.repo.conftest import REPO, RPM_KEY, URL, Key, Packages, publish, run
+from tests.packages import Builds
+from tests.repo.conftest import REPO, RPM_KEY, URL, Key, publish, run
 
 NAME = "mullvad-allow-k8s"
 
@@ -47,10 +48,9 @@ def gpgv(ring: Path, *files: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_apt_repository_is_signed_and_lists_the_package(
-    published: tuple[Path, float], packages: Packages, key: Key, tmp_path: Path
+    published: Path, builds: Builds, key: Key, tmp_path: Path
 ) -> None:
-    repo, seconds = published
-    print(f"make repo-publish (first release, .deb and .rpm): {seconds:.2f} s")
+    repo = published
     ring = keyring(repo, tmp_path)
     dists = repo / "apt/dists/stable"
 
@@ -82,10 +82,10 @@ def test_the_apt_repository_is_signed_and_lists_the_package(
         assert by_hash.read_bytes() == path.read_bytes()
 
     index = deb822(gzip.decompress((dists / "main/binary-all/Packages.gz").read_bytes()).decode())
-    field = run(["dpkg-deb", "--field", packages.deb, "Version"]).stdout.strip()
+    field = run(["dpkg-deb", "--field", builds.deb, "Version"]).stdout.strip()
     assert index["Package"] == NAME and index["Version"] == field
     pool_file = repo / "apt" / index["Filename"]
-    assert pool_file.read_bytes() == packages.deb.read_bytes()
+    assert pool_file.read_bytes() == builds.deb.read_bytes()
     assert run(["sha256sum", pool_file]).stdout.split()[0] == index["SHA256"]
 
     # The .sources file: ready to drop into /etc/apt/sources.list.d/
@@ -100,9 +100,9 @@ def test_the_apt_repository_is_signed_and_lists_the_package(
 
 
 def test_the_rpm_repository_and_its_packages_are_signed(
-    published: tuple[Path, float], packages: Packages, key: Key, tmp_path: Path
+    published: Path, builds: Builds, key: Key, tmp_path: Path
 ) -> None:
-    repo, _ = published
+    repo = published
     ring = keyring(repo, tmp_path)
     repodata = repo / "rpm/repodata"
     verified = gpgv(ring, repodata / "repomd.xml.asc", repodata / "repomd.xml")
@@ -110,7 +110,7 @@ def test_the_rpm_repository_and_its_packages_are_signed(
 
     (rpm,) = (repo / "rpm/packages").glob("*.rpm")
     db = ["--dbpath", str(tmp_path / "rpmdb")]
-    unsigned = run(["rpmkeys", *db, "--checksig", packages.rpm], check=False)
+    unsigned = run(["rpmkeys", *db, "--checksig", builds.rpm], check=False)
     # the build itself is not signed (rpm prints "signatures OK" or "SIGNATURES NOT OK")
     assert not re.search("signature", unsigned.stdout, re.IGNORECASE), unsigned.stdout
     run(["rpmkeys", *db, "--import", repo / f"{NAME}.asc"])
@@ -118,7 +118,7 @@ def test_the_rpm_repository_and_its_packages_are_signed(
     assert re.search(rf"Signature, key ID {key.fingerprint[-8:].lower()}: OK", checked.stdout)
     # ... and signing changed nothing but the signature header
     query = ["rpm", "-qp", "--nosignature", "--qf", "%{SHA256HEADER}"]
-    assert run([*query, rpm]).stdout == run([*query, packages.rpm]).stdout
+    assert run([*query, rpm]).stdout == run([*query, builds.rpm]).stdout
     primary = next(repodata.glob("*-primary.xml.gz"))
     assert f"<name>{NAME}</name>".encode() in gzip.decompress(primary.read_bytes())
 
@@ -135,16 +135,16 @@ def test_the_rpm_repository_and_its_packages_are_signed(
 
 
 def test_publishing_again_adds_and_never_replaces_published_content(
-    repo_copy: Path, packages: Packages, key: Key, tmp_path: Path
+    repo_copy: Path, builds: Builds, key: Key, tmp_path: Path
 ) -> None:
     dists = repo_copy / "apt/dists/stable"
-    again = publish(repo_copy, key, debs=(packages.deb,), rpms=(packages.rpm,))
+    again = publish(repo_copy, key, debs=(builds.deb,), rpms=(builds.rpm,))
     assert "already published" in again.stdout
 
     # Other content under a published name is refused, and nothing changes.
     before = {p: p.read_bytes() for p in repo_copy.rglob("*") if p.is_file()}
-    forged = tmp_path / packages.deb.name
-    shutil.copy(packages.deb_upgrade, forged)
+    forged = tmp_path / builds.deb.name
+    shutil.copy(builds.deb_upgrade, forged)
     refused = run(
         [
             "make",
@@ -163,7 +163,7 @@ def test_publishing_again_adds_and_never_replaces_published_content(
     assert {p: p.read_bytes() for p in repo_copy.rglob("*") if p.is_file()} == before
 
     # A new version is added next to the old one; both stay listed.
-    publish(repo_copy, key, debs=(packages.deb_upgrade,), rpms=(packages.rpm_upgrade,))
+    publish(repo_copy, key, debs=(builds.deb_upgrade,), rpms=(builds.rpm_upgrade,))
     stanzas = (dists / "main/binary-all/Packages").read_text().strip().split("\n\n")
     assert len(stanzas) == 2
     for stanza in map(deb822, stanzas):  # each entry's hash is its own file's

@@ -1,15 +1,15 @@
-"""Fixtures for the RPM tests: built packages (two releases), the Debian test root."""
+"""Fixtures for the RPM tests: the packages (tests/packages.py) and test systems on the
+Debian root of tests/deb (tests/roots.py)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.releases import NOT_IN_CHECKOUT, RELEASE_0_1_0, release_tree
+from tests import roots
+from tests.packages import Builds
 from tests.rpm import harness
 
 
@@ -36,40 +36,26 @@ def rpm_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def rpm_workdir(rpm_tools: None) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mak-rpm-") as tmp:
-        yield Path(tmp)
+def release1(rpm_tools: None, builds: Builds) -> Path:
+    return builds.rpm
 
 
 @pytest.fixture(scope="session")
-def builds(rpm_workdir: Path) -> dict[int, harness.Build]:
-    """Release 1 and release 2 (for upgrades) of the same sources, built side by side."""
-    return harness.build_releases(rpm_workdir, (1, 2))
+def release2(rpm_tools: None, builds: Builds) -> Path:
+    """Release 2 of the same sources, for upgrades."""
+    return builds.rpm_upgrade
 
 
 @pytest.fixture(scope="session")
-def release_0_1_0(rpm_workdir: Path) -> harness.Build:
+def release_0_1_0(rpm_tools: None, builds: Builds) -> Path:
     """The released 0.1.0 RPM, built from this repository's history."""
-    tree = release_tree(RELEASE_0_1_0, rpm_workdir / "src-0.1.0")
-    if tree is None:
-        pytest.skip(NOT_IN_CHECKOUT)
-    return harness.build_rpm(rpm_workdir / "top-0.1.0", 1, tree)
-
-
-@pytest.fixture(scope="session")
-def release1(builds: dict[int, harness.Build]) -> harness.Build:
-    return builds[1]
-
-
-@pytest.fixture(scope="session")
-def release2(builds: dict[int, harness.Build]) -> harness.Build:
-    return builds[2]
+    return builds.rpm_0_1_0
 
 
 @pytest.fixture(scope="session")
 def rpmlint_configs(rpm_tools: None) -> Path:
     """rpmlint's Fedora/ and openSUSE/ configurations (`make rpm-lint-configs`, cached)."""
-    target = harness.CACHE / "rpmlint-configs"
+    target = roots.CACHE / "rpmlint-configs"
     proc = harness.run(
         ["make", "-s", "--no-print-directory", "-C", harness.REPO, "rpm-lint-configs",
          f"RPMLINT_CONFIGS={target}"],
@@ -83,23 +69,13 @@ def rpmlint_configs(rpm_tools: None) -> Path:
     return Path(proc.stdout.split()[-1])
 
 
-@pytest.fixture(scope="session")
-def shim(rpm_workdir: Path) -> Path:
-    return harness.build_shim(rpm_workdir / "shim")
-
-
-@pytest.fixture(scope="session")
-def debian_root(rpm_tools: None) -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("installing into test systems needs root (mounts, namespaces); CI is root")
-    return harness.debian_root()
-
-
 SystemFactory = Callable[..., harness.System]
 
 
 @pytest.fixture
-def system(debian_root: Path, shim: Path, tmp_path: Path) -> Iterator[SystemFactory]:
+def system(
+    rpm_tools: None, debian_root: Path, builds: Builds, tmp_path: Path
+) -> Iterator[SystemFactory]:
     """make(live=True, python=None, provides_helper=True): a fresh system.
 
     python="3.X": with that Fedora-like Python (harness.python_layer) as python3.
@@ -118,7 +94,7 @@ def system(debian_root: Path, shim: Path, tmp_path: Path) -> Iterator[SystemFact
         sys_ = harness.System(debian_root, tmp_path / f"sys{len(made)}", live=live, layers=layers)
         made.append(sys_)
         if provides_helper:
-            sys_.rpm("-i", shim)
+            sys_.rpm("-i", builds.shim)
         return sys_
 
     yield make

@@ -1,8 +1,9 @@
 """Build the RPM and install it into throwaway Debian-userland systems.
 
 No Fedora or openSUSE root can be built on the test machine, so the package's
-scriptlets run for real in a minimal Debian root (mmdebstrap: python3, netaddr, the
-nftables bindings, nftables, iproute2, systemd for `systemctl` run offline). rpm
+scriptlets run for real in a minimal Debian root (tests/roots.py's bookworm root, the
+one tests/deb uses: python3, netaddr, the nftables bindings, nftables, iproute2,
+systemd for `systemctl` run offline). rpm
 learns what that userland already has from a Provides-only helper package, so
 dependencies are checked, not skipped.
 
@@ -22,174 +23,26 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from tests.nftmonitor import Transaction, record
+from tests.roots import Overlay, cached, run
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "rpm" / "mullvad-allow-k8s.spec"
-SHIM_SPEC = Path(__file__).with_name("debian-userland-provides.spec")
 TABLE = "inet mullvad_allow_k8s"
 SYSCONFIG = "/etc/sysconfig/mullvad-allow-k8s"
 NFT_FILE = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 UNIT_LINK = "/etc/systemd/system/multi-user.target.wants/mullvad-allow-k8s.service"
-ROOT_PACKAGES = (
-    "python3",
-    "python3-netaddr",
-    "python3-nftables",
-    "python3-yaml",
-    "nftables",
-    "iproute2",
-)
-ROOT_EXTRA = ("systemd",)  # systemctl for the preset/enable/disable scriptlet steps
 DBPATH = "/var/lib/rpm"
-CACHE = Path(os.environ.get("MULLVAD_TEST_CACHE", "/var/tmp/mullvad-allow-k8s-test-cache"))
 TOOLS = ("rpm", "rpmbuild", "rpmlint", "mmdebstrap", "unshare", "nsenter", "chroot", "git")
 
 
 def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if not shutil.which(tool)]
-
-
-def run(
-    args: Sequence[str | Path], *, check: bool = True, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(  # type: ignore[call-overload]
-        [str(a) for a in args], capture_output=True, text=True, check=False, **kw
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(map(str, args))} exited {proc.returncode}\n"
-            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-        )
-    return proc  # type: ignore[no-any-return]
-
-
-# ------------------------------------------------------------------ building
-
-
-@dataclass
-class Build:
-    rpm: Path
-    log: str
-    seconds: float
-
-
-def build_rpm(topdir: Path, release: int, tree: Path = REPO) -> Build:
-    """`make rpm` into `topdir` (the tracked files of `tree`, by default this one)."""
-    start = time.monotonic()
-    make: list[str | Path] = ["make", "-s", "-C", tree, "rpm"]
-    proc = run([*make, f"RPM_TOPDIR={topdir}", f"RPM_RELEASE={release}"])
-    seconds = time.monotonic() - start
-    (rpm,) = (topdir / "RPMS" / "noarch").glob(f"mullvad-allow-k8s-*-{release}.noarch.rpm")
-    return Build(rpm, proc.stdout + proc.stderr, seconds)
-
-
-def build_releases(workdir: Path, releases: Sequence[int]) -> dict[int, Build]:
-    """Build several releases at once (rpmbuild is mostly waiting on single-threaded steps)."""
-    with ThreadPoolExecutor(len(releases)) as pool:
-        futures = {r: pool.submit(build_rpm, workdir / f"top{r}", r) for r in releases}
-        return {r: f.result() for r, f in futures.items()}
-
-
-def build_shim(topdir: Path) -> Path:
-    run(["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {topdir}", SHIM_SPEC])
-    (rpm,) = (topdir / "RPMS" / "noarch").glob("debian-userland-provides-*.rpm")
-    return rpm
-
-
-# ------------------------------------------------------------- the Debian root
-
-
-def _host_sources() -> str:
-    """The host's apt sources for its own suite, as one-line entries (no host hard-coded)."""
-    codename = ""
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            codename = line.split("=", 1)[1].strip('"')
-    entries: list[tuple[str, str, str]] = []
-    apt = Path("/etc/apt")
-    for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]:
-        if not path.is_file():
-            continue
-        text = path.read_text()
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields: dict[str, str] = {}
-                for raw in stanza.splitlines():
-                    if raw.startswith("#") or ":" not in raw:
-                        continue
-                    key, value = raw.split(":", 1)
-                    fields[key.strip().lower()] = value.strip()
-                if "deb" not in fields.get("types", "").split():
-                    continue
-                for uri in fields.get("uris", "").split():
-                    for suite in fields.get("suites", "").split():
-                        entries.append((uri, suite, fields.get("components", "main")))
-        elif path.suffix == ".list":
-            for raw in text.splitlines():
-                words = re.sub(r"\[[^]]*\]", "", raw).split()
-                if len(words) >= 4 and words[0] == "deb":
-                    entries.append((words[1], words[2], " ".join(words[3:])))
-    own = [e for e in entries if e[1] == codename or e[1].startswith(codename + "-")]
-    if not codename or not own:
-        raise RuntimeError("cannot find the host's apt sources for its own Debian suite")
-    return codename + "\n" + "".join(f"deb {u} {s} {c}\n" for u, s, c in own)
-
-
-def cached(final: Path, build: Callable[[Path], None]) -> Path:
-    """FINAL, made on first use by BUILD(directory) and reused after.
-
-    BUILD fills a directory that does not exist yet; it becomes FINAL only when
-    complete, so an interrupted build is never reused, and of parallel test workers
-    building the same thing the first to finish wins.
-    """
-    if (final / ".complete").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
-    try:
-        build(tmp / "out")
-        (tmp / "out" / ".complete").touch()
-        try:
-            (tmp / "out").rename(final)
-        except OSError:  # another worker finished first
-            if not (final / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def debian_root() -> Path:
-    """A cached minimal Debian root (about 25 s to build once, then reused)."""
-    sources = _host_sources()
-    codename, sources_list = sources.split("\n", 1)
-    packages = ROOT_PACKAGES + ROOT_EXTRA
-    key = hashlib.sha256((sources + ",".join(packages)).encode()).hexdigest()[:12]
-
-    def build(root: Path) -> None:
-        listing = root.with_name("sources.list")
-        listing.write_text(sources_list)
-        run(
-            [
-                "mmdebstrap",
-                "--quiet",
-                "--variant=minbase",
-                f"--include={','.join(packages)}",
-                codename,
-                root,
-                listing,
-            ]
-        )
-
-    return cached(CACHE / f"debian-root-{codename}-{key}", build)
 
 
 def _rpm_extra_args() -> list[str]:
@@ -293,7 +146,7 @@ def python_layer(base: Path | None, version: str) -> Path:
             for name in SITE_LIBS:
                 _copy(dist / name, site / name, ignore=("__pycache__",))
 
-    return cached(CACHE / f"python-layer-{version}-{key}", make)
+    return cached(f"python-layer-{version}-{key}", make)
 
 
 # ------------------------------------------------------------------ systems
@@ -307,22 +160,9 @@ class System:
     ) -> None:
         """LAYERS: directories laid over BASE (first wins), e.g. a Fedora-like Python."""
         self.workdir = workdir
-        self.root = workdir / "merged"
-        self.upper = workdir / "upper"
-        for name in ("merged", "upper", "work"):
-            (workdir / name).mkdir(parents=True)
-        run(
-            [
-                "mount",
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                f"lowerdir={':'.join(map(str, [*layers, base]))},"
-                f"upperdir={self.upper},workdir={workdir / 'work'}",
-                self.root,
-            ]
-        )
+        self.overlay = Overlay([*layers, base], workdir)
+        self.root = self.overlay.root
+        self.upper = self.overlay.upper
         pid1 = ["chroot", str(self.root), "/bin/sleep", "infinity"] if live else ["sleep", "inf"]
         namespaces = ["unshare", "--net", "--mount", "--pid", "--fork"]
         self._holder = subprocess.Popen(
@@ -434,5 +274,4 @@ class System:
         if self._holder.poll() is None:
             os.killpg(self._holder.pid, signal.SIGKILL)
             self._holder.wait()
-        run(["umount", self.root], check=False)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.overlay.close()

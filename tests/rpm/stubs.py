@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.rpm.harness import CACHE, cached, run
+from tests.roots import cached, run
 
 STUBS_TOML = Path(__file__).with_name("stubs.toml")
 
@@ -83,16 +83,14 @@ def stub_rpms(distro: Distro) -> list[Path]:
     """The distribution's stub packages, built once and cached (a few rpmbuilds)."""
     key = hashlib.sha256(repr(distro).encode()).hexdigest()[:12]
 
-    def build(out: Path) -> None:
-        top = out.with_name("top")
+    def build(top: Path) -> None:
         top.mkdir()
         with ThreadPoolExecutor(4) as pool:
             for f in [pool.submit(_build, s, distro.name, top) for s in distro.stubs]:
                 f.result()
-        (top / "RPMS").rename(out)
 
-    out = cached(CACHE / f"stubs-{distro.name}-{key}", build)
-    return sorted(out.glob("*/*.rpm"))
+    out = cached(f"stubs-{distro.name}-{key}", build)
+    return sorted(out.glob("RPMS/*/*.rpm"))
 
 
 def repository(distro: Distro, directory: Path, *packages: Path) -> Path:

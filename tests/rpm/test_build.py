@@ -12,6 +12,7 @@ import pytest
 
 from mullvad_allow_k8s import __version__
 from mullvad_allow_k8s.settings import SCHEMA, render_settings_file
+from tests.packages import Builds
 from tests.rpm import harness
 
 
@@ -19,13 +20,13 @@ def query(rpm: object, fmt: str) -> list[str]:
     return harness.run(["rpm", "-qp", "--qf", fmt, str(rpm)]).stdout.splitlines()
 
 
-def test_spec_builds_and_check_runs_the_unit_tests(release1: harness.Build) -> None:
-    assert release1.rpm.name == f"mullvad-allow-k8s-{__version__}-1.noarch.rpm"
-    assert query(release1.rpm, "%{ARCH}\n") == ["noarch"]
+def test_spec_builds_and_check_runs_the_unit_tests(release1: Path, builds: Builds) -> None:
+    assert release1.name == f"mullvad-allow-k8s-{__version__}-1.noarch.rpm"
+    assert query(release1, "%{ARCH}\n") == ["noarch"]
     # %check ran pytest on tests/unit against the installed build root
-    assert re.search(r"Executing\(%check\)", release1.log)
-    assert re.search(r"=+ \d+ passed", release1.log), release1.log[-2000:]
-    print(f"rpmbuild (release 1): {release1.seconds:.1f} s")
+    log = builds.log("rpm")
+    assert re.search(r"Executing\(%check\)", log)
+    assert re.search(r"=+ \d+ passed", log), log[-2000:]
 
 
 def test_spec_version_is_the_project_version() -> None:
@@ -34,9 +35,9 @@ def test_spec_version_is_the_project_version() -> None:
     assert spec_version and spec_version.group(1) == project["version"]
 
 
-def test_files_flags_and_dependencies(release1: harness.Build) -> None:
+def test_files_flags_and_dependencies(release1: Path) -> None:
     files = dict(
-        line.split(" ", 1) for line in query(release1.rpm, "[%{FILENAMES} %{FILEFLAGS:fflags}\n]")
+        line.split(" ", 1) for line in query(release1, "[%{FILENAMES} %{FILEFLAGS:fflags}\n]")
     )
     assert files["/etc/sysconfig/mullvad-allow-k8s"] == "cn"  # %config(noreplace)
     assert files["/etc/nftables.d/k8s_bypass_mullvad.nft"] == "g"  # %ghost: rpm owns, deletes
@@ -48,7 +49,7 @@ def test_files_flags_and_dependencies(release1: harness.Build) -> None:
     ):
         assert path in files
     assert "/usr/share/mullvad-allow-k8s/mullvad_allow_k8s/cli.py" in files
-    requires = set(query(release1.rpm, "[%{REQUIRENAME}\n]"))
+    requires = set(query(release1, "[%{REQUIRENAME}\n]"))
     assert {"nftables", "python3", "python3-netaddr", "python3-nftables", "iproute"} <= requires
     unit = (harness.REPO / "data" / "mullvad-allow-k8s.service").read_text()
     assert "ExecStart=/usr/bin/mullvad-allow-k8s " in unit  # where the spec installs it
@@ -63,10 +64,10 @@ NOT_PORTABLE = re.compile(
 )
 
 
-def test_file_list_has_no_python_version_debian_path_or_bytecode(release1: harness.Build) -> None:
+def test_file_list_has_no_python_version_debian_path_or_bytecode(release1: Path) -> None:
     """Shown to fail on the RPM of before issue 13: /usr/lib/python3/dist-packages/...,
     __pycache__/*.cpython-311.pyc, .dist-info, /usr/share/doc/mullvad-allow-k8s-0.1.0."""
-    files = query(release1.rpm, "[%{FILENAMES}\n]")
+    files = query(release1, "[%{FILENAMES}\n]")
     assert [f for f in files if NOT_PORTABLE.search(f)] == []
     # the private directory holds the package's tracked files, nothing else
     sources = harness.run(["git", "-C", harness.REPO, "ls-files", "src/mullvad_allow_k8s"])
@@ -75,7 +76,7 @@ def test_file_list_has_no_python_version_debian_path_or_bytecode(release1: harne
         for f in sources.stdout.split()
         if not f.endswith("/py.typed")
     }
-    modes = query(release1.rpm, "[%{FILEMODES:perms} %{FILENAMES}\n]")
+    modes = query(release1, "[%{FILEMODES:perms} %{FILENAMES}\n]")
     appdir = {
         line.split(" ", 1)[1]
         for line in modes
@@ -84,7 +85,7 @@ def test_file_list_has_no_python_version_debian_path_or_bytecode(release1: harne
     assert "/usr/share/mullvad-allow-k8s/mullvad_allow_k8s/cli.py" in expected
     assert appdir == expected
     # nothing that names one Python: python(abi) = 3.X, python3.X(...), pythonXY-...
-    requires = query(release1.rpm, "[%{REQUIRENAME} %{REQUIREVERSION}\n]")
+    requires = query(release1, "[%{REQUIRENAME} %{REQUIREVERSION}\n]")
     assert [r for r in requires if re.search(r"python\(abi\)|python3\.?\d|python3\d", r)] == []
     assert "python3 3.11" in requires
 
@@ -101,9 +102,9 @@ def test_preset_enables_the_unit() -> None:
     ]
 
 
-def test_sysconfig_is_the_schema_rendered_at_build_time(release1: harness.Build) -> None:
+def test_sysconfig_is_the_schema_rendered_at_build_time(release1: Path) -> None:
     digests = dict(
-        line.split(" ", 1) for line in query(release1.rpm, "[%{FILENAMES} %{FILEDIGESTS}\n]")
+        line.split(" ", 1) for line in query(release1, "[%{FILENAMES} %{FILEDIGESTS}\n]")
     )
     expected = render_settings_file()
     assert digests[harness.SYSCONFIG] == hashlib.sha256(expected.encode()).hexdigest()
@@ -128,7 +129,7 @@ KNOWN_WARNINGS = {
 
 @pytest.mark.parametrize("config", ["default", "Fedora", "openSUSE"])
 def test_rpmlint_has_no_errors(
-    release1: harness.Build, rpmlint_configs: Path, tmp_path: Path, config: str
+    release1: Path, rpmlint_configs: Path, tmp_path: Path, config: str
 ) -> None:
     """rpmlint's own, Fedora's and openSUSE's configurations, rpm/rpmlintrc.toml on top.
 
@@ -141,7 +142,7 @@ def test_rpmlint_has_no_errors(
         for toml in (rpmlint_configs / config).glob("*.toml"):
             shutil.copy(toml, conf)
     shutil.copy(harness.REPO / "rpm" / "rpmlintrc.toml", conf)
-    proc = harness.run(["rpmlint", "-c", conf, harness.SPEC, release1.rpm], check=False)
+    proc = harness.run(["rpmlint", "-c", conf, harness.SPEC, release1], check=False)
     print(proc.stdout)
     summary = re.search(r"(\d+) errors, (\d+) warnings", proc.stdout)
     assert summary, proc.stdout + proc.stderr

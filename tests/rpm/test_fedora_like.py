@@ -16,6 +16,7 @@ Shown to fail with the RPM of before issue 13 (package in
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ APPDIR = "/usr/share/mullvad-allow-k8s"
 
 @pytest.mark.parametrize("python", harness.FEDORA_LIKE)
 def test_whole_life_on_a_fedora_like_python(
-    system: SystemFactory, release1: harness.Build, release2: harness.Build, python: str
+    system: SystemFactory, release1: Path, release2: Path, python: str
 ) -> None:
     sys_ = system(live=True, python=python)
     path = sys_.python_path()
@@ -38,7 +39,7 @@ def test_whole_life_on_a_fedora_like_python(
     assert sys_.sh("python3 -B -c 'import sys; print(sys.version)'").stdout.startswith(python)
 
     # install: %post writes the file and loads the table
-    proc = sys_.rpm("-i", release1.rpm)
+    proc = sys_.rpm("-i", release1)
     assert f"loaded table {TABLE} from {NFT_FILE}" in proc.stderr, proc.stderr
     assert sys_.tables() == {TABLE}
     assert sys_.sh("mullvad-allow-k8s status").returncode == 0
@@ -53,7 +54,7 @@ def test_whole_life_on_a_fedora_like_python(
 
     # upgrade: the kept settings are applied in one transaction, the table never missing
     with sys_.monitor() as transactions:
-        sys_.rpm("-U", release2.rpm)
+        sys_.rpm("-U", release2)
     assert f"mullvad-allow-k8s-{__version__}-2" in sys_.rpm("-q", "mullvad-allow-k8s").stdout
     ours = [t for t in transactions if t.touches_table()]
     assert len(ours) == 1 and ours[0].leaves_table_loaded(), transactions

@@ -71,8 +71,8 @@ CASES = [("dnf", name) for name in DISTROS] + [("zypper", "tumbleweed")]
 @pytest.mark.parametrize("case", CASES, ids=[f"{tool}-{name}" for tool, name in CASES])
 def test_installs_by_name_against_the_distribution_names(
     system: SystemFactory,
-    release1: harness.Build,
-    release2: harness.Build,
+    release1: Path,
+    release2: Path,
     tmp_path: Path,
     case: tuple[str, str],
 ) -> None:
@@ -80,7 +80,7 @@ def test_installs_by_name_against_the_distribution_names(
     need(tool, "createrepo_c")
     dist = DISTROS[distro]
     sys_ = system(live=True, python=dist.python, provides_helper=False)
-    repo = stubs.repository(dist, tmp_path / "repo", release1.rpm)
+    repo = stubs.repository(dist, tmp_path / "repo", release1)
     installer = Installer(tool, sys_, repo)
 
     proc = installer.run("install", PACKAGE)
@@ -89,7 +89,7 @@ def test_installs_by_name_against_the_distribution_names(
     assert f"loaded table {TABLE}" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert sys_.sh("mullvad-allow-k8s status").returncode == 0
 
-    shutil.copy2(release2.rpm, repo)
+    shutil.copy2(release2, repo)
     harness.run(["createrepo_c", "--quiet", "--update", repo])
     installer.run("upgrade" if tool == "dnf" else "update", PACKAGE)
     assert f"{__version__}-2" in sys_.rpm("-q", PACKAGE).stdout

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -71,6 +72,36 @@ def netns_factory() -> Iterator[Callable[[str], Netns]]:
     yield make
     for ns in made:
         ns.delete()
+
+
+PREFETCH = pytest.StashKey[threading.Thread]()
+
+
+def roots_wanted(item: pytest.Item) -> list[tuple[str, tuple[str, ...]]]:
+    """The roots (suite, include) that ITEM's fixtures ask tests/roots.py for."""
+    names = set(getattr(item, "fixturenames", ()))
+    wanted = [("bookworm", roots.INCLUDE)] if "debian_root" in names else []
+    if "machine" in names:  # tests/deb
+        wanted.append((roots.DEB_SUITE, roots.INCLUDE))
+    if "apt_system" in names:  # tests/repo, one root per suite
+        wanted.append((item.callspec.params["suite"], roots.INCLUDE))  # type: ignore[attr-defined]
+    if "dnf_root" in names:
+        wanted.append(("bookworm", roots.DNF_INCLUDE))
+    return wanted
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the roots the selected tests need, in the order they need them:
+    a later suite's root is then ready when its tests start."""
+    wanted = [r for item in session.items if not item.get_closest_marker("skip")
+              for r in roots_wanted(item)]  # fmt: skip
+    if wanted and is_root() and not session.config.option.collectonly:
+        session.config.stash[PREFETCH] = roots.prefetch(list(dict.fromkeys(wanted)))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if thread := session.config.stash.get(PREFETCH, None):
+        thread.join()  # never leave a half-built root behind
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,13 @@ No pytest here: imagebuild.py and bench/ use it too.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,6 +173,21 @@ def debian_root(suite: str = "bookworm", include: Sequence[str] = INCLUDE) -> Pa
         run([str(root) if arg == "TARGET" else arg for arg in recipe])
 
     return cached(f"root-{suite}-{key(*recipe)}", build)
+
+
+def prefetch(wanted: Sequence[tuple[str, Sequence[str]]]) -> threading.Thread:
+    """Build the missing roots of WANTED ((suite, include) pairs) one after the other
+    in the background. A root that fails here is built again, and its error reported,
+    where a test asks for it."""
+
+    def build_all() -> None:
+        for suite, include in wanted:
+            with contextlib.suppress(Exception):
+                debian_root(suite, include)
+
+    thread = threading.Thread(target=build_all, name="roots-prefetch", daemon=True)
+    thread.start()
+    return thread
 
 
 class Overlay:

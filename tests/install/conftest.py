@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def image_of(item: pytest.Item) -> imagelist.Image | None:
 
 
 TO_BUILD = pytest.StashKey[list[imagelist.Image]]()
+IMAGES_BUILT = pytest.StashKey[Future[dict[str, str]]]()
 USED = pytest.StashKey[list[imagelist.Image]]()
 FAILED = pytest.StashKey[bool]()
 
@@ -156,6 +158,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the missing images of the selected tests (-k, -m applied), in the
+    background, while the suites before this one run."""
+    selected = {image_of(item) for item in session.items}
+    wanted = [i for i in session.config.stash.get(TO_BUILD, []) if i in selected]
+    if wanted and not session.config.option.collectonly:
+        # two builds at a time: the package builds and the tests share the 2 cores
+        built = ThreadPoolExecutor(1).submit(imagebuild.ensure, wanted, 2)
+        session.config.stash[IMAGES_BUILT] = built
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if mark := item.get_closest_marker(_ENGINE_FAILED):
@@ -172,12 +185,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="session", autouse=True)
 def _images_ready(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> None:
-    """Build the missing images this session's tests need, then check a container runs."""
-    wanted = pytestconfig.stash.get(TO_BUILD, [])
+    """The missing images this session's tests need (their build started at collection),
+    then check that a container runs."""
     used = pytestconfig.stash.get(USED, [])
     if used:  # package builds (a few seconds of CPU) overlap the image downloads
         request.getfixturevalue("builds")
-    if errors := imagebuild.ensure(wanted):
+    built = pytestconfig.stash.get(IMAGES_BUILT, None)
+    if built and (errors := built.result()):
         pytest.fail(
             "building the test images failed:\n" + "\n".join(errors.values()), pytrace=False
         )

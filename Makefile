@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all deps deps-core venv run test unit kernel netlab lint bench clean clean-test-cache help
+.PHONY: all deps deps-core venv run test unit kernel netlab lint bench packaging-bench clean \
+	clean-test-cache help
 all: lint test
 
 help:
@@ -13,6 +14,7 @@ help:
 	@echo "make test     run every test suite (kernel/netlab suites need root)"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make bench    print performance figures (the lab part needs root)"
+	@echo "make packaging-bench  package, publish, root and image build times (minutes)"
 	@echo "suites:       make unit | kernel | netlab | deb-test | rpm-test | nix-test |"
 	@echo "              install-test | repo-test"
 	@echo "packages:     make deb | rpm | repo (signed apt + dnf repositories) | images"
@@ -55,6 +57,11 @@ bench: venv
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(BIN)/python bench/rules_per_packet.py && $(BIN)/python bench/netlab_bench.py; \
 	else echo "bench/rules_per_packet.py, bench/netlab_bench.py skipped: need root (network namespaces)"; fi
+
+# Minutes, and downloads the Debian suites: not part of `make bench`.
+packaging-bench: deps venv
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python bench/packaging_bench.py --roots --images; \
+	else $(BIN)/python bench/packaging_bench.py; fi
 
 netlab: venv
 	$(BIN)/python -m pytest tests/netlab $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ background; a test waits only for the package it asks for. The packages:
   scripts act on;
 - `rpm`, `rpm_upgrade`: release 1 (with %check, tests/rpm checks it ran) and 2;
 - `deb_0_1_0`, `rpm_0_1_0`: the released 0.1.0, built from this repository's history
-  (tests/releases.py): what users have installed;
+  (tests/releases.py): what users have installed; `deb_0_2_0`: the released 0.2.0;
 - `shim`: the Provides-only helper rpm of the Debian-userland test roots (tests/rpm).
 
 Only `deb` and `rpm` run the unit tests in the build; the others are the same
@@ -30,7 +30,13 @@ from pathlib import Path
 import pytest
 
 from mullvad_allow_k8s import __version__
-from tests.releases import NOT_IN_CHECKOUT, RELEASE_0_1_0, release_tree
+from tests.releases import (
+    NOT_IN_CHECKOUT,
+    NOT_IN_CHECKOUT_0_2_0,
+    RELEASE_0_1_0,
+    RELEASE_0_2_0,
+    release_tree,
+)
 from tests.roots import PATH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +64,7 @@ class Builds:
         self._pool = ThreadPoolExecutor(max_workers=2)  # mostly CPU: 2 cores in CI
         self.jobs: dict[str, Future[subprocess.CompletedProcess[str]] | str] = {}
         old = release_tree(RELEASE_0_1_0, workdir / "src-0.1.0")
+        previous = release_tree(RELEASE_0_2_0, workdir / "src-0.2.0")
         no_deb = self._deb_missing()
         no_rpm = "" if shutil.which("rpmbuild") else "rpmbuild is missing (.ci/apt/rpm.txt)"
         gone = NOT_IN_CHECKOUT if old is None else ""
@@ -66,6 +73,8 @@ class Builds:
         self._start("deb", no_deb, REPO, "deb")
         self._start("deb_upgrade", no_deb, REPO, "deb", f"DEB_VERSION={UPGRADE_VERSION}")
         self._start("deb_0_1_0", no_deb or gone, old, "deb")
+        gone_0_2_0 = NOT_IN_CHECKOUT_0_2_0 if previous is None else ""
+        self._start("deb_0_2_0", no_deb or gone_0_2_0, previous, "deb")
         self._start("rpm", no_rpm, REPO, "rpm", "RPM_RELEASE=1")
         self._start("shim", no_rpm, None, *shim, str(SHIM_SPEC))
         self._start("rpm_upgrade", no_rpm, REPO, "rpm", "RPM_RELEASE=2", NOCHECK_RPM)
@@ -120,6 +129,7 @@ class Builds:
     changes = _file("deb", "*.changes")
     deb_upgrade = _file("deb_upgrade", "mullvad-allow-k8s_*_all.deb")
     deb_0_1_0 = _file("deb_0_1_0", "mullvad-allow-k8s_*_all.deb")
+    deb_0_2_0 = _file("deb_0_2_0", "mullvad-allow-k8s_*_all.deb")
     rpm = _file("rpm", "RPMS/noarch/mullvad-allow-k8s-*.rpm")
     rpm_upgrade = _file("rpm_upgrade", "RPMS/noarch/mullvad-allow-k8s-*.rpm")
     rpm_0_1_0 = _file("rpm_0_1_0", "RPMS/noarch/mullvad-allow-k8s-*.rpm")

@@ -13,7 +13,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The commit 0.1.0 was released from (the last commit of the 0.1 line).
 RELEASE_0_1_0 = "d1eb60aba3784420505eeebbfd922f78c328e3aa"
+# The commit 0.2.0 was released from (the last commit of the 0.2 line).
+RELEASE_0_2_0 = "fbb3b9442b2ed02fa0995b53ebab3a8cdfa16fd7"
 NOT_IN_CHECKOUT = "0.1.0's commit is not in this checkout (shallow clone?): cannot build it"
+NOT_IN_CHECKOUT_0_2_0 = NOT_IN_CHECKOUT.replace("0.1.0", "0.2.0")
 
 
 def release_tree(commit: str, dest: Path) -> Path | None:

@@ -383,3 +383,38 @@ def test_upgrade_from_the_0_1_0_package_gets_the_new_model_and_says_so_once(
     assert news.exists()
     again = machine.sh("dpkg-reconfigure mullvad-allow-k8s")
     assert "retired" not in again.stderr and settings.read_text() == text
+
+
+FOLLOW_LINK = "/etc/systemd/system/multi-user.target.wants/mullvad-allow-k8s-follow.service"
+
+
+def test_upgrade_from_0_2_0_keeps_every_setting_and_adds_node_networks(
+    machine: Machine, builds: Builds
+) -> None:
+    """0.2.0 as users have it (its defaults: PRESET=kubeadm, ranges empty = the preset's):
+    the upgrade changes no value, appends NODE_NETWORKS (auto, which finds nothing for
+    kubeadm), keeps the table loaded throughout, and enables the follower."""
+    machine.apt_install(builds.deb_0_2_0)
+    settings = machine.file(SETTINGS)
+    before = settings.read_text()
+    assert "\nPRESET=kubeadm\n" in before and "NODE_NETWORKS" not in before
+    old = machine.file(RULESET).read_text()
+    assert "mullvad-allow-k8s 0.2.0" in old
+
+    with machine.monitor() as transactions:
+        machine.apt_install(builds.deb)
+
+    assert table_present_after_each(transactions) == [], transactions
+    text = settings.read_text()
+    assert text.startswith(before), "a 0.2.0 setting or comment changed"
+    added = text[len(before) :]
+    assert "\nNODE_NETWORKS=auto\n" in added and added.count("=") == 1
+    new = machine.file(RULESET).read_text()
+    for line in ("PRESET=kubeadm", "POD_CIDRS=10.244.0.0/16", "SERVICE_CIDRS=10.96.0.0/12"):
+        assert f"#   {line}\n" in old and f"#   {line}\n" in new, line
+    assert "#   NODE_NETWORKS=none\n" in new and "set node_v4" not in new
+    assert "loaded, matches the settings" in status(machine)
+    assert machine.file(FOLLOW_LINK).is_symlink()
+    shown = machine.sh("debconf-show mullvad-allow-k8s").stdout
+    assert "mullvad-allow-k8s/preset: kubeadm" in shown
+    assert "mullvad-allow-k8s/node_networks: auto" in shown

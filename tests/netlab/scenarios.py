@@ -33,6 +33,9 @@ def settings_text(lab: Lab, **overrides: str) -> str:
         "PRESET": "custom",
         "POD_CIDRS": f"{V4.cluster_pod_cidr} {V6.cluster_pod_cidr}",
         "SERVICE_CIDRS": f"{V4.svc_cidr} {V6.svc_cidr}",
+        # Explicit: with PRESET=custom, auto would add whatever kind/k3d networks the
+        # machine running the tests has (the kind lab passes auto itself).
+        "NODE_NETWORKS": "none",
         "MACHINE_ADDRESSES": "auto",
         "HOST_PORTS": str(API_PORT),
         "TUNNEL_INTERFACE": mullvad_emu.TUNNEL,

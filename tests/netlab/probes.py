@@ -58,10 +58,15 @@ class Scenario:
     rp_filter: int = 2
     apply_in: str = "connected"  # state the bypass was applied in (then switched)
     kube_proxy: str = "iptables"  # "iptables" | "nftables" (topology.KUBE_PROXY_MODES)
+    # NODE_NETWORKS of the generated table ("" : none). The lab has no node there, so
+    # every probe must show what it shows without them: the node rules add nothing else.
+    node_networks: str = ""
 
     @property
     def id(self) -> str:
         parts = [self.mullvad.label, self.bypass]
+        if self.node_networks:
+            parts.append("nodes")
         if self.rp_filter != 2:
             parts.append(f"rp_filter{self.rp_filter}")
         if self.bypass != "none" and self.apply_in != self.mullvad.state:

@@ -98,7 +98,7 @@ def naive_ruleset() -> str:
     )
 
 
-def load_bypass(lab: Lab, bypass: str) -> str:
+def load_bypass(lab: Lab, bypass: str, node_networks: str = "") -> str:
     """Load the bypass; return what the loader printed (kept for failure messages)."""
     if bypass == "none":
         return ""
@@ -106,7 +106,8 @@ def load_bypass(lab: Lab, bypass: str) -> str:
         lab["host"].nft(naive_ruleset())
         return "naive ruleset loaded"
     if bypass == "generated":
-        proc = run_generator(lab, "apply")
+        nodes = {"NODE_NETWORKS": node_networks} if node_networks else {}
+        proc = run_generator(lab, "apply", **nodes)
         return proc.stdout + proc.stderr
     raise ValueError(f"unknown bypass {bypass!r}")
 
@@ -140,7 +141,7 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
     )
     try:
         lab.build()
-        result.loader_output = load_bypass(lab, scn.bypass)
+        result.loader_output = load_bypass(lab, scn.bypass, scn.node_networks)
         if lab.mullvad != scn.mullvad:
             lab.set_mullvad(scn.mullvad)
         result.outcomes = run_probes(lab, probes if probes is not None else PROBES)

@@ -56,8 +56,10 @@ NEEDS_TABLE = {
 }
 # Probes that must catch the leaky kind table below (the node's own traffic exempted):
 # its internet traffic and outside DNS leave by the LAN, sshd answers it, and its
-# in-tunnel DNS breaks (Mullvad's nat chain drops ct-marked flows leaving by the tunnel).
+# in-tunnel DNS breaks (Mullvad's nat chain drops ct-marked flows leaving by the tunnel),
+# and the mapped port answers through the tunnel (it marks whatever goes to the node).
 CAUGHT = {
+    "tunnel_mapped_v4",
     "node_inet_v4",
     "pod_inet_v4",
     "node_outside_dns_udp_v4",
@@ -162,6 +164,15 @@ def kind_probes(node: kind.KindNode) -> list[Probe]:
             _tcp("lan", V4.host_lan, kind.MAPPED_PORT, src=V4.remote),
             lambda s: ok_if(s.effective, "kind-ingress", "lan", else_path="nowhere"),
             "mapped",
+        ),
+        Probe(
+            "tunnel_mapped",
+            V4,
+            "vpn",
+            "the mapped port through the tunnel (the tunnel's address:80): never exempted, "
+            "as without the table",
+            _tcp("vpn", V4.tun_host, kind.MAPPED_PORT),
+            lambda s: Expect(False),
         ),
         Probe(
             "lan_mapped",

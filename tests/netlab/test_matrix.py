@@ -27,6 +27,9 @@ FULL_MODE = "iptables"
 OTHER_MODE = "nftables"
 
 
+NODES = "172.18.0.0/16@br-* 10.89.0.0/24@cni-podman* fc00:f853:ccd:e793::/64@br-*"
+
+
 def _s(state: str, lan: bool, bypass: str, **kw: object) -> Scenario:
     split = bool(kw.pop("split", True))
     st = MullvadState(state, lan, split)
@@ -52,6 +55,11 @@ FULL: list[Scenario] = [
     # Strict reverse-path filtering (src_valid_mark=1 as Mullvad sets it).
     _s("connected", False, "none", rp_filter=1),
     _s("connected", False, "generated", rp_filter=1),
+    # Node networks set (kind's and Podman's defaults, on bridge patterns) change
+    # nothing for any probe: host services, spoofed sources, the tunnel side, leaks.
+    _s("connected", False, "generated", node_networks=NODES),
+    _s("connected", True, "generated", node_networks=NODES),
+    _s("blocked", False, "generated", node_networks=NODES),
 ]
 # The other mode on a representative part: both bypass states with allow LAN off,
 # allow LAN on, the blocked state, strict reverse-path filtering.

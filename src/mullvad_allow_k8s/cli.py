@@ -344,7 +344,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
         except SettingsError as err:
             return f"{PROG}: warning: {err}; the loaded table stays as it is"
         table = (marks.TABLE_FAMILY, marks.TABLE_NAME)
-        if table not in {(t["family"], t["name"]) for t in nft.table_list()}:
+        if table not in nft.our_tables():
             return None  # removed, or the service stopped: not ours to load again
         if nft.table_comment(*table) == ruleset.table_comment(settings):
             return None

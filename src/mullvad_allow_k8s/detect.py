@@ -33,18 +33,22 @@ from xml.etree import ElementTree
 
 import netaddr
 
+from .presets import PRESETS
+from .settings import IFNAME  # a Linux interface name as the ruleset may use it
+
 Runner = Callable[[Sequence[str]], str | None]
 
 PODS = "pods"
 SERVICES = "services"
 NODES = "nodes"
 
-# Defaults, each where the distribution defines it (see presets.py for the same values).
-K3S_DEFAULTS = {PODS: "10.42.0.0/16", SERVICES: "10.43.0.0/16"}  # k3s server --cluster-cidr
-# rke2 inherits k3s' flag defaults (docs.rke2.io basic network options).
-K0S_DEFAULTS = {PODS: "10.244.0.0/16", SERVICES: "10.96.0.0/12"}  # k0s ClusterConfig network
-MINIKUBE_POD_DEFAULT = "10.244.0.0/16"  # minikube's kubeadm pod-network-cidr (cni/cni.go)
-MINIKUBE_SERVICE_DEFAULT = "10.96.0.0/12"  # minikube --service-cluster-ip-range default
+# Defaults where a config file is silent: the presets' (presets.py says where each
+# distribution defines them); rke2 inherits k3s' flag defaults (docs.rke2.io basic
+# network options).
+K3S_DEFAULTS = {PODS: PRESETS["k3s"].pod_cidrs[0], SERVICES: PRESETS["k3s"].service_cidrs[0]}
+K0S_DEFAULTS = {PODS: PRESETS["k0s"].pod_cidrs[0], SERVICES: PRESETS["k0s"].service_cidrs[0]}
+MINIKUBE_POD_DEFAULT = PRESETS["minikube-none"].pod_cidrs[0]
+MINIKUBE_SERVICE_DEFAULT = PRESETS["minikube-none"].service_cidrs[0]
 MINIKUBE_NONE_BRIDGE = "bridge"  # minikube's bridge CNI names its interface "bridge"
 K3S_BRIDGE = "cni0"  # flannel's CNI bridge in k3s
 K0S_KUBE_ROUTER_BRIDGE = "kube-bridge"  # kube-router, k0s' default network provider
@@ -52,8 +56,6 @@ DOCKER_BRIDGE_OPTION = "com.docker.network.bridge.name"
 COMMAND_TIMEOUT = 10.0
 # Docker's and Podman's network names (and minikube's profile names): never an option.
 ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# A Linux interface name as the ruleset may use it (settings.py's _IFNAME).
-IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class Found(NamedTuple):

@@ -14,7 +14,7 @@ import netaddr
 
 from . import marks, nft, ruleset
 from .facts import MachineFacts
-from .settings import Settings
+from .settings import NO_CLUSTER_FOUND, Settings
 
 OK, WARN, ERROR = "ok", "warning", "error"
 
@@ -272,7 +272,7 @@ def check_cluster_ranges(settings: Settings, facts: MachineFacts) -> list[Findin
             "start the cluster and run `mullvad-allow-k8s apply` (mullvad-allow-k8s-follow"
             ".service does it), or set PRESET or the ranges",
         )
-        if "no cluster found" in line
+        if NO_CLUSTER_FOUND in line
         else Finding(OK, f"detected: {line}")
         for line in settings.origins
     ]

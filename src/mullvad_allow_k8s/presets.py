@@ -30,6 +30,9 @@ class Preset(NamedTuple):
     # bridge's name is only known once the engine made it; detection binds the exact one).
     node_networks: tuple[str, ...] = ()
     node_networks_source: str = "none: the nodes are this machine"
+    # The distribution whose detected ranges the preset takes (detect.Found's name),
+    # where it is not the preset's own name: minikube's drivers.
+    distribution: str = ""
 
 
 PRESETS: dict[str, Preset] = {
@@ -115,6 +118,7 @@ PRESETS: dict[str, Preset] = {
             ("192.168.39.0/24@virbr*",),
             "minikube's libvirt network mk-<profile>, 192.168.39.0/24 first (kvm2 driver "
             "network.go firstSubnetAddr) on a virbrN bridge",
+            distribution="minikube",
         ),
         Preset(
             "minikube-none",
@@ -125,6 +129,7 @@ PRESETS: dict[str, Preset] = {
             "(pkg/minikube/cni/cni.go), pods on the bridge CNI's interface 'bridge'",
             (8443,),
             "minikube --apiserver-port default 8443 (pkg/minikube/constants APIServerPort)",
+            distribution="minikube",
         ),
         Preset(
             "microk8s",

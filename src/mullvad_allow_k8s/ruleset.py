@@ -150,10 +150,13 @@ def _by_state(established: str, new: str) -> str:
     return f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
 
 
-def _new_exempted(chain: str) -> str:
-    """One lookup: only the first packet of an exempted flow goes on, to `chain`_v4/_v6."""
-    keys = ", ".join(f"new . {CT} . ipv{v} : goto {chain}_v{v}" for v in (4, 6))
-    return f"ct state . ct mark . meta nfproto vmap {{ {keys} }}"
+def _new_exempted(chain: str, unmarked: str | None = None) -> str:
+    """One lookup: only the first packet of an exempted flow goes on, to `chain`_v4/_v6
+    (and, with `unmarked`, that of a flow without a mark to `unmarked`_v4/_v6)."""
+    keys = [f"new . {CT} . ipv{v} : goto {chain}_v{v}" for v in (4, 6)]
+    if unmarked:
+        keys += [f"new . 0x00000000 . ipv{v} : goto {unmarked}_v{v}" for v in (4, 6)]
+    return f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
 
 
 def _prerouting(settings: Settings) -> list[str]:
@@ -352,14 +355,10 @@ def _output(settings: Settings) -> list[str]:
 def _guard(hook: str, settings: Settings) -> list[str]:
     nodes = bool(settings.node_networks)
     if hook == "output" and nodes:
-        keys = ", ".join(
-            [f"new . {CT} . ipv{v} : goto output_guard_new_v{v}" for v in (4, 6)]
-            + [f"new . 0x00000000 . ipv{v} : goto output_guard_dnat_v{v}" for v in (4, 6)]
-        )
         dispatch = (
             "The first packet of an exempted flow is judged; that of a flow this machine "
             "starts, which DNAT may have sent to a node (see `output_guard_dnat_v4`).",
-            [f"ct state . ct mark . meta nfproto vmap {{ {keys} }}"],
+            [_new_exempted("output_guard_new", unmarked="output_guard_dnat")],
         )
     else:
         dispatch = (

@@ -33,9 +33,11 @@ NONE = "none"
 CUSTOM_PRESET = "custom"
 DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 # Linux interface names: at most 15 bytes; we accept the conservative portable subset.
+# The origin line's words when PRESET=auto finds no cluster (doctor warns on it).
+NO_CLUSTER_FOUND = "no cluster found"
 # PRESET's values, in the order front ends offer them (debconf's select, Nix's enum).
 PRESET_CHOICES: tuple[str, ...] = (AUTO, *PRESETS, CUSTOM_PRESET)
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # A name, or a prefix with a trailing * (never a bare *: that would match everything).
 _IFPATTERN = re.compile(r"[A-Za-z0-9_.-]{1,15}|[A-Za-z0-9_.-]{1,14}\*")
 _PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
@@ -538,7 +540,7 @@ def detects(raw_sources: Iterable[Mapping[str, str]]) -> bool:
 
 
 def check_ifname(key: str, value: str) -> str:
-    return _single(key, value, _IFNAME, "not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    return _single(key, value, IFNAME, "not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
 
 
 # Which detected kind fills which setting.
@@ -557,7 +559,7 @@ class _Plan(NamedTuple):
 
 def _distribution(preset: str) -> str:
     """The distribution a preset is for (minikube-kvm2 -> minikube), as detect names it."""
-    return preset.split("-", 1)[0]
+    return PRESETS[preset].distribution or preset if preset in PRESETS else preset
 
 
 def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _Plan:
@@ -589,7 +591,7 @@ def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _
         if names:
             origins.append(f"PRESET=auto: found {', '.join(chosen)}")
         else:
-            origins.append(f"PRESET=auto: no cluster found, {FALLBACK_PRESET}'s defaults")
+            origins.append(f"PRESET=auto: {NO_CLUSTER_FOUND}, {FALLBACK_PRESET}'s defaults")
     elif preset == CUSTOM_PRESET:
         presets = ()
     else:

@@ -51,6 +51,20 @@ def _set(name: str, kind: str, items: Iterable[object], why: str) -> str:
     )
 
 
+def _reach_map(cluster: Iterable[Network], nodes: Iterable[Network], version: int) -> str:
+    """Where this machine's new connections go on to, by destination (the two kinds of
+    range never overlap: settings drop or refuse node networks inside the cluster's)."""
+    v = f"v{version}"
+    items = [f"{net} : goto output_cluster_{v}" for net in _family(cluster, version)]
+    items += [f"{net} : goto output_node_{v}" for net in _family(_merge(nodes), version)]
+    kind = "ipv4_addr" if version == 4 else "ipv6_addr"
+    return (
+        f"\t# Cluster and node ranges, IPv{version}: the chain that judges each.\n"
+        f"\tmap reach_{v} {{\n\t\ttype {kind} : verdict\n\t\tflags interval\n"
+        f"{_elements(items)}\t}}\n"
+    )
+
+
 def _family(nets: Iterable[Network | Address], version: int) -> list[Network | Address]:
     return [n for n in nets if n.version == version]
 
@@ -61,7 +75,9 @@ def _ports(ranges: Iterable[PortRange]) -> list[str]:
 
 def _comment(text: str, first: str, rest: str) -> list[str]:
     """Wrap a comment to 88 columns so the file reads well in a terminal."""
-    return textwrap.wrap(text, 88, initial_indent=first, subsequent_indent=rest)
+    return textwrap.wrap(
+        text, 88, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+    )
 
 
 def _header(settings: Settings) -> str:
@@ -136,7 +152,7 @@ def _both(template: str) -> list[str]:
     ]
 
 
-def _by_state(established: str, new: str) -> str:
+def _by_state(established: str, new: str | None = None) -> str:
     """One lookup sends a packet on by its conntrack state, ct mark and family: packets
     of exempted flows to `established`, first packets (not yet marked) to `new`_v4/_v6;
     everything else (the bulk: established flows that are not exempted) ends the chain
@@ -146,7 +162,8 @@ def _by_state(established: str, new: str) -> str:
         for state in ("established", "related")
         for fam in ("ipv4", "ipv6")
     ]
-    keys += [f"new . 0x00000000 . ipv{v} : goto {new}_v{v}" for v in (4, 6)]
+    if new:
+        keys += [f"new . 0x00000000 . ipv{v} : goto {new}_v{v}" for v in (4, 6)]
     return f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
 
 
@@ -296,15 +313,17 @@ def _confirm(settings: Settings) -> list[str]:
 
 
 def _output(settings: Settings) -> list[str]:
-    nodes = bool(settings.node_networks)
+    """The route chain: only replies of exempted flows need it (a changed fwmark
+    re-routes); new connections are judged after DNAT, in `output_guard`."""
     base = _chain(
         "output",
         "route hook output",
         marks.OUTPUT_PRIORITY,
         [
             (
-                "Established flows to `output_established`, new ones to `output_new_v4`/`_v6`.",
-                [_by_state("output_established", "output_new")],
+                "Packets of exempted flows to `output_established`; nothing else is ours to "
+                "judge here (new connections: `output_guard`, after DNAT).",
+                [_by_state("output_established")],
             )
         ],
     )
@@ -314,51 +333,79 @@ def _output(settings: Settings) -> list[str]:
         "ingress on the host): the fwmark re-routes them via the main table.",
         [("", [f"ct direction reply meta mark set {FW}"])],
     )
-    new = []
-    for ip, v in (("ip", "v4"), ("ip6", "v6")):
-        rules: list[Rule] = []
-        if nodes:
-            rules += [
-                (
-                    "Anything but the cluster and its nodes: nothing to decide.",
-                    [f"{ip} daddr != @reach_{v} return"],
-                ),
-                (
-                    "To a node of a container/VM cluster (kubectl, docker-proxy), on the "
-                    "node network's own bridge (NODE_NETWORKS): a stale range on another "
-                    "bridge is not the cluster's. No fwmark: routing is not changed.",
-                    [f"{ip} daddr . oifname @node_{v} ct mark set {CT} return"],
-                ),
-            ]
-        rules += [
+    return [base, established]
+
+
+def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
+    """This machine's new connections, judged after DNAT (the real destination) and
+    before Mullvad's output filter. The interface is the one routing chose before DNAT."""
+    cluster_rules: list[Rule] = [
+        (
+            "Into the cluster from elsewhere (127.0.0.1 or the node's own address DNAT-ed "
+            "to a pod): routed to loopback, which Mullvad accepts; nothing to exempt.",
+            [f"ct original {ip} daddr != @cluster_{v} return"],
+        ),
+        (
+            "Mullvad's gateway, resolvers and tunnel address are never exempted.",
+            [f"ct original {ip} daddr @protected_{v} return"],
+        ),
+        (
+            "Without DNAT the route must go to a cluster interface (CLUSTER_INTERFACES): a "
+            "cluster address with nothing behind it here is not the cluster.",
+            ["ct status & dnat == 0 oifname != @cluster_interfaces return"],
+        ),
+        (
+            "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
+            "port-forward; with IPVS, ClusterIPs are local addresses) and still to the "
+            "cluster after kube-proxy's DNAT: the ct mark lets Mullvad's output chain "
+            "accept it. No fwmark, so routing is not changed.",
+            [f"ct mark set {CT}"],
+        ),
+    ]
+    if not settings.node_networks:
+        rules: list[Rule] = [
             (
-                "Anything but the cluster: nothing to decide.",
+                "Anything but the cluster (after DNAT: a Service with external endpoints "
+                "too): nothing to decide.",
                 [f"{ip} daddr != @cluster_{v} return"],
             ),
-            (
-                "Mullvad's gateway, resolvers and tunnel address are never exempted.",
-                [f"{ip} daddr @protected_{v} return"],
-            ),
-            (
-                "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
-                "port-forward; with IPVS, ClusterIPs are local addresses): the ct mark lets "
-                "Mullvad's output chain accept it. No fwmark, so routing is not changed.",
-                [f"ct mark set {CT}"],
-            ),
+            *cluster_rules,
         ]
-        new.append(
-            _regular(f"output_new_{v}", f"This machine's new connections, IPv{v[1]}.", rules)
-        )
-    return [base, established, *new]
+        return [_regular(f"output_new_{v}", f"This machine's new connections, IPv{v[1]}.", rules)]
+    dispatch = _regular(
+        f"output_new_{v}",
+        f"This machine's new connections, IPv{v[1]}: one lookup of the destination (after "
+        "DNAT) sends those to the cluster and to its nodes on; anything else ends here.",
+        [("", [f"{ip} daddr vmap @reach_{v}"])],
+    )
+    cluster = _regular(f"output_cluster_{v}", f"To the cluster, IPv{v[1]}.", cluster_rules)
+    node = _regular(
+        f"output_node_{v}",
+        f"To a node of a container/VM cluster (NODE_NETWORKS), IPv{v[1]}. No fwmark: "
+        "routing is not changed.",
+        [
+            (
+                "DNAT-ed to a node by Docker, Podman or the CNI portmap plugin (kubectl to "
+                "a port published on 127.0.0.1): its bridge is checked in `nat_park`, since "
+                "here the interface is the one routing chose before DNAT.",
+                [f"ct status dnat ct mark set {CT} return"],
+            ),
+            (
+                "Straight to a node (kubectl, docker-proxy), on the node network's own "
+                "bridge: a stale range on another bridge is not the cluster's.",
+                [f"{ip} daddr . oifname @node_{v} ct mark set {CT}"],
+            ),
+        ],
+    )
+    return [dispatch, cluster, node]
 
 
 def _guard(hook: str, settings: Settings) -> list[str]:
-    nodes = bool(settings.node_networks)
-    if hook == "output" and nodes:
+    if hook == "output":
         dispatch = (
-            "The first packet of an exempted flow is judged; that of a flow this machine "
-            "starts, which DNAT may have sent to a node (see `output_guard_dnat_v4`).",
-            [_new_exempted("output_guard_new", unmarked="output_guard_dnat")],
+            "The first packet of a flow this machine starts goes to `output_new_v4`/`_v6`; "
+            "that of a flow already exempted (by Mullvad's split tunnel) is judged.",
+            [_new_exempted("output_guard_new", unmarked="output_new")],
         )
     else:
         dispatch = (
@@ -368,18 +415,8 @@ def _guard(hook: str, settings: Settings) -> list[str]:
     base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, [dispatch])
     chains = [base]
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
-        if hook == "output" and nodes:
-            chains.append(
-                _regular(
-                    f"output_guard_dnat_{v}",
-                    "A connection this machine starts to its own address (kubectl to "
-                    "127.0.0.1:port), DNAT-ed by Docker, Podman or the CNI portmap plugin to a "
-                    "node (NODE_NETWORKS): after DNAT, so the address is the node's; its "
-                    "bridge is checked in `nat_park` (here the interface is the one routing "
-                    "chose before DNAT).",
-                    [("", [f"ct status dnat {ip} daddr @nodeaddr_{v} ct mark set {CT}"])],
-                )
-            )
+        if hook == "output":
+            chains += _output_new(settings, ip, v)
         rules: list[Rule] = [
             (
                 "A flow exempted for its cluster destination keeps the exemption only if, "
@@ -392,7 +429,7 @@ def _guard(hook: str, settings: Settings) -> list[str]:
                 ],
             )
         ]
-        if hook == "forward" and nodes:
+        if hook == "forward" and settings.node_networks:
             rules.append(
                 (
                     "A flow forwarded to a node keeps the exemption only on that node "
@@ -512,7 +549,6 @@ def _inet_body(settings: Settings, comment: str) -> str:
         _set("served_v6", "ipv6_addr", _family(served, 6), "The same for IPv6."),
     ]
     if nodes:
-        reach = _merge(tuple(cluster) + tuple(node_nets))
         sets += [
             _set(
                 "node_v4",
@@ -528,8 +564,8 @@ def _inet_body(settings: Settings, comment: str) -> str:
             ),
             _set("nodeaddr_v4", "ipv4_addr", _family(_merge(node_nets), 4), "Their ranges, IPv4."),
             _set("nodeaddr_v6", "ipv6_addr", _family(_merge(node_nets), 6), "Their ranges, IPv6."),
-            _set("reach_v4", "ipv4_addr", _family(reach, 4), "Cluster and node ranges, IPv4."),
-            _set("reach_v6", "ipv6_addr", _family(reach, 6), "Cluster and node ranges, IPv6."),
+            _reach_map(cluster, node_nets, 4),
+            _reach_map(cluster, node_nets, 6),
         ]
     sets += [
         _set(

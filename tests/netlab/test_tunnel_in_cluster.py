@@ -7,8 +7,12 @@ addresses to the protected set, which every exemption checks first. Without that
 pod's connection to the tunnel address would carry the ct mark, which Mullvad's input
 chain accepts before its CVE-2019-14899 drop (with LAN sharing) or its policy drop: the
 control loads the same generated ruleset without the tunnel element and shows the pod
-getting through. The host's and the pods' internet traffic, whose source is then a
-"cluster" address, still leaves only through the tunnel.
+getting through. The same for the host's own connection to that address when a Service
+has it as its ClusterIP (kube-proxy's output DNAT sends it to a pod, here one DNAT rule
+of that shape): without the protection its reply from the pod, addressed to the tunnel
+address, would pass Mullvad's input chain on the ct mark. The host's and the pods'
+internet traffic, whose source is then a "cluster" address, still leaves only through
+the tunnel.
 """
 
 from __future__ import annotations
@@ -20,17 +24,32 @@ import pytest
 
 from . import mullvad_emu
 from .mullvad_emu import MullvadState
-from .probes import PROBE_BY_ID, Scenario, check, tcp_connect
+from .probes import PROBE_BY_ID, Outcome, Scenario, check, tcp_connect
 from .scenarios import run_generator
-from .topology import API_PORT, TUNNEL, V4, Lab
+from .topology import API_PORT, TUNNEL, V4, WEB_PORT, Lab
 
 TUNNEL_IP = "10.96.200.2"  # inside SERVICE_CIDRS 10.96.0.0/12, like 10.99.x.y would be
 MOVED = dataclasses.replace(TUNNEL, ips=(TUNNEL_IP, TUNNEL.ips[1]))
 INTERNET = [PROBE_BY_ID["host_inet_v4"], PROBE_BY_ID["pod_inet_v4"]]
 
 
-def run(lan: bool, protected: bool) -> tuple[str, dict[str, list[str]], str]:
-    """(pod -> tunnel address outcome, internet probe problems, doctor output)."""
+# A Service whose ClusterIP is the tunnel's address, DNAT-ed by kube-proxy in output.
+SERVICE_AT_TUNNEL = f"""table ip svc_at_tunnel {{
+	chain output {{
+		type nat hook output priority -100; policy accept;
+		ip daddr {TUNNEL_IP} tcp dport {API_PORT} dnat to {V4.web_pod}:{WEB_PORT}
+	}}
+}}
+"""
+
+
+def outcome(result: Outcome) -> str:
+    return result.detail if result.ok else "blocked"
+
+
+def run(lan: bool, protected: bool) -> tuple[str, str, dict[str, list[str]], str]:
+    """(pod -> tunnel address outcome, host -> that address as a ClusterIP outcome,
+    internet probe problems, doctor output)."""
     state = MullvadState("connected", lan, True)
     lab = Lab(state)
     try:
@@ -48,26 +67,31 @@ def run(lan: bool, protected: bool) -> tuple[str, dict[str, list[str]], str]:
         else:  # the control: the same ruleset, the tunnel's address not added
             lab["host"].nft(run_generator(lab, "generate").stdout)
         pod = lab["client"].call(lambda: tcp_connect(TUNNEL_IP, API_PORT))
+        lab["host"].nft(SERVICE_AT_TUNNEL)
+        host = lab["host"].call(lambda: tcp_connect(TUNNEL_IP, API_PORT))
+        lab["host"].nft("delete table ip svc_at_tunnel\n")
         outcomes = {p.id: p.run(lab) for p in INTERNET}
         time.sleep(0.05)
         counters = lab.counters()
         scenario = Scenario(state, "generated")
         problems = {p.id: check(p, outcomes[p.id], counters, p.expect(scenario)) for p in INTERNET}
         doctor = run_generator(lab, "doctor", check=False).stdout
-        return pod.detail if pod.ok else "blocked", problems, doctor
+        return outcome(pod), outcome(host), problems, doctor
     finally:
         lab.destroy()
 
 
 @pytest.mark.parametrize("lan", [False, True], ids=["lan_off", "lan_on"])
 def test_tunnel_address_in_a_cluster_range_is_protected(lan: bool) -> None:
-    pod, problems, doctor = run(lan, protected=True)
+    pod, host, problems, doctor = run(lan, protected=True)
     assert pod == "blocked"
+    assert host == "blocked"
     assert problems == {p.id: [] for p in INTERNET}
     assert f"the tunnel address {TUNNEL_IP} lies inside the cluster ranges" in doctor
 
 
 def test_without_the_tunnel_element_a_pod_reaches_the_tunnel_address() -> None:
     """The control: the lab sees what the protection prevents."""
-    pod, _, _ = run(lan=True, protected=False)
+    pod, host, _, _ = run(lan=True, protected=False)
     assert pod.startswith("banner 'host "), pod
+    assert host.startswith("banner 'web "), host

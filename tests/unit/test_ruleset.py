@@ -153,11 +153,13 @@ def test_pod_sources_count_only_from_cluster_interfaces() -> None:
 
 def test_protected_addresses_are_checked_before_any_mark() -> None:
     text = render()
-    for chain in ("prerouting_new", "output_new"):
+    # prerouting sees the destination before DNAT; output_new after it, so it asks for
+    # the original one.
+    for chain, where in (("prerouting_new", ""), ("output_new", "ct original ")):
         for v, ip in (("v4", "ip"), ("v6", "ip6")):
             statements = chain_rules(text, f"{chain}_{v}")
             first_mark = next(i for i, r in enumerate(statements) if "ct mark set" in r)
-            assert f"{ip} daddr @protected_{v} return" in statements[:first_mark]
+            assert f"{where}{ip} daddr @protected_{v} return" in statements[:first_mark]
 
 
 def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
@@ -184,21 +186,27 @@ def test_established_flows_leave_every_chain_early() -> None:
     for chain in ("prerouting", "output"):
         (dispatch,) = chain_rules(text, chain)
         assert dispatch.startswith("ct state . ct mark . meta nfproto vmap { established . ")
-        # Not exempted, not new: no element, so the chain ends at this rule.
-        assert (
-            ". 0x00000000 . ipv4 : goto" in dispatch and "established . 0x00000000" not in dispatch
-        )
-        assert f"new . 0x00000000 . ipv6 : goto {chain}_new_v6 }}" in dispatch
+        # Not exempted: no element, so the chain ends at this rule.
+        assert "established . 0x00000000" not in dispatch
         assert len(chain_rules(text, f"{chain}_established")) == 1
+    (dispatch,) = chain_rules(text, "prerouting")
+    assert "new . 0x00000000 . ipv6 : goto prerouting_new_v6 }" in dispatch
+    # The route chain judges no new connection (output_guard does, after DNAT).
+    (dispatch,) = chain_rules(text, "output")
+    assert "new . " not in dispatch
     assert chain_rules(text, "confirm") == [
         f"ct mark vmap {{ {marks.TENTATIVE_CT_MARK.nft} : goto confirm_candidate, "
         f"{marks.PARKED_CT_MARK.nft} : goto confirm_unpark }}"
     ]
-    for chain in ("forward_guard", "output_guard", "nat_park"):
-        assert chain_rules(text, chain) == [
-            f"ct state . ct mark . meta nfproto vmap {{ new . {marks.CT_MARK.nft} . ipv4 : "
-            f"goto {chain}_new_v4, new . {marks.CT_MARK.nft} . ipv6 : goto {chain}_new_v6 }}"
-        ]
+
+    def new_flows(chain: str, unmarked: str = "") -> list[str]:
+        keys = [f"new . {marks.CT_MARK.nft} . ipv{v} : goto {chain}_new_v{v}" for v in (4, 6)]
+        keys += [f"new . 0x00000000 . ipv{v} : goto {unmarked}_v{v}" for v in (4, 6) if unmarked]
+        return [f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"]
+
+    for chain in ("forward_guard", "nat_park"):
+        assert chain_rules(text, chain) == new_flows(chain)
+    assert chain_rules(text, "output_guard") == new_flows("output_guard", "output_new")
     assert "nat_unpark" not in text  # postrouting: one lookup, in nat_park
     # The host's own new connections outside the cluster leave output at its first rule.
     assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"

@@ -84,7 +84,9 @@ PARKED_CT_MARK = Constant(
 )
 NAT_PARK_PRIORITY = Constant(
     99,
-    "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows",
+    "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows; "
+    "a nat-type chain that sets no NAT, so only a flow's first packet meets it and every "
+    "later NAT chain (Mullvad's, kube-proxy's, the CNI plugins') still runs",
     hex=False,
 )
 

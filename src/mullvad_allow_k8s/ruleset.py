@@ -415,9 +415,12 @@ def _guard(hook: str, settings: Settings) -> list[str]:
     base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, [dispatch])
     chains = [base]
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
+        rules: list[Rule] = []
         if hook == "output":
             chains += _output_new(settings, ip, v)
-        rules: list[Rule] = [
+        else:
+            rules += _forward_kept(settings, ip, v)
+        rules += [
             (
                 "A flow exempted for its cluster destination keeps the exemption only if, "
                 "after kube-proxy's DNAT, it still goes to the cluster. A Service with "
@@ -473,12 +476,42 @@ def _guard(hook: str, settings: Settings) -> list[str]:
     return chains
 
 
+def _forward_kept(settings: Settings, ip: str, v: str) -> list[Rule]:
+    """The flows that pass every test below, let go at once: one rule instead of
+    several for the common case (a pod to a pod or a ClusterIP)."""
+    rules: list[Rule] = [
+        (
+            "Still to the cluster after DNAT, by a cluster interface: passes every test below.",
+            [f"{ip} daddr @cluster_{v} oifname @cluster_interfaces return"],
+        )
+    ]
+    if settings.node_networks:
+        rules.append(
+            (
+                "To a node on its own bridge, not DNAT-ed there from a ClusterIP: passes "
+                "every test below too.",
+                [
+                    f"{ip} daddr . oifname @node_{v} oifname @cluster_interfaces "
+                    f"ct original {ip} daddr != @cluster_{v} return"
+                ],
+            )
+        )
+    return rules
+
+
 def _nat_park(settings: Settings) -> list[str]:
     base = _chain(
         "nat_park",
-        "filter hook postrouting",
+        "nat hook postrouting",
         marks.NAT_PARK_PRIORITY,
-        [("Only the first packet of a flow meets NAT.", [_new_exempted("nat_park_new")])],
+        [
+            (
+                "Only a flow's first packet meets a nat chain (the established bulk meets "
+                "none of our rules here); it only sets the ct mark, so the NAT chains after "
+                "it still decide the flow's NAT.",
+                [_new_exempted("nat_park_new")],
+            )
+        ],
     )
     parks = []
     for ip, v in (("ip", "v4"), ("ip6", "v6")):

@@ -218,7 +218,10 @@ def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     assert chain_rules(text, "nat_park_new_v4") == [
         f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
     ]
-    assert f"hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
+    # A nat chain: only a flow's first packet meets it. It sets no NAT of its own, so
+    # the nat chains after it (kube-proxy's hairpin masquerade) still run.
+    assert f"type nat hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
+    assert not re.search(r"\b(snat|dnat|masquerade|redirect) (to|ip|$)", text, re.M)
     assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
     # The flow's next packet (reply or retransmission) gets the exemption back in
     # confirm, after our prerouting and before Mullvad's filters (priority 0).

@@ -38,7 +38,10 @@ of its pairs, and the figure is the median of the rounds' ratios with their
 interquartile range and min-max. The conntrack tables are flushed before each round
 and a round gives every flow a source port of its own, so every flow is new. An A/A
 control (no table in either lab), printed with `--flow-control`, shows the method's
-own bias and spread on this machine.
+own bias and spread on this machine. `--flow-ablation` says where the cost lies: the
+same figure for tables cut down from ours (they do not work as a bypass; diagnostics
+only): our base chains with no rule at all, each base chain with only its first rule
+(the dispatch; every regular chain emptied), and ours without `forward_guard`.
 
 The lab's namespaces are created once and deleted at exit. Prints figures, asserts
 nothing; exit status 0 unless the lab cannot be built.
@@ -49,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import selectors
 import socket
 import statistics
@@ -186,6 +190,29 @@ def flow_rate(
     return ratios, rates[False], rates[True]
 
 
+CHAIN = re.compile(r"\n\tchain (\S+) \{\n(.*?)\n\t\}", re.S)
+
+
+def cut_down(table: str, how: str) -> str:
+    """Our table (as `nft list table` prints it) cut down for `--flow-ablation`."""
+
+    def chain(match: re.Match[str]) -> str:
+        name, body = match.group(1), match.group(2)
+        lines = body.splitlines()
+        base = [i for i, line in enumerate(lines) if line.startswith("\t\ttype ")]
+        if how == "without forward_guard":
+            return "" if name.startswith("forward_guard") else match.group(0)
+        if not base:
+            return f"\n\tchain {name} {{\n\t}}"  # regular chains: emptied
+        keep = base[0] + (2 if how == "dispatch only" else 1)
+        return f"\n\tchain {name} {{\n" + "\n".join(lines[:keep]) + "\n\t}"
+
+    return CHAIN.sub(chain, table)
+
+
+ABLATIONS = ("base chains, no rules", "dispatch only", "without forward_guard")
+
+
 def spread(values: list[float]) -> str:
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return f"IQR {q1:.3f}-{q3:.3f}, min-max {min(values):.3f}-{max(values):.3f}"
@@ -203,11 +230,14 @@ def flow_figures(lab: Lab, args: argparse.Namespace) -> None:
             f"new UDP flows pod -> {V4.kube_dns}:{DNS_ALT_PORT}, {args.flow_window} in flight, "
             f"bursts of {args.flow_burst}; {args.flow_rounds} rounds of {args.flow_pairs} pairs"
         )
-        variants = [("with our table / without", False, "goal >= 0.95")]
+        variants = [("with our table / without", table, False, "goal >= 0.95")]
         if args.flow_control:
-            variants.append(("A/A control, no table in either lab", True, "ideally 1"))
-        for label, control, goal in variants:
-            ratios, without, with_ = flow_rate(labs, table, args, control=control)
+            variants.append(("A/A control, no table in either lab", table, True, "ideally 1"))
+        if args.flow_ablation:
+            variants += [(f"{how}, diagnostic", cut_down(table, how), False, "cost")
+                         for how in ABLATIONS]  # fmt: skip
+        for label, loaded, control, goal in variants:
+            ratios, without, with_ = flow_rate(labs, loaded, args, control=control)
             print(
                 f"new-flow rate ({label}): median burst rate without "
                 f"{statistics.median(without):.0f} flows/s, with {statistics.median(with_):.0f}"
@@ -231,6 +261,9 @@ def main() -> int:
     ap.add_argument("--flow-burst", type=int, default=100, help="UDP flows a burst (default 100)")
     ap.add_argument("--flow-window", type=int, default=8, help="UDP flows in flight (default 8)")
     ap.add_argument("--flow-control", action="store_true", help="also run the new-flow A/A control")
+    ap.add_argument(
+        "--flow-ablation", action="store_true", help="also the new-flow rate of cut-down tables"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("netlab_bench: needs root (network namespaces)", file=sys.stderr)

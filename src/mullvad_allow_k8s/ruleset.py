@@ -387,13 +387,15 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
             (
                 "DNAT-ed to a node by Docker, Podman or the CNI portmap plugin (kubectl to "
                 "a port published on 127.0.0.1): its bridge is checked in `nat_park`, since "
-                "here the interface is the one routing chose before DNAT.",
-                [f"ct status dnat ct mark set {CT} return"],
+                "here the interface is the one routing chose before DNAT. Not from a "
+                "ClusterIP: a flow meant for the cluster that DNAT sends elsewhere stays "
+                "under Mullvad's rules, as in `forward_guard`.",
+                [f"ct status dnat ct original {ip} daddr != @cluster_{v} ct mark set {CT} return"],
             ),
             (
-                "Straight to a node (kubectl, docker-proxy), on the node network's own "
-                "bridge: a stale range on another bridge is not the cluster's.",
-                [f"{ip} daddr . oifname @node_{v} ct mark set {CT}"],
+                "Straight to a node (kubectl, docker-proxy), without DNAT, on the node "
+                "network's own bridge: a stale range on another bridge is not the cluster's.",
+                [f"ct status & dnat == 0 {ip} daddr . oifname @node_{v} ct mark set {CT}"],
             ),
         ],
     )

@@ -188,3 +188,24 @@ def test_the_nodes_own_connections_are_not_exempted(lab: Lab, tmp_path: Path) ->
     assert lab.seen("input") == set()
     assert lab.seen("fwd") == set()
     assert lab.seen("post") == set()
+
+
+def test_a_clusterip_dnat_ed_to_a_node_is_not_exempted(lab: Lab, tmp_path: Path) -> None:
+    """A Service of this machine's cluster with a node of a container cluster as its
+    endpoint: the flow was meant for the cluster and, after DNAT, no longer goes there,
+    so it stays under Mullvad's rules, as in forward_guard (routed out by the node's own
+    bridge, so neither the address nor the interface gives it away)."""
+    result = lab.host.cli(
+        "apply", "--settings", "none", "--output", str(tmp_path / "k.nft"),
+        "--preset", "custom", "--pod-cidrs", "10.244.0.0/16", "--service-cidrs", "10.96.0.0/12",
+        "--node-networks", f"172.18.0.0/16@{KIND_BRIDGE}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lab.host.sh(
+        f"ip route add 10.96.0.0/12 dev {KIND_BRIDGE} && nft add rule ip publish output "
+        f"ip daddr 10.96.0.1 tcp dport 443 dnat to {NODE}:6444"
+    )
+    lab.connect(lab.host, "10.96.0.1", 443)
+    lab.connect(lab.host, "127.0.0.1", 16443)  # the published port still is exempted
+    assert (NODE, 6444) in lab.seen("syn")
+    assert lab.seen("post") == {(NODE, 6443)}

@@ -45,9 +45,10 @@ def _elements(items: Iterable[object]) -> str:
     return f"\t\telements = {{ {body} }}\n"
 
 
-def _set(name: str, kind: str, items: Iterable[object], why: str) -> str:
+def _set(name: str, kind: str, items: Iterable[object], why: str, block: str = "set") -> str:
     return (
-        f"\t# {why}\n\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n{_elements(items)}\t}}\n"
+        f"\t# {why}\n\t{block} {name} {{\n\t\ttype {kind}\n\t\tflags interval\n"
+        f"{_elements(items)}\t}}\n"
     )
 
 
@@ -57,12 +58,9 @@ def _reach_map(cluster: Iterable[Network], nodes: Iterable[Network], version: in
     v = f"v{version}"
     items = [f"{net} : goto output_cluster_{v}" for net in _family(cluster, version)]
     items += [f"{net} : goto output_node_{v}" for net in _family(_merge(nodes), version)]
-    kind = "ipv4_addr" if version == 4 else "ipv6_addr"
-    return (
-        f"\t# Cluster and node ranges, IPv{version}: the chain that judges each.\n"
-        f"\tmap reach_{v} {{\n\t\ttype {kind} : verdict\n\t\tflags interval\n"
-        f"{_elements(items)}\t}}\n"
-    )
+    kind = f"ipv{version}_addr : verdict"
+    why = f"Cluster and node ranges, IPv{version}: the chain that judges each."
+    return _set(f"reach_{v}", kind, items, why, block="map")
 
 
 def _family(nets: Iterable[Network | Address], version: int) -> list[Network | Address]:

@@ -140,6 +140,16 @@ class Netns:
         """Start tests/netlab/agent.py with a JSON spec; wait for it with `wait_ready`."""
         return self.spawn([sys.executable, "-I", str(AGENT), "serve", spec])
 
+    def pids(self) -> list[int]:
+        """The threads of the background processes still running, and their children."""
+        tids: set[int] = set()
+        for proc in self._procs:
+            with contextlib.suppress(FileNotFoundError):  # it may have just ended
+                for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                    tids.add(int(task.name))
+                    tids.update(int(c) for c in (task / "children").read_text().split())
+        return sorted(tids)
+
     def stop_processes(self) -> None:
         for proc in self._procs:
             if proc.poll() is None:

@@ -76,11 +76,13 @@ TENTATIVE_CT_MARK = Constant(
     "the connection, otherwise both marks are cleared",
 )
 PARKED_CT_MARK = Constant(
-    0x00000F42,
-    "ours, not Mullvad's: set on the first packet of a pod-to-pod flow just before "
-    "Mullvad's nat chain (srcnat, 100), which then does not masquerade it (NAT is "
-    "decided once per flow), and turned back into 0x00000f41 by the flow's next packet "
-    "(a reply or a retransmission) in the chain confirm, before Mullvad's filters see it",
+    0x80000F41,
+    "ours, not Mullvad's (Mullvad compares the whole mark): 0x00000f41 with bit 31 set, "
+    "on the first packet of a pod-to-pod flow just before Mullvad's nat chain (srcnat, "
+    "100), which then does not masquerade it (NAT is decided once per flow); the flow's "
+    "next packet (a reply, a retransmission) meets our prerouting chain first, where one "
+    "comparison with bit 31 masked off finds both marks and restores 0x00000f41, before "
+    "Mullvad's filters see it",
 )
 NAT_PARK_PRIORITY = Constant(
     99,

@@ -130,7 +130,7 @@ def _chain(name: str, hook: str, priority: marks.Constant, rules: list[Rule]) ->
 
 def _regular(name: str, why: str, rules: list[Rule]) -> str:
     """A chain that a base chain's verdict map reaches with goto (so its end ends the base
-    chain too): the per-packet cost stays one lookup for the packets it is not for."""
+    chain too): the packets it is not for never meet its rules."""
     lines = [f"\tchain {name} {{", *_comment(why, "\t\t# ", "\t\t# ")]
     return "\n".join(lines + _rules(rules)) + "\n\t}\n"
 
@@ -150,28 +150,23 @@ def _both(template: str) -> list[str]:
     ]
 
 
-def _by_state(established: str, new: str | None = None) -> str:
-    """One lookup sends a packet on by its conntrack state, ct mark and family: packets
-    of exempted flows to `established`, first packets (not yet marked) to `new`_v4/_v6;
-    everything else (the bulk: established flows that are not exempted) ends the chain
-    at this first rule."""
-    keys = [
-        f"{state} . {CT} . {fam} : goto {established}"
-        for state in ("established", "related")
-        for fam in ("ipv4", "ipv6")
-    ]
-    if new:
-        keys += [f"new . 0x00000000 . ipv{v} : goto {new}_v{v}" for v in (4, 6)]
-    return f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
+# The one bit the parked mark adds to the exemption: masked off, one comparison finds
+# both (the bulk of a cluster's packets, exempted, and a parked flow's next packet).
+PARK_BIT = int(PARKED, 16) ^ int(CT, 16)
+assert PARK_BIT & int(PARKED, 16) and PARK_BIT & (PARK_BIT - 1) == 0
 
 
-def _new_exempted(chain: str, unmarked: str | None = None) -> str:
-    """One lookup: only the first packet of an exempted flow goes on, to `chain`_v4/_v6
-    (and, with `unmarked`, that of a flow without a mark to `unmarked`_v4/_v6)."""
-    keys = [f"new . {CT} . ipv{v} : goto {chain}_v{v}" for v in (4, 6)]
-    if unmarked:
-        keys += [f"new . 0x00000000 . ipv{v} : goto {unmarked}_v{v}" for v in (4, 6)]
-    return f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
+def _by_family(guard: str, chain: str) -> str:
+    """The packets `guard` selects go on to `chain`_v4/_v6. `guard` only compares
+    (conntrack state, ct mark): in the lab a set lookup costs about as much as twenty
+    comparisons, so a packet that is not ours to judge (the established bulk) meets
+    no lookup at all; only the ones we judge pay one, for their family."""
+    return f"{guard} meta nfproto vmap {{ ipv4 : goto {chain}_v4, ipv6 : goto {chain}_v6 }}"
+
+
+def _new_exempted(chain: str) -> str:
+    """Only the first packet of an exempted flow goes on, to `chain`_v4/_v6."""
+    return _by_family(f"ct state new ct mark {CT}", chain)
 
 
 def _prerouting(settings: Settings) -> list[str]:
@@ -183,17 +178,20 @@ def _prerouting(settings: Settings) -> list[str]:
         marks.PREROUTING_PRIORITY,
         [
             (
-                "Packets of exempted flows to `prerouting_established`, first packets to "
-                "`prerouting_new_v4`/`_v6`; nothing else is ours to judge.",
-                [_by_state("prerouting_established", "prerouting_new")],
-            )
+                "First packets (not yet marked) to `prerouting_new_v4`/`_v6`.",
+                [_by_family("ct state new ct mark 0x00000000", "prerouting_new")],
+            ),
+            (
+                "Exempted flows, and parked ones (see `nat_park`), whose next packet gets "
+                f"{CT} back here, before Mullvad's filters see it. Established ones carry "
+                "the fwmark, so replies route via the main table (Mullvad's prerouting does "
+                "this only while connected). Nothing else is ours to judge.",
+                [
+                    f"ct mark & {0xFFFFFFFF ^ PARK_BIT:#010x} == {CT} ct mark set {CT} "
+                    f'ct state established,related iifname != "{tunnel}" meta mark set {FW}'
+                ],
+            ),
         ],
-    )
-    established = _regular(
-        "prerouting_established",
-        "Exempted flows carry the fwmark, so replies route via the main table (Mullvad's "
-        "prerouting does this only while connected).",
-        [("", [f'iifname != "{tunnel}" meta mark set {FW}'])],
     )
     new = []
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
@@ -247,7 +245,7 @@ def _prerouting(settings: Settings) -> list[str]:
                 ],
             )
         )
-    return [base, established, *new]
+    return [base, *new]
 
 
 def _confirm(settings: Settings) -> list[str]:
@@ -266,20 +264,10 @@ def _confirm(settings: Settings) -> list[str]:
         marks.CONFIRM_PRIORITY,
         [
             (
-                "Tentatively marked new connections are judged; a parked pod-to-pod flow "
-                "(see `nat_park`) gets its exemption back on its next packet, before "
-                "Mullvad's filters see it. Nothing else meets more than this lookup.",
-                [
-                    f"ct mark vmap {{ {TENTATIVE} : goto confirm_candidate, "
-                    f"{PARKED} : goto confirm_unpark }}"
-                ],
+                "Tentatively marked new connections are judged; nothing else is ours here.",
+                [f"ct mark {TENTATIVE} goto confirm_candidate"],
             )
         ],
-    )
-    unpark = _regular(
-        "confirm_unpark",
-        "A pod-to-pod flow that hid its ct mark from Mullvad's nat chain.",
-        [("", [f"ct mark set {CT}"])],
     )
     candidate = _regular(
         "confirm_candidate",
@@ -307,7 +295,7 @@ def _confirm(settings: Settings) -> list[str]:
             ),
         ],
     )
-    return [base, candidate, unpark]
+    return [base, candidate]
 
 
 def _output(settings: Settings) -> list[str]:
@@ -319,19 +307,18 @@ def _output(settings: Settings) -> list[str]:
         marks.OUTPUT_PRIORITY,
         [
             (
-                "Packets of exempted flows to `output_established`; nothing else is ours to "
-                "judge here (new connections: `output_guard`, after DNAT).",
-                [_by_state("output_established")],
+                "Replies of exempted incoming connections answered by this machine (API "
+                "server, ingress on the host): the fwmark re-routes them via the main "
+                "table. Nothing else is ours to judge here (new connections: "
+                "`output_guard`, after DNAT).",
+                [
+                    f"ct state established,related ct mark {CT} ct direction reply "
+                    f"meta mark set {FW}"
+                ],
             )
         ],
     )
-    established = _regular(
-        "output_established",
-        "Replies of exempted incoming connections answered by this machine (API server, "
-        "ingress on the host): the fwmark re-routes them via the main table.",
-        [("", [f"ct direction reply meta mark set {FW}"])],
-    )
-    return [base, established]
+    return [base]
 
 
 def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
@@ -405,7 +392,15 @@ def _guard(hook: str, settings: Settings) -> list[str]:
         dispatch = (
             "The first packet of a flow this machine starts goes to `output_new_v4`/`_v6`; "
             "that of a flow already exempted (by Mullvad's split tunnel) is judged.",
-            [_new_exempted("output_guard_new", unmarked="output_new")],
+            [
+                "ct state new ct mark . meta nfproto vmap { "
+                + ", ".join(
+                    f"{mark} . ipv{n} : goto {chain}_v{n}"
+                    for mark, chain in ((CT, "output_guard_new"), ("0x00000000", "output_new"))
+                    for n in (4, 6)
+                )
+                + " }"
+            ],
         )
     else:
         dispatch = (
@@ -533,7 +528,7 @@ def _nat_park(settings: Settings) -> list[str]:
                 "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
                 "which would masquerade them to the bridge address, so pods see each other's "
                 "real addresses (NetworkPolicy, logs). The flow's next packet gets it back in "
-                "`confirm`.",
+                "`prerouting`.",
                 [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED}"],
             )
         )

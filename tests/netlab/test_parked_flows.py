@@ -3,10 +3,10 @@ packet, also for the ones sent before any reply.
 
 `nat_park` gives a new pod-to-pod flow a ct mark of ours just before Mullvad's nat
 chain, which would otherwise masquerade it; the flow's next packet gets 0x00000f41 back
-in `confirm`, before Mullvad's forward chain. UDP stays "new" until the first reply, so
+in `prerouting`, before Mullvad's forward chain. UDP stays "new" until the first reply, so
 a client that sends several datagrams first (a stream, DNS retransmissions) sends them
 with the parked mark: with LAN sharing off, Mullvad's forward chain drops all but the
-first unless confirm restores the mark. Counted at the receiving pod, by payload.
+first unless the mark is restored. Counted at the receiving pod, by payload.
 """
 
 from __future__ import annotations

@@ -115,10 +115,7 @@ def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
     local address; everything else loses both marks."""
     text = render()
     exempt, tentative = marks.CT_MARK.nft, marks.TENTATIVE_CT_MARK.nft
-    assert chain_rules(text, "confirm") == [
-        f"ct mark vmap {{ {tentative} : goto confirm_candidate, "
-        f"{marks.PARKED_CT_MARK.nft} : goto confirm_unpark }}"
-    ]
+    assert chain_rules(text, "confirm") == [f"ct mark {tentative} goto confirm_candidate"]
     assert chain_rules(text, "confirm_candidate") == [
         "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @served_v4 "
         f"ct mark set {exempt} return",
@@ -162,16 +159,22 @@ def test_protected_addresses_are_checked_before_any_mark() -> None:
             assert f"{where}{ip} daddr @protected_{v} return" in statements[:first_mark]
 
 
+# The established rule of `prerouting`: exempted and parked flows, found by one
+# comparison (the parked mark is the exemption with bit 31 set), the parked ones get the
+# exemption back, and established packets the fwmark.
+ESTABLISHED = (
+    f"ct mark & 0x7fffffff == {marks.CT_MARK.nft} ct mark set {marks.CT_MARK.nft} "
+    f'ct state established,related iifname != "wg0-mullvad" meta mark set {marks.FW_MARK.nft}'
+)
+
+
 def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
     """Only established flows copy the ct mark to the fwmark: kube-proxy's 0x4000 bit stays
     clear on the first packet, the only one its nat chains see."""
     text = render()
-    assert chain_rules(text, "prerouting_established") == [
-        f'iifname != "wg0-mullvad" meta mark set {marks.FW_MARK.nft}'
-    ]
-    # ... and only exempted flows get there.
-    (dispatch,) = chain_rules(text, "prerouting")
-    assert f"established . {marks.CT_MARK.nft} . ipv4 : goto prerouting_established" in dispatch
+    new, established = chain_rules(text, "prerouting")
+    assert new.startswith("ct state new ct mark 0x00000000 ") and "meta mark" not in new
+    assert established == ESTABLISHED
     pod = [
         r for v in ("v4", "v6") for r in chain_rules(text, f"prerouting_new_{v}") if "@pod_" in r
     ]
@@ -179,42 +182,54 @@ def test_pod_flows_get_no_fwmark_on_their_first_packet() -> None:
     assert marks.FW_MARK.value & 0x4000  # why: kube-proxy's masquerade bit
 
 
+def test_the_mask_finds_the_exempted_and_the_parked_mark_and_no_other() -> None:
+    """The parked mark differs from Mullvad's in bit 31 alone, which the mask clears; the
+    tentative mark and no mark at all do not pass it."""
+    exempt, parked, tentative = (
+        int(m.nft, 16) for m in (marks.CT_MARK, marks.PARKED_CT_MARK, marks.TENTATIVE_CT_MARK)
+    )
+    passes = [m for m in (exempt, parked, tentative, 0) if m & 0x7FFFFFFF == exempt]
+    assert passes == [exempt, parked] and exempt != parked
+
+
+def by_family(guard: str, chain: str) -> str:
+    return f"{guard} meta nfproto vmap {{ ipv4 : goto {chain}_v4, ipv6 : goto {chain}_v6 }}"
+
+
 def test_established_flows_leave_every_chain_early() -> None:
-    """One lookup per base chain decides where a packet goes; established packets meet
-    at most one more rule (the fwmark restore), so at most 3 of ours per hook."""
+    """Each base chain's rules only compare the conntrack state and ct mark before any
+    lookup: a packet that is not ours to judge meets no set, and established packets at
+    most 3 of our rules per hook."""
     text = render()
-    for chain in ("prerouting", "output"):
-        (dispatch,) = chain_rules(text, chain)
-        assert dispatch.startswith("ct state . ct mark . meta nfproto vmap { established . ")
-        # Not exempted: no element, so the chain ends at this rule.
-        assert "established . 0x00000000" not in dispatch
-        assert len(chain_rules(text, f"{chain}_established")) == 1
-    (dispatch,) = chain_rules(text, "prerouting")
-    assert "new . 0x00000000 . ipv6 : goto prerouting_new_v6 }" in dispatch
-    # The route chain judges no new connection (output_guard does, after DNAT).
-    (dispatch,) = chain_rules(text, "output")
-    assert "new . " not in dispatch
-    assert chain_rules(text, "confirm") == [
-        f"ct mark vmap {{ {marks.TENTATIVE_CT_MARK.nft} : goto confirm_candidate, "
-        f"{marks.PARKED_CT_MARK.nft} : goto confirm_unpark }}"
+    ct = marks.CT_MARK.nft
+    assert chain_rules(text, "prerouting") == [
+        by_family("ct state new ct mark 0x00000000", "prerouting_new"),
+        ESTABLISHED,
     ]
-
-    def new_flows(chain: str, unmarked: str = "") -> list[str]:
-        keys = [f"new . {marks.CT_MARK.nft} . ipv{v} : goto {chain}_new_v{v}" for v in (4, 6)]
-        keys += [f"new . 0x00000000 . ipv{v} : goto {unmarked}_v{v}" for v in (4, 6) if unmarked]
-        return [f"ct state . ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"]
-
+    # The route chain judges no new connection (output_guard does, after DNAT).
+    assert chain_rules(text, "output") == [
+        f"ct state established,related ct mark {ct} ct direction reply "
+        f"meta mark set {marks.FW_MARK.nft}"
+    ]
+    assert chain_rules(text, "confirm") == [
+        f"ct mark {marks.TENTATIVE_CT_MARK.nft} goto confirm_candidate"
+    ]
     for chain in ("forward_guard", "nat_park"):
-        assert chain_rules(text, chain) == new_flows(chain)
-    assert chain_rules(text, "output_guard") == new_flows("output_guard", "output_new")
-    assert "nat_unpark" not in text  # postrouting: one lookup, in nat_park
+        assert chain_rules(text, chain) == [by_family(f"ct state new ct mark {ct}", f"{chain}_new")]
+    keys = [f"{ct} . ipv{v} : goto output_guard_new_v{v}" for v in (4, 6)]
+    keys += [f"0x00000000 . ipv{v} : goto output_new_v{v}" for v in (4, 6)]
+    assert chain_rules(text, "output_guard") == [
+        f"ct state new ct mark . meta nfproto vmap {{ {', '.join(keys)} }}"
+    ]
+    assert "_established" not in text  # no chain of its own: one rule each, inline
+    assert "unpark" not in text  # the parked mark is restored by the established rule
     # The host's own new connections outside the cluster leave output at its first rule.
     assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"
 
 
 def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     text = render()
-    parked, exempt = marks.PARKED_CT_MARK.nft, marks.CT_MARK.nft
+    parked = marks.PARKED_CT_MARK.nft
     assert chain_rules(text, "nat_park_new_v4") == [
         f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
     ]
@@ -224,10 +239,11 @@ def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     assert not re.search(r"\b(snat|dnat|masquerade|redirect) (to|ip|$)", text, re.M)
     assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
     # The flow's next packet (reply or retransmission) gets the exemption back in
-    # confirm, after our prerouting and before Mullvad's filters (priority 0).
-    assert f"{parked} : goto confirm_unpark" in chain_rules(text, "confirm")[0]
-    assert chain_rules(text, "confirm_unpark") == [f"ct mark set {exempt}"]
-    assert marks.CONFIRM_PRIORITY.value < 0
+    # prerouting, before Mullvad's filters (priority 0), whatever its state.
+    assert chain_rules(text, "prerouting")[1].startswith(
+        f"ct mark & 0x7fffffff == {marks.CT_MARK.nft} ct mark set {marks.CT_MARK.nft} ct state "
+    )
+    assert marks.PREROUTING_PRIORITY.value < 0
 
 
 def test_bridge_table_only_when_asked() -> None:

@@ -150,10 +150,11 @@ def _both(template: str) -> list[str]:
     ]
 
 
-# The one bit the parked mark adds to the exemption: masked off, one comparison finds
-# both (the bulk of a cluster's packets, exempted, and a parked flow's next packet).
-PARK_BIT = int(PARKED, 16) ^ int(CT, 16)
-assert PARK_BIT & int(PARKED, 16) and PARK_BIT & (PARK_BIT - 1) == 0
+# The one bit the parked mark adds to the exemption; the mask without it finds both in
+# one comparison (the bulk of a cluster's packets, exempted, and a parked flow's next).
+PARK_BIT = int(marks.PARKED_CT_MARK.value) ^ int(marks.CT_MARK.value)
+assert PARK_BIT & int(marks.PARKED_CT_MARK.value) and PARK_BIT & (PARK_BIT - 1) == 0
+EXEMPT_OR_PARKED = f"ct mark & {0xFFFFFFFF ^ PARK_BIT:#010x} == {CT}"
 
 
 def _by_family(guard: str, chain: str) -> str:
@@ -187,7 +188,7 @@ def _prerouting(settings: Settings) -> list[str]:
                 "the fwmark, so replies route via the main table (Mullvad's prerouting does "
                 "this only while connected). Nothing else is ours to judge.",
                 [
-                    f"ct mark & {0xFFFFFFFF ^ PARK_BIT:#010x} == {CT} ct mark set {CT} "
+                    f"{EXEMPT_OR_PARKED} ct mark set {CT} "
                     f'ct state established,related iifname != "{tunnel}" meta mark set {FW}'
                 ],
             ),

@@ -14,7 +14,7 @@ import netaddr
 
 from . import marks, nft, ruleset
 from .facts import MachineFacts
-from .settings import NO_CLUSTER_FOUND, Settings
+from .settings import IGNORED_SOURCE, NO_CLUSTER_FOUND, Settings
 
 OK, WARN, ERROR = "ok", "warning", "error"
 
@@ -273,6 +273,13 @@ def check_cluster_ranges(settings: Settings, facts: MachineFacts) -> list[Findin
             ".service does it), or set PRESET or the ranges",
         )
         if NO_CLUSTER_FOUND in line
+        else Finding(
+            WARN,
+            line,
+            "root decides only from files root owns and from root's engines (README, "
+            "Detection): fix the owner or mode if this is root's, or set the ranges",
+        )
+        if line.startswith(IGNORED_SOURCE)
         else Finding(OK, f"detected: {line}")
         for line in settings.origins
     ]

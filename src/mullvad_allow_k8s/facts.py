@@ -62,14 +62,13 @@ class MachineFacts:
     def interfaces(self) -> list[dict[str, object]]:
         """`ip -j addr` output (empty when iproute2 is missing)."""
         if self._addresses is None:
-            import subprocess  # noqa: PLC0415  (start-up time of `generate`)
+            from .detect import boundary  # noqa: PLC0415  (start-up time of `generate`)
 
             try:
-                out = subprocess.run(
-                    ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True
-                ).stdout
-                self._addresses = json.loads(out or "[]")
-            except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+                result = boundary.run(("ip", "-j", "addr", "show"))
+                out = result[1] if result is not None and result[0] == 0 else b"[]"
+                self._addresses = json.loads(out or b"[]")
+            except (OSError, boundary.UntrustedError, json.JSONDecodeError):
                 self._addresses = []
         return self._addresses
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import selectors
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+
+from .detect import boundary
 
 # Event streams that announce networks and containers coming and going. Podman 4.3
 # reports no network creation, but kind and minikube start containers on it right after.
@@ -42,7 +43,7 @@ class EventStreams:
     """The engines' event streams as one waitable; restarts the ones that ended."""
 
     def __init__(self, commands: Sequence[tuple[str, ...]] = ENGINE_EVENTS) -> None:
-        self.commands = [c for c in commands if shutil.which(c[0])]
+        self.commands = [c for c in commands if boundary.program(c[0])]
         self.running: dict[tuple[str, ...], subprocess.Popen[bytes]] = {}
         self.selector = selectors.DefaultSelector()
 
@@ -54,11 +55,11 @@ class EventStreams:
             if process is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(process.stdout)  # type: ignore[arg-type]
-            try:
-                process = subprocess.Popen(
-                    command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-                )
+            try:  # argv, PATH and environment fixed by the trust boundary
+                process = boundary.popen(command, stdout=subprocess.PIPE)
             except OSError:
+                continue
+            if process is None:
                 continue
             self.running[command] = process
             self.selector.register(process.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]

@@ -60,11 +60,9 @@ class CommandBackend:
     name = "nft command"
 
     def __init__(self) -> None:
-        import shutil  # noqa: PLC0415
+        from .detect import boundary  # noqa: PLC0415
 
-        found = shutil.which("nft") or next(
-            (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
-        )
+        found = boundary.program("nft")  # root's nft, never one a caller's PATH names
         if not found:
             raise NftError("neither the nftables Python bindings nor the nft command is installed")
         self._nft = found
@@ -80,7 +78,20 @@ class CommandBackend:
             args += ["-f", "-"]
         import subprocess  # noqa: PLC0415
 
-        proc = subprocess.run(args, input=text, capture_output=True, text=True, check=False)
+        from .detect import boundary  # noqa: PLC0415
+
+        try:
+            proc = subprocess.run(
+                args,
+                input=text,
+                capture_output=True,
+                text=True,
+                check=False,
+                env=boundary.environment(),
+                timeout=boundary.COMMAND_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise NftError(f"nft took longer than {boundary.COMMAND_TIMEOUT:g} s") from None
         if proc.returncode != 0:
             raise NftError(_trim(proc.stderr))
         return proc.stdout

@@ -35,6 +35,8 @@ DEFAULT_OUTPUT = "/etc/nftables.d/k8s_bypass_mullvad.nft"
 # Linux interface names: at most 15 bytes; we accept the conservative portable subset.
 # The origin line's words when PRESET=auto finds no cluster (doctor warns on it).
 NO_CLUSTER_FOUND = "no cluster found"
+# Begins an origin line for a source detection ignored (not root's to decide from).
+IGNORED_SOURCE = "ignored source:"
 # PRESET's values, in the order front ends offer them (debconf's select, Nix's enum).
 PRESET_CHOICES: tuple[str, ...] = (AUTO, *PRESETS, CUSTOM_PRESET)
 IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -577,6 +579,10 @@ def _plan(given: Mapping[str, str], detect: Callable[[], Detection] | None) -> _
         hits, errors = detect()
         if preset not in (AUTO, CUSTOM_PRESET):  # another distribution's files: not ours
             errors = [e for e in errors if e.distribution in ("", _distribution(preset))]
+        # A source root does not trust is ignored (with what it would have said) and
+        # said; it never stops what the other sources found.
+        origins += [f"{IGNORED_SOURCE} {e}" for e in errors if not e.fatal]
+        errors = [e for e in errors if e.fatal]
         if errors:
             # A broken file withholds what it would say: guessing could exempt the wrong
             # ranges, so nothing changes until it is fixed or the ranges are given.
@@ -622,7 +628,7 @@ def _auto_preset(distribution: str, found: Sequence[Found]) -> str:
     if distribution != "minikube":
         return distribution
     kinds = {(f.kind, f.interface or "") for f in found if f.distribution == "minikube"}
-    if any(kind == "pods" for kind, _ in kinds):
+    if any(kind in ("pods", "services") for kind, _ in kinds):  # kubeadm on this machine
         return "minikube-none"
     if any(iface.startswith("virbr") for _, iface in kinds):
         return "minikube-kvm2"

@@ -50,6 +50,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import rootview
+
 from . import kube_proxy
 from .nsutil import (
     NETNS_DIR,
@@ -343,9 +345,19 @@ class KindNode:
     def generator(self) -> tuple[dict[str, str], dict[str, str]]:
         """Environment and settings for our CLI, as a kind user has them: the network's
         name (and podman's configuration, so that `podman network inspect` sees it)."""
-        env = {"KIND_EXPERIMENTAL_PODMAN_NETWORK": self.network, **self.env}
+        env = {"KIND_EXPERIMENTAL_PODMAN_NETWORK": self.network}
         settings = {"PRESET": "kind", "NODE_NETWORKS": "auto"}
         return env, {**settings, "POD_CIDRS": "", "SERVICE_CIDRS": "", "HOST_PORTS": ""}
+
+    def root_view(self) -> list[str]:
+        """argv prefix: root's Podman configured as this lab's (detection ignores
+        CONTAINERS_CONF in its caller's environment; it asks root's Podman)."""
+        return rootview.prefix(
+            {
+                "/etc/containers/containers.conf": Path(self.env["CONTAINERS_CONF"]),
+                "/etc/containers/storage.conf": Path(self.env["CONTAINERS_STORAGE_CONF"]),
+            }
+        )
 
     def destroy(self) -> list[str]:
         """Remove the container and the network (each only if made); return errors."""
@@ -416,6 +428,9 @@ class MinikubeVm:
         """Environment and settings for our CLI: the node network given explicitly."""
         settings = {"PRESET": "minikube-kvm2", "NODE_NETWORKS": f"{self.subnets[0]}@{self.bridge}"}
         return {}, {**settings, "POD_CIDRS": "", "SERVICE_CIDRS": "", "HOST_PORTS": ""}
+
+    def root_view(self) -> list[str]:
+        return []  # nothing detected: the node network is given
 
     def destroy(self) -> list[str]:
         return []  # its namespace, bridges and veths go with the lab's namespaces

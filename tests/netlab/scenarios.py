@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +61,17 @@ def run_generator(
     *args: str,
     check: bool = True,
     env: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
     **overrides: str,
 ) -> subprocess.CompletedProcess[str]:
     """`mullvad-allow-k8s <args> --settings FILE` inside the machine's namespace, with
-    `env` added to its environment (e.g. what a user's shell exports for kind)."""
+    `env` added to its environment (e.g. what a user's shell exports for kind), under
+    `wrap` (tests.rootview: what root sees)."""
     path = lab.tmp / "settings"
     path.write_text(settings_text(lab, **overrides))
     argv, run_env = generator_command()
     run_env.update(env or {})
-    return lab["host"].exec(*argv, *args, "--settings", str(path), check=check, env=run_env)
+    return lab["host"].exec(*wrap, *argv, *args, "--settings", str(path), check=check, env=run_env)
 
 
 def naive_ruleset() -> str:

@@ -279,9 +279,10 @@ def run_shape(shape: str, bypass: str) -> NodeResult:
         result.lab_ruleset = lab["host"].exec("nft", "list", "ruleset").stdout
         if bypass == "generated":
             env, settings = node.generator()
-            proc = run_generator(lab, "apply", env=env, **settings)
+            wrap = node.root_view()
+            proc = run_generator(lab, "apply", env=env, wrap=wrap, **settings)
             result.loader = proc.stdout + proc.stderr
-            result.detected = run_generator(lab, "settings", env=env, **settings).stdout
+            result.detected = run_generator(lab, "settings", env=env, wrap=wrap, **settings).stdout
         elif bypass == "leaky":
             lab["host"].nft(leaky_ruleset(node))
         result.probes = node_probes(node)

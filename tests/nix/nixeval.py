@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +132,17 @@ def mapping_settings(cfg: str) -> dict[str, Any]:
     return data
 
 
-def build(text: str, where: Path, env: dict[str, str], *mode: str) -> Path:
+def build(
+    text: str, where: Path, env: dict[str, str], *mode: str, wrap: Sequence[str] = ()
+) -> Path:
     """Run the module's build step as the derivation does (passAsFile, then generate.sh
-    with the module's mode argument: none, or `runtime`); return its $out."""
+    with the module's mode argument: none, or `runtime`); return its $out. `wrap`: an
+    argv prefix (tests.rootview) that changes what root sees."""
     settings = where / "settings-json"
     settings.write_text(text)
     out = where / "out"
     proc = subprocess.run(
-        ["sh", str(GENERATE_SH), str(settings), str(out), *mode],
+        [*wrap, "sh", str(GENERATE_SH), str(settings), str(out), *mode],
         capture_output=True,
         text=True,
         env=env,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import pytest
 
 from mullvad_allow_k8s.detect import Found
 from mullvad_allow_k8s.settings import AUTO, Detection, detects, parse_json, resolve
+from tests import rootview
 from tests.conftest import Netns
 from tests.nix.cases import cli, schema
 from tests.nix.nixeval import ROOT, build, evaluate, module_expr, module_settings
@@ -281,25 +283,20 @@ def test_auto_reaches_the_generators_detection(nixpkgs_lib: Path) -> None:
 # ---------------------------------------------------------------- the build step
 
 
-def fake_engines(where: Path) -> tuple[Path, Path]:
-    """docker, podman and virsh that only record being called: a build must not call them."""
-    bindir = where / "engines"
-    bindir.mkdir()
+def fake_engines(where: Path) -> tuple[list[str], Path]:
+    """docker, podman and virsh that only record being called, where root finds them
+    (tests.rootview: first on detection's fixed PATH): a build must not call them."""
     log = where / "engine-calls"
-    for name in ("docker", "podman", "virsh"):
-        exe = bindir / name
-        exe.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexit 1\n')
-        exe.chmod(0o755)
-    return bindir, log
+    scripts = {n: f'echo "{n} $*" >> {log}\nexit 1\n' for n in ("docker", "podman", "virsh")}
+    return rootview.prefix(rootview.fake_programs(where / "engines", scripts)), log
 
 
 def test_runtime_build_writes_the_settings_and_reads_nothing(
     nixpkgs_lib: Path, tmp_path: Path, cli_on_path: dict[str, str]
 ) -> None:
     text = runtime_json(nixpkgs_lib, 'preset = "auto"; hostPorts = [ 6443 ];')
-    bindir, log = fake_engines(tmp_path)
-    env = {**cli_on_path, "PATH": f"{bindir}:{cli_on_path['PATH']}"}
-    out = build(text, tmp_path, env, "runtime")
+    wrap, log = fake_engines(tmp_path)
+    out = build(text, tmp_path, cli_on_path, "runtime", wrap=wrap)
     assert sorted(p.name for p in out.iterdir()) == ["settings.env", "settings.json"]
     assert not log.exists()
     assert (out / "settings.json").read_text() == text
@@ -317,9 +314,8 @@ def test_build_time_build_calls_no_engine(
     text = evaluate(
         module_expr(nixpkgs_lib, enabled('preset = "kind";'), "cfg.generated.env.settings")
     )
-    bindir, log = fake_engines(tmp_path)
-    env = {**cli_on_path, "PATH": f"{bindir}:{cli_on_path['PATH']}"}
-    out = build(text, tmp_path, env)
+    wrap, log = fake_engines(tmp_path)
+    out = build(text, tmp_path, cli_on_path, wrap=wrap)
     assert (out / "k8s_bypass_mullvad.nft").read_text().count("172.18.0.0/16") > 0
     assert not log.exists()
     # The same JSON with the node networks left to detection does call them (the
@@ -328,6 +324,7 @@ def test_build_time_build_calls_no_engine(
     (tmp_path / "auto.json").write_text(json.dumps(data))
     subprocess.run(
         [
+            *wrap,
             "mullvad-allow-k8s",
             "settings",
             "--settings",
@@ -336,7 +333,7 @@ def test_build_time_build_calls_no_engine(
             str(tmp_path / "auto.json"),
         ],
         capture_output=True,
-        env=env,
+        env=cli_on_path,
         check=False,
     )
     assert log.exists()
@@ -357,18 +354,18 @@ KIND_NETWORK = json.dumps(
 )
 
 
-def engines_dir(where: Path, kind: bool) -> Path:
-    """docker, podman and virsh that know nothing, or a docker that knows kind's network
-    (first on PATH, so this machine's own engines are never asked)."""
-    bindir = where / ("kind-engines" if kind else "no-engines")
-    bindir.mkdir()
+def root_sees_engines(where: Path, kind: bool) -> str:
+    """A shell prefix: docker, podman and virsh that know nothing, or a docker that knows
+    kind's network, where root finds them (tests.rootview), so this machine's own engines
+    are never asked."""
+    scripts = {}
     for name in ("docker", "podman", "virsh"):
         answer = ""
         if kind and name == "docker":
             answer = f"[ \"$*\" = 'network inspect kind' ] && echo '{KIND_NETWORK}' && exit 0\n"
-        (bindir / name).write_text(f"#!/bin/sh\n{answer}exit 1\n")
-        (bindir / name).chmod(0o755)
-    return bindir
+        scripts[name] = f"{answer}exit 1\n"
+    files = rootview.fake_programs(where / ("kind-engines" if kind else "no-engines"), scripts)
+    return shlex.join(rootview.prefix(files))
 
 
 @pytest.mark.kernel
@@ -395,14 +392,14 @@ def test_the_units_commands_apply_and_follow_in_a_namespace(
 
     ns = netns_factory("nixrt")
     table = "nft list table inet mullvad_allow_k8s"
-    boot = ns.sh(f"PATH={engines_dir(tmp_path, kind=False)}:$PATH {command('mullvad-allow-k8s')}")
+    boot = ns.sh(f"{root_sees_engines(tmp_path, kind=False)} {command('mullvad-allow-k8s')}")
     assert "loaded table inet mullvad_allow_k8s" in boot.stderr
     assert output.is_file()
     assert "10.96.0.0/12" in ns.sh(table).stdout  # kubeadm's services: nothing was found
     assert "172.19.0.0/16" not in ns.sh(table).stdout
 
     follow = f"{command('mullvad-allow-k8s-follow')} --once"
-    ns.sh(f"PATH={engines_dir(tmp_path, kind=True)}:$PATH {follow}")
+    ns.sh(f"{root_sees_engines(tmp_path, kind=True)} {follow}")
     listing = ns.sh(table).stdout
     assert '172.19.0.0/16 . "br-0123456789ab"' in listing
     assert "10.96.0.0/12" not in listing  # kind's preset now: no pod or service ranges

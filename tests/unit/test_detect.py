@@ -698,17 +698,25 @@ def test_k3d_broken_listing(tmp_path: Path) -> None:
 
 # --- minikube ---------------------------------------------------------------------------
 
+MINIKUBE_LABELS = "created_by.minikube.sigs.k8s.io=true,name.minikube.sigs.k8s.io=minikube"
+VIRSH_LIST = ("virsh", "--connect", "qemu:///system", "net-list", "--all", "--name")
 
-def test_minikube_docker_driver_inspects_the_profile_network(tmp_path: Path) -> None:
-    put(
-        tmp_path, "/home/ada/.minikube/profiles/minikube/config.json", "minikube/config-docker.json"
-    )
+
+def docker_listing_with_minikube() -> str:
+    """`docker network ls` with the network minikube's docker driver made (its labels:
+    pkg/drivers/kic/oci/network_create.go, minikube v1.34)."""
+    row = {"Driver": "bridge", "ID": "9d2e4f6a8b0c" + "1" * 52, "Labels": MINIKUBE_LABELS}
+    return data("docker/network-ls.jsonl") + json.dumps({**row, "Name": "minikube"}) + "\n"
+
+
+def test_minikube_docker_driver_network_found_by_its_labels(tmp_path: Path) -> None:
+    inspect = ("docker", "network", "inspect", "minikube")
     engines = Engines(
-        {("docker", "network", "inspect", "minikube"): data("docker/inspect-minikube.json")}
+        {DOCKER_LS: docker_listing_with_minikube(), inspect: data("docker/inspect-minikube.json")}
     )
     found, errors = run_detect(tmp_path, engines)
     assert errors == []
-    assert found == [
+    assert [f for f in found if f.distribution == "minikube"] == [
         Found(
             "minikube",
             "nodes",
@@ -719,42 +727,37 @@ def test_minikube_docker_driver_inspects_the_profile_network(tmp_path: Path) -> 
     ]
 
 
-def test_minikube_docker_custom_network_and_fallbacks(tmp_path: Path) -> None:
-    config = json.loads(data("minikube/config-docker.json"))
-    config["Network"] = "lab"
-    config["Subnet"] = "192.168.58.0/24"
-    path = put(tmp_path, "/root/.minikube/profiles/minikube/config.json", text=json.dumps(config))
+def test_minikube_podman_driver_network_found_by_its_labels(tmp_path: Path) -> None:
+    listing = json.loads(data("podman/network-ls.json"))
+    mk = {**listing[0], "name": "mk-pod", "network_interface": "podman7"}
+    mk["subnets"] = [{"subnet": "192.168.58.0/24", "gateway": "192.168.58.1"}]
+    mk["labels"] = dict(p.split("=") for p in MINIKUBE_LABELS.split(","))
     engines = Engines(
-        {("docker", "network", "inspect", "lab"): data("docker/inspect-minikube.json")}
+        {
+            PODMAN_LS: json.dumps([*listing, mk]),
+            ("podman", "network", "inspect", "mk-pod"): json.dumps([mk]),
+        }
     )
-    found, _ = run_detect(tmp_path, engines)
-    assert [f.network for f in found] == ["192.168.49.0/24"]
-    assert ("docker", "network", "inspect", "lab") in engines.calls
-
-    found, errors = run_detect(tmp_path)  # docker missing: the profile's Subnet
+    found, errors = run_detect(tmp_path, engines)
     assert errors == []
-    assert found == [
-        Found(
-            "minikube",
-            "nodes",
-            "192.168.58.0/24",
-            None,
-            "/root/.minikube/profiles/minikube/config.json: Subnet",
-        )
+    assert [(f.distribution, f.network, f.interface) for f in found] == [
+        ("minikube", "192.168.58.0/24", "podman7"),
     ]
 
-    config["Subnet"] = ""
-    path.write_text(json.dumps(config))
-    found, _ = run_detect(tmp_path)  # nor a Subnet: the nodes themselves
-    assert [(f.network, f.source) for f in found] == [
-        ("192.168.49.2/32", "/root/.minikube/profiles/minikube/config.json: Nodes[0].IP")
-    ]
+
+def test_minikube_network_without_its_labels_is_not_minikube(tmp_path: Path) -> None:
+    """A network merely named like a profile (Docker's bridge, Podman's podman) is not
+    minikube's: only the labels minikube sets say so."""
+    engines = Engines({DOCKER_LS: data("docker/network-ls.jsonl")})
+    found, errors = run_detect(tmp_path, engines)
+    assert errors == []
+    assert [f for f in found if f.distribution == "minikube"] == []
+    assert not any(argv[:4] == ("docker", "network", "inspect", "bridge") for argv in engines.calls)
 
 
 def test_minikube_kvm2_libvirt_network(tmp_path: Path) -> None:
-    put(tmp_path, "/root/.minikube/profiles/dev/config.json", "minikube/config-kvm2.json")
     virsh = ("virsh", "--connect", "qemu:///system", "net-dumpxml", "mk-dev")
-    engines = Engines({virsh: data("libvirt/mk-dev.xml")})
+    engines = Engines({VIRSH_LIST: "default\nmk-dev\n\n", virsh: data("libvirt/mk-dev.xml")})
     found, errors = run_detect(tmp_path, engines)
     assert errors == []
     assert found == [
@@ -766,86 +769,76 @@ def test_minikube_kvm2_libvirt_network(tmp_path: Path) -> None:
             "virsh net-dumpxml mk-dev: <ip address='192.168.39.1'>",
         )
     ]
+    # qemu:///system only, and only minikube's networks are dumped.
+    assert {argv for argv in engines.calls if argv[0] == "virsh"} == {VIRSH_LIST, virsh}
 
 
 def test_minikube_kvm2_dual_stack_xml_and_missing_virsh(tmp_path: Path) -> None:
-    config = json.loads(data("minikube/config-kvm2.json"))
-    config["Name"] = "dual"
-    put(tmp_path, "/root/.minikube/profiles/dual/config.json", text=json.dumps(config))
     virsh = ("virsh", "--connect", "qemu:///system", "net-dumpxml", "mk-dual")
-    found, errors = run_detect(tmp_path, Engines({virsh: data("libvirt/mk-dual.xml")}))
+    engines = Engines({VIRSH_LIST: "mk-dual\n", virsh: data("libvirt/mk-dual.xml")})
+    found, errors = run_detect(tmp_path, engines)
     assert errors == []
     assert [(f.network, f.interface) for f in found] == [
         ("192.168.50.0/24", "virbr2"),
         ("fd12:3456:789a:1::/64", "virbr2"),
     ]
-    found, _ = run_detect(tmp_path)  # no virsh: the node's address
-    assert [f.network for f in found] == ["192.168.39.117/32"]
+    assert run_detect(tmp_path) == ([], [])  # no virsh: nothing
 
 
 def test_minikube_kvm2_broken_xml(tmp_path: Path) -> None:
-    put(tmp_path, "/root/.minikube/profiles/dev/config.json", "minikube/config-kvm2.json")
     virsh = ("virsh", "--connect", "qemu:///system", "net-dumpxml", "mk-dev")
-    found, errors = run_detect(tmp_path, Engines({virsh: "<network><name>mk-dev</name>"}))
+    engines = Engines({VIRSH_LIST: "mk-dev\n", virsh: "<network><name>mk-dev</name>"})
+    found, errors = run_detect(tmp_path, engines)
     assert found == []
     assert str(errors[0]).startswith("virsh net-dumpxml mk-dev: not valid XML")
 
 
-def test_minikube_none_driver(tmp_path: Path) -> None:
-    put(tmp_path, "/root/.minikube/profiles/minikube/config.json", "minikube/config-none.json")
+def test_minikube_kvm2_listing_names_are_checked(tmp_path: Path) -> None:
+    engines = Engines({VIRSH_LIST: "mk---help\nmk-a b\n-mk\n"})
+    found, errors = run_detect(tmp_path, engines)
+    assert (found, errors) == ([], [])
+    dumped = [argv[-1] for argv in engines.calls if "net-dumpxml" in argv]
+    assert dumped == ["mk---help"]  # a name (NAME: no leading '-'), never an option
+
+
+def test_minikube_none_driver_is_kubeadm_with_minikube_certificates(tmp_path: Path) -> None:
+    """minikube's none driver runs kubeadm here with certificatesDir /var/lib/minikube/certs:
+    root's manifests say so; no profile is read."""
+    api = data("kubeadm-dual/kube-apiserver.yaml").replace(
+        "/etc/kubernetes/pki/ca.crt", "/var/lib/minikube/certs/ca.crt"
+    )
+    assert "/var/lib/minikube/certs/ca.crt" in api
+    put(tmp_path, f"{MANIFESTS}/kube-apiserver.yaml", text=api)
+    put(
+        tmp_path,
+        f"{MANIFESTS}/kube-controller-manager.yaml",
+        "kubeadm-dual/kube-controller-manager.yaml",
+    )
     found, errors = run_detect(tmp_path)
     assert errors == []
-    source = "/root/.minikube/profiles/minikube/config.json"
-    assert found == [
-        Found(
-            "minikube",
-            "pods",
-            "10.200.0.0/16",
-            "bridge",
-            f"{source}: KubernetesConfig.ExtraOptions kubeadm.pod-network-cidr",
-        ),
-        Found(
-            "minikube", "services", "10.100.0.0/16", None, f"{source}: KubernetesConfig.ServiceCIDR"
-        ),
-    ]
+    assert {(f.distribution, f.kind, f.interface) for f in found} == {
+        ("minikube", "services", None),
+        ("minikube", "pods", "bridge"),
+    }
 
 
-def test_minikube_none_driver_defaults(tmp_path: Path) -> None:
-    config = json.loads(data("minikube/config-none.json"))
-    config["KubernetesConfig"]["ExtraOptions"] = None
-    config["KubernetesConfig"]["ServiceCIDR"] = ""
-    put(tmp_path, "/root/.minikube/profiles/minikube/config.json", text=json.dumps(config))
-    found, _ = run_detect(tmp_path)
-    assert [(f.kind, f.network, f.interface) for f in found] == [
-        ("pods", "10.244.0.0/16", "bridge"),
-        ("services", "10.96.0.0/12", None),
-    ]
-
-
-@pytest.mark.parametrize("home", ["/srv/mk", "/srv/mk/.minikube"])
-def test_minikube_home_from_environment(tmp_path: Path, home: str) -> None:
-    """MINIKUBE_HOME as minikube reads it: the .minikube dir itself, or its parent."""
-    put(tmp_path, "/srv/mk/.minikube/profiles/minikube/config.json", "minikube/config-none.json")
-    assert run_detect(tmp_path) == ([], [])
-    found, _ = run_detect(tmp_path, env={"MINIKUBE_HOME": home})
-    assert found[0].source.startswith("/srv/mk/.minikube/profiles/minikube/config.json")
-
-
-def test_minikube_broken_profile_spares_the_others(tmp_path: Path) -> None:
-    put(tmp_path, "/root/.minikube/profiles/bad/config.json", text='{"Name": "bad",')
-    put(tmp_path, "/root/.minikube/profiles/good/config.json", "minikube/config-none.json")
-    put(tmp_path, "/root/.minikube/profiles/empty/.keep", text="")  # no config.json: skipped
-    found, errors = run_detect(tmp_path)
-    assert len(errors) == 1
-    assert str(errors[0]).startswith("/root/.minikube/profiles/bad/config.json: not valid JSON")
-    assert len(found) == 2
-
-
-def test_minikube_other_drivers_are_not_guessed(tmp_path: Path) -> None:
-    config = json.loads(data("minikube/config-docker.json"))
-    config["Driver"] = "virtualbox"
-    put(tmp_path, "/root/.minikube/profiles/vb/config.json", text=json.dumps(config))
-    assert run_detect(tmp_path) == ([], [])
+def test_users_minikube_profiles_are_never_read(tmp_path: Path) -> None:
+    """Issue 20: a profile in a home (or root's) decides nothing and runs nothing."""
+    for home in ("/home/ada", "/root"):
+        for name, fixture in (
+            ("d", "config-docker.json"),
+            ("k", "config-kvm2.json"),
+            ("n", "config-none.json"),
+        ):
+            config = json.loads(data(f"minikube/{fixture}"))
+            config["KVMQemuURI"] = "qemu+ext:///system?command=/home/ada/evil.sh"
+            config["Network"] = "bridge"
+            put(tmp_path, f"{home}/.minikube/profiles/{name}/config.json", text=json.dumps(config))
+    engines = Engines({DOCKER_LS: data("docker/network-ls.jsonl")})
+    found, errors = run_detect(tmp_path, engines, {"MINIKUBE_HOME": "/home/ada"})
+    assert (found, errors) == ([], [])
+    words = {w for argv in engines.calls for w in argv}
+    assert not any("ext" in w or w == "bridge" for w in words)
 
 
 # --- everything at once -----------------------------------------------------------------
@@ -856,14 +849,11 @@ def test_a_busy_machine(tmp_path: Path) -> None:
     put(tmp_path, f"{K3S}/config.yaml", "k3s/config.yaml")
     put(tmp_path, f"{MICROK8S}/kube-proxy", "microk8s/kube-proxy")
     put(tmp_path, "/etc/k0s/k0s.yaml", "k0s/k0s.yaml")
-    put(
-        tmp_path, "/home/ada/.minikube/profiles/minikube/config.json", "minikube/config-docker.json"
-    )
     put(tmp_path, "/etc/rancher/rke2/config.yaml", text="{{{")
     engines = Engines(
         {
             KIND_DOCKER: data("docker/inspect-kind.json"),
-            DOCKER_LS: data("docker/network-ls.jsonl"),
+            DOCKER_LS: docker_listing_with_minikube(),
             ("docker", "network", "inspect", "k3d-dev", "shared-lab"): data(
                 "docker/inspect-k3d.json"
             ),
@@ -883,10 +873,11 @@ def test_a_busy_machine(tmp_path: Path) -> None:
 # --- the real runner and the error type -------------------------------------------------
 
 
-def test_run_command() -> None:
-    assert run_command([sys.executable, "-c", "print('hi')"]) == "hi\n"
-    assert run_command([sys.executable, "-c", "raise SystemExit(1)"]) is None
-    assert run_command(["/nonexistent/docker", "network", "ls"]) is None
+def test_run_command_runs_only_our_programs() -> None:
+    with pytest.raises(ValueError, match="not a program"):
+        run_command([sys.executable, "-c", "print('hi')"])
+    with pytest.raises(ValueError, match="neither a constant nor a name"):
+        run_command(["virsh", "--connect", "qemu+ext:///system?command=/x", "net-list"])
 
 
 def test_detect_error_is_one_line() -> None:
@@ -911,19 +902,11 @@ def test_engine_bridge_name_that_is_not_an_interface_name(tmp_path: Path) -> Non
 def test_network_names_are_never_options(tmp_path: Path) -> None:
     engines = Engines()
     _, errors = run_detect(tmp_path, engines, {"KIND_EXPERIMENTAL_DOCKER_NETWORK": "--help"})
-    assert [str(e) for e in errors] == ["docker network inspect: '--help' is not a network name"]
+    assert [str(e) for e in errors] == [
+        "docker network ls: ignored: '--help' is not a network name"
+    ]
+    assert [e.fatal for e in errors] == [False]
     assert not any("--help" in argv for argv in engines.calls)
-
-
-def test_libvirt_uri_is_checked(tmp_path: Path) -> None:
-    config = json.loads(data("minikube/config-kvm2.json"))
-    config["KVMQemuURI"] = "--readonly"
-    put(tmp_path, "/root/.minikube/profiles/dev/config.json", text=json.dumps(config))
-    engines = Engines()
-    found, errors = run_detect(tmp_path, engines)
-    assert found == []
-    assert "KVMQemuURI: '--readonly' is not a libvirt URI" in str(errors[0])
-    assert not any(argv[0] == "virsh" for argv in engines.calls)
 
 
 def test_each_error_names_the_distribution_whose_files_it_is(tmp_path: Path) -> None:

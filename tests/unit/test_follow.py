@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from mullvad_allow_k8s import follow as following
+from mullvad_allow_k8s.detect import boundary
 from mullvad_allow_k8s.follow import EventStreams, follow
 
+PODMAN_EVENTS = following.ENGINE_EVENTS[1]
 
-def test_an_event_wakes_the_loop_after_a_quiet_spell(monkeypatch: pytest.MonkeyPatch) -> None:
+
+def fake_podman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """`podman` on the trust boundary's search path (then the program's whole PATH)."""
+    (tmp_path / "podman").write_text(f"#!/bin/sh\n{body}\n")
+    (tmp_path / "podman").chmod(0o755)
+    monkeypatch.setattr(boundary, "SEARCH_PATH", (str(tmp_path),))
+
+
+def test_an_event_wakes_the_loop_after_a_quiet_spell(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(following, "QUIET", 0.3)
-    burst = ("sh", "-c", "sleep 0.2; echo create; echo start; exec sleep 30")
-    streams = EventStreams([burst])
+    fake_podman(
+        tmp_path, monkeypatch, "/bin/sleep 0.2; echo create; echo start; exec /bin/sleep 30"
+    )
+    streams = EventStreams([PODMAN_EVENTS])
     start = time.monotonic()
     try:
         assert streams.wait(20) is True
@@ -25,9 +40,12 @@ def test_an_event_wakes_the_loop_after_a_quiet_spell(monkeypatch: pytest.MonkeyP
     assert all(p.poll() is not None for p in streams.running.values())
 
 
-def test_a_stream_that_ends_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_that_ends_is_started_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(following, "QUIET", 0.2)
-    once = ("sh", "-c", "echo event")
+    fake_podman(tmp_path, monkeypatch, "echo event")
+    once = PODMAN_EVENTS
     streams = EventStreams([once])
     try:
         assert streams.wait(5) is True

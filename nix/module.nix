@@ -51,13 +51,12 @@ let
   settingsJson = "${generated}/settings.json";
   # `--settings none`: the units read only the module's JSON, never a file in /etc.
   applyCommand = "${exe} apply --settings none --json ${settingsJson}";
-  # A reload runs once the machine is up: then the engines may be asked too (systemd
-  # expands ${PATH}, the unit's own).
-  reloadCommand =
-    if engines == [ ] then
-      applyCommand
-    else
-      "${pkgs.coreutils}/bin/env PATH=${lib.makeBinPath engines}:\${PATH} ${applyCommand}";
+  # At boot the unit starts before the container engines and libvirtd (see below): it
+  # asks none of them (--no-engines), so its start never waits on one. A reload comes
+  # once the machine is up and asks them too. Detection finds their CLIs only where root
+  # keeps them (the system profile, /run/current-system/sw/bin), never on a PATH given.
+  bootCommand = "${exe} apply --no-engines --settings none --json ${settingsJson}";
+  reloadCommand = applyCommand;
 
   presets = [
     "kubeadm"
@@ -82,17 +81,6 @@ let
   ifPattern = types.strMatching ifPatternPattern;
   ifName = types.strMatching "[A-Za-z0-9_.-]{1,15}";
   auto = types.enum [ "auto" ];
-
-  # The container engines and libvirt this configuration runs, whose networks `follow`
-  # reads through their CLIs (docker, podman, virsh) and whose events it waits for
-  # (the package's follow unit is ordered after their services).
-  engines = lib.concatMap (
-    engine:
-    let
-      v = config.virtualisation.${engine} or { };
-    in
-    lib.optional (v.enable or false) v.package
-  ) [ "docker" "podman" "libvirtd" ];
 
   generated =
     pkgs.runCommand "mullvad-allow-k8s-${if runtime then "settings" else "ruleset"}"
@@ -495,14 +483,14 @@ in
         # Detect, generate, check, write cfg.output and load, at boot and on every reload.
         # This unit starts early (before network-pre.target, as the package's unit says),
         # before the container engines and libvirtd, which are socket-activated and
-        # ordered after the network: so its PATH has none of their CLIs and its start
+        # ordered after the network: so it asks none of them (bootCommand) and its start
         # never waits on one; it reads the clusters' config files, and the follow
         # service, ordered after the engines, adds their networks as soon as they run.
         # A reload (reloadCommand) comes later and asks the engines too.
         systemd.services.mullvad-allow-k8s = {
           serviceConfig.ExecStart = [
             ""
-            applyCommand
+            bootCommand
           ];
           # New settings change ExecStart (the JSON's store path): reload, which applies
           # them in one transaction, instead of the restart switch-to-configuration does
@@ -513,10 +501,10 @@ in
         # The package's mullvad-allow-k8s-follow.service (`follow`: re-read on
         # Docker/Podman events and every 60 s, apply when the result changed; After= our
         # unit and the engines' services, PartOf= our unit, so stopping ours, which
-        # removes the table, stops it too), given the module's JSON and the engines' CLIs.
+        # removes the table, stops it too), given the module's JSON. It finds the
+        # engines' CLIs in the system profile, as every root process does.
         systemd.services.mullvad-allow-k8s-follow = {
           wantedBy = [ "multi-user.target" ];
-          path = engines;
           serviceConfig.ExecStart = [
             ""
             "${exe} follow --settings none --json ${settingsJson}"

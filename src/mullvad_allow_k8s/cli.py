@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load the existing OUTPUT file as it is (used at boot)",
     )
+    app.add_argument(
+        "--no-engines",
+        action="store_true",
+        help="detect from files only, asking no container engine or libvirt (a unit "
+        "that starts before them: NixOS' boot unit; follow adds their networks)",
+    )
     sub.add_parser("remove", parents=[common], help="delete our tables (only ours)")
     sub.add_parser(
         "status",
@@ -136,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine_detection() -> Detection:
-    """The running machine's cluster ranges (detect.py), read only when a value is auto."""
+def machine_detection(engines: bool = True) -> Detection:
+    """The running machine's cluster ranges (detect/), read only when a value is auto."""
     from .detect import detect  # noqa: PLC0415  (start-up time: only `auto` needs it)
 
-    return detect()
+    return detect(engines=engines)
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -154,7 +160,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
                 file=sys.stderr,
             )
         sources.append(current)
-    return resolve(sources, machine_detection)
+    engines = not getattr(args, "no_engines", False)
+    return resolve(sources, lambda: machine_detection(engines))
 
 
 def settings_path(args: argparse.Namespace) -> str | None:

@@ -10,4 +10,4 @@ from mullvad_allow_k8s import cli
 
 @pytest.fixture(autouse=True)
 def _no_machine_detection(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "machine_detection", lambda: ([], []))
+    monkeypatch.setattr(cli, "machine_detection", lambda engines=True: ([], []))

@@ -48,8 +48,9 @@ __all__ = [
 ENVIRONMENT_KEYS = ("KIND_EXPERIMENTAL_DOCKER_NETWORK", "KIND_EXPERIMENTAL_PODMAN_NETWORK")
 
 
-def readers() -> tuple[tuple[str, Callable[[Host], list[Found]]], ...]:
-    """(distribution family, reader), in the order their findings are reported."""
+def readers(engines: bool = True) -> tuple[tuple[str, Callable[[Host], list[Found]]], ...]:
+    """(distribution family, reader), in the order their findings are reported; with
+    engines=False only the readers of root's files."""
     from .engines import k3d, kind, minikube  # noqa: PLC0415  (start-up time)
     from .k0s import k0s  # noqa: PLC0415
     from .kubeadm import kubeadm  # noqa: PLC0415
@@ -57,28 +58,29 @@ def readers() -> tuple[tuple[str, Callable[[Host], list[Found]]], ...]:
     from .microk8s import microk8s  # noqa: PLC0415
     from .rancher import k3s, rke2  # noqa: PLC0415
 
-    return (
+    files = (
         ("kubeadm", kubeadm),
         ("k3s", k3s),
         ("rke2", rke2),
         ("microk8s", microk8s),
         ("k0s", k0s),
-        ("kind", kind),
-        ("minikube", minikube),
-        ("minikube", minikube_kvm2),
-        ("k3d", k3d),
     )
+    asked = (("kind", kind), ("minikube", minikube), ("minikube", minikube_kvm2), ("k3d", k3d))
+    return (*files, *asked) if engines else files
 
 
 def detect(
     root: Path = Path("/"),
     run: Runner = run_command,
     env: Mapping[str, str] = os.environ,
+    *,
+    engines: bool = True,
 ) -> tuple[list[Found], list[DetectError]]:
-    """Every cluster range this machine shows, and every source met that was unusable."""
+    """Every cluster range this machine shows, and every source met that was unusable
+    (engines=False: root's files only, no engine or libvirt asked)."""
     host = Host(root, run, {k: env[k] for k in ENVIRONMENT_KEYS if k in env})
     found: list[Found] = []
-    for distribution, reader in readers():
+    for distribution, reader in readers(engines):
         before = len(host.errors)
         found.extend(reader(host))
         for error in host.errors[before:]:

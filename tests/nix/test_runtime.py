@@ -390,14 +390,16 @@ def test_the_units_commands_apply_and_follow_in_a_namespace(
 
     ns = netns_factory("nixrt")
     table = "nft list table inet mullvad_allow_k8s"
-    boot = ns.sh(f"{root_sees_engines(tmp_path, kind=False)} {command('mullvad-allow-k8s')}")
+    # Boot with a docker that knows kind's network: the boot unit must not ask it.
+    engines = root_sees_engines(tmp_path, kind=True)
+    boot = ns.sh(f"{engines} {command('mullvad-allow-k8s')}")
     assert "loaded table inet mullvad_allow_k8s" in boot.stderr
     assert output.is_file()
     assert "10.96.0.0/12" in ns.sh(table).stdout  # kubeadm's services: nothing was found
     assert "172.19.0.0/16" not in ns.sh(table).stdout
 
     follow = f"{command('mullvad-allow-k8s-follow')} --once"
-    ns.sh(f"{root_sees_engines(tmp_path, kind=True)} {follow}")
+    ns.sh(f"{engines} {follow}")
     listing = ns.sh(table).stdout
     assert '172.19.0.0/16 . "br-0123456789ab"' in listing
     assert "10.96.0.0/12" not in listing  # kind's preset now: no pod or service ranges

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import netaddr
+import pytest
 
 from mullvad_allow_k8s import doctor
-from mullvad_allow_k8s.detect import Found
+from mullvad_allow_k8s.detect import DetectError, Found
 from mullvad_allow_k8s.facts import MachineFacts
-from mullvad_allow_k8s.settings import resolve
+from mullvad_allow_k8s.settings import SettingsError, resolve
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
 
@@ -148,3 +149,23 @@ def test_doctor_warns_when_auto_found_no_cluster(tmp_path: Path) -> None:
     assert findings[0].message == "PRESET=auto: no cluster found, kubeadm's defaults"
     # kubeadm's service range 10.96.0.0/12 lies in Mullvad's pool: said too
     assert any("10.96.0.0/12 lies in 10.64.0.0/10" in f.message for f in findings)
+
+
+def test_an_ignored_source_is_named_and_the_others_still_count(tmp_path: Path) -> None:
+    """Issue 20: a source root does not trust loses only its own finding; doctor says
+    which and why."""
+    kubeadm = Found("kubeadm", "services", "10.112.0.0/12", None, "/etc/kubernetes/x: --s")
+    ignored = DetectError(
+        "/etc/rancher/k3s/config.yaml", "ignored: the file is writable by every user", fatal=False
+    )
+    ignored.distribution = "k3s"
+    settings = resolve([], lambda: ([kubeadm], [ignored]))
+    assert settings.service_cidrs == (netaddr.IPNetwork("10.112.0.0/12"),)
+    facts = MachineFacts(root=tmp_path)
+    facts._addresses = []
+    findings = doctor.check_cluster_ranges(settings, facts)
+    warned = [f.line() for f in findings if "ignored source" in f.line()]
+    assert len(warned) == 1 and "writable by every user" in warned[0]
+    fatal = DetectError("/etc/rancher/k3s/config.yaml", "not valid YAML")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        resolve([], lambda: ([kubeadm], [fatal]))

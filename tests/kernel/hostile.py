@@ -81,7 +81,8 @@ def profile(name: str, config: dict[str, Any]) -> Entry:
 class Scene:
     hostile: list[Entry]  # mallory's files, made between the two phases
     root_files: list[Entry] = field(default_factory=list)  # under OVERLAID, before both
-    podman_networks: list[str] = field(default_factory=list)  # `podman network create`
+    # `podman network create` arguments: the name, then options (e.g. --label K=V)
+    podman_networks: list[list[str]] = field(default_factory=list)
     listen: list[int] = field(default_factory=list)  # TCP ports on 127.0.0.1 (private netns)
     commands: list[tuple[str, ...]] = field(default_factory=lambda: [SETTINGS_JSON, SETTINGS_ENV])
     marker: str = ""  # a path evil code would create; reported per phase
@@ -354,8 +355,8 @@ def main(spec_path: str) -> None:
         _make(entry)
     made = []
     try:
-        for name in spec["podman_networks"]:
-            _sh("podman", "network", "create", name)
+        for name, *options in spec["podman_networks"]:
+            _sh("podman", "network", "create", *options, name)
             made.append(name)
         facts = {" ".join(p): _probe(p) for p in spec["probes"]}
         listeners = _Listeners(spec["listen"])

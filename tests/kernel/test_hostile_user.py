@@ -386,7 +386,7 @@ def every_hostile_scene(tmp_path: Path, commands: list[tuple[str, ...]]) -> Scen
     return Scene(
         hostile=every_hostile(marker),
         root_files=[*KUBEADM, fake_docker(calls), *elsewhere()],
-        podman_networks=["kind"],
+        podman_networks=[["kind"]],
         listen=[SSH_PORT, TCP_PORT],
         commands=commands,
         marker=str(marker),
@@ -424,3 +424,31 @@ def test_doctor_finishes_with_every_hostile_profile(tmp_path: Path) -> None:
     assert hostile.returncode == base.returncode, (base.returncode, hostile.stderr[-2000:])
     assert outcome.hostile.marker is None, f"evil.sh ran as uid {outcome.hostile.marker}"
     assert outcome.hostile.connections == [], outcome.hostile.connections
+
+
+def test_roots_minikube_network_is_found_by_its_labels(tmp_path: Path) -> None:
+    """What replaces the profiles: a Podman network with the labels minikube's podman
+    driver sets (pkg/drivers/kic/oci/network_create.go, minikube v1.34) is minikube's
+    node network on its own bridge, and PRESET=auto says minikube; her profile naming
+    Podman's default network beside it changes nothing."""
+    need("podman")
+    labels = ["--label", "created_by.minikube.sigs.k8s.io=true"]
+    labels += ["--label", "name.minikube.sigs.k8s.io=mk"]
+    inspect = ("podman", "network", "inspect", "mk")
+    scene = Scene(
+        hostile=[profile("x", {"Name": "x", "Driver": "podman", "Network": "podman"})],
+        podman_networks=[["mk", *labels], ["plain"]],
+        probes=[inspect],
+    )
+    outcome = run(tmp_path, scene)
+    answer = outcome.facts[" ".join(inspect)]
+    assert answer.startswith("exit 0\n"), answer
+    (mk,) = json.loads(answer.split("\n", 1)[1])
+    node = f"{mk['subnets'][0]['subnet']}@{mk['network_interface']}"
+    check_baseline(outcome, scene)
+    base = settings_json(outcome, "baseline")
+    assert base["NODE_NETWORKS"].split() == [node], base
+    assert base["HOST_PORTS"] == "none", base  # minikube's API is in its node
+    env = next(r for r in outcome.baseline.runs if tuple(r.argv) == SETTINGS_ENV).stdout
+    assert "found minikube" in preset_origin(env), preset_origin(env)
+    judge(outcome, scene)

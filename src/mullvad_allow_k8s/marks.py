@@ -109,14 +109,17 @@ SEED_TABLES: tuple[tuple[str, str], ...] = (
 )
 
 # Addresses that never get an exemption, whatever the cluster ranges say: Mullvad's
-# in-tunnel gateway/resolver, its DNS content-blocker resolvers and its IPv6 tunnel
-# network. The tunnel's own addresses are added at load time (see nft.tunnel_elements).
-PROTECTED_V4: tuple[str, ...] = ("10.64.0.1/32", "100.64.0.0/24")
+# in-tunnel gateway/resolver, its DNS content-blocker resolvers, its in-tunnel SOCKS5
+# proxies and its IPv6 tunnel network (the tunnel's IPv6 addresses lie in it). The
+# tunnel's own IPv4 addresses are matched per packet (TUNNEL_POOL_V4, see ruleset) and
+# also added at load time by `apply` (ruleset.tunnel_elements).
+PROTECTED_V4: tuple[str, ...] = ("10.64.0.1/32", "10.124.0.0/23", "100.64.0.0/24")
 PROTECTED_V6: tuple[str, ...] = ("fc00:bbbb:bbbb:bb01::/64",)
 PROTECTED_SOURCE = (
     "mullvadvpn-app mullvad-api/src/relay_list.rs (ipv4_gateway 10.64.0.1, ipv6_gateway "
     "fc00:bbbb:bbbb:bb01::1); mullvad-daemon/src/dns.rs (content-blocker resolvers "
-    "100.64.0.x)"
+    "100.64.0.x, DNS_BLOCKING_IP_BASE); talpid-tunnel/src/tun_provider/android/mod.rs "
+    "(SOCKS_PROXIES 10.124.0.0/23, in-tunnel SOCKS5 proxies)"
 )
 
 # Where Mullvad takes its WireGuard tunnels' own IPv4 addresses from (the gateway

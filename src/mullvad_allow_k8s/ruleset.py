@@ -197,6 +197,9 @@ def _prerouting(settings: Settings) -> list[str]:
     new = []
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
         fill = {"{ip}": ip, "{v}": v}
+        public = f" {ip} daddr != @public_{v} return"
+        if settings.machine_addresses is not None:
+            public = f" {ip} daddr != @machine_{v}" + public
 
         def rule(template: str, fill: dict[str, str] = fill) -> str:
             for key, value in fill.items():
@@ -230,6 +233,15 @@ def _prerouting(settings: Settings) -> list[str]:
                     (
                         "A pod or service address from anywhere else is spoofed: never exempted.",
                         [rule("{ip} saddr @cluster_{v} return")],
+                    ),
+                    (
+                        "From outside, a local address is reached only on the interface it is "
+                        "configured on (checked per packet, so it holds whatever the addresses "
+                        "become): the tunnel's own address, whatever it is now, is never "
+                        "reached from the LAN (kube-proxy opens NodePorts on every local "
+                        "address), nor any other interface's. PUBLIC_ADDRESSES are the "
+                        "exception they are configured as.",
+                        [rule(f"fib daddr . iif type != local fib daddr type local{public}")],
                     ),
                     (
                         "Every other new connection from outside (not the tunnel, not a cluster "
@@ -495,6 +507,34 @@ def _forward_kept(settings: Settings, ip: str, v: str) -> list[Rule]:
     return rules
 
 
+def _input_guard() -> list[str]:
+    """The first packet of an exempted flow delivered to this machine."""
+    base = _chain(
+        "input_guard",
+        "filter hook input",
+        marks.GUARD_PRIORITY,
+        [
+            (
+                "A local address in Mullvad's tunnel pool "
+                f"({marks.TUNNEL_POOL_V4}: {marks.TUNNEL_POOL_SOURCE}) that is not configured "
+                "on the interface the packet came in on is the tunnel's own address, "
+                "whatever it is now (it changes with key rotation and re-login): a pod "
+                "reaching it (or a service range around it) loses the exemption and "
+                "Mullvad's input chain decides. Checked per packet, so nothing needs "
+                "reloading when the address changes. Its price: a node address in "
+                f"{marks.TUNNEL_POOL_V4} on another interface, and kube-proxy IPVS "
+                "ClusterIPs there (kube-ipvs0), are not exempted for pods either. The "
+                "tunnel's IPv6 addresses lie in the protected fc00:bbbb:bbbb:bb01::/64.",
+                [
+                    f"ct state new ct mark {CT} ip daddr {marks.TUNNEL_POOL_V4} "
+                    "fib daddr . iif type != local ct mark set 0x00000000"
+                ],
+            )
+        ],
+    )
+    return [base]
+
+
 def _nat_park(settings: Settings) -> list[str]:
     base = _chain(
         "nat_park",
@@ -548,7 +588,8 @@ def _inet_body(settings: Settings, comment: str) -> str:
             "protected_v4",
             "ipv4_addr",
             marks.PROTECTED_V4,
-            "Mullvad's gateway/resolvers (+ the tunnel's address, added at load): never exempted.",
+            "Mullvad's gateway, resolvers and SOCKS5 proxies (+ the tunnel's address, added by "
+            "`apply`; also tested per packet in `input_guard`): never exempted.",
         ),
         _set("protected_v6", "ipv6_addr", marks.PROTECTED_V6, "The same for IPv6."),
         _set("pod_v4", "ipv4_addr", _family(pods, 4), "POD_CIDRS, IPv4."),
@@ -614,6 +655,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
         *_prerouting(settings),
         *_confirm(settings),
         *_output(settings),
+        *_input_guard(),
         *_guard("forward", settings),
         *_guard("output", settings),
         *_nat_park(settings),

@@ -84,6 +84,14 @@ PARKED_CT_MARK = Constant(
     "comparison with bit 31 masked off finds both marks and restores 0x00000f41, before "
     "Mullvad's filters see it",
 )
+CLUSTER_FLOW_LABEL = Constant(
+    127,
+    "ours (conntrack label bit; Mullvad uses none): set with the ct mark on a flow the "
+    "cluster starts (a pod's, or this machine's to the cluster), so every later packet "
+    "of it that arrives on an interface that is not the cluster's is known to be forged "
+    "and dropped, with one comparison and one interface lookup",
+    hex=False,
+)
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows; "
@@ -152,6 +160,7 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("guard priority", GUARD_PRIORITY),
     ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
+    ("cluster flow ct label", CLUSTER_FLOW_LABEL),
     ("nat park priority", NAT_PARK_PRIORITY),
 )
 

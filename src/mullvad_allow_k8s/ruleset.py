@@ -21,6 +21,7 @@ CT = marks.CT_MARK.nft
 FW = marks.FW_MARK.nft
 PARKED = marks.PARKED_CT_MARK.nft
 TENTATIVE = marks.TENTATIVE_CT_MARK.nft
+LABEL = marks.CLUSTER_FLOW_LABEL.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -222,13 +223,24 @@ def _prerouting(settings: Settings) -> list[str]:
                         "Mullvad's forward chain accepts the ct mark before it rejects port 53 "
                         "(CoreDNS). Only from a cluster interface (CLUSTER_INTERFACES): a pod "
                         "address arriving from the LAN is not a pod. No fwmark on this first "
-                        "packet: kube-proxy masquerades fwmark bit 0x4000.",
-                        [rule(f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return")],
+                        "packet: kube-proxy masquerades fwmark bit 0x4000. The ct label "
+                        f"{LABEL} says the cluster started the flow (see `forward_guard`).",
+                        [
+                            rule(
+                                f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} "
+                                f"ct label set {LABEL} return"
+                            )
+                        ],
                     ),
                     (
                         "Pods to this machine's own addresses (kubelet, metrics, the API server "
                         "on the node's address): Mullvad's input chain accepts the ct mark.",
-                        [rule(f"{pods} fib daddr type local ct mark set {CT} return")],
+                        [
+                            rule(
+                                f"{pods} fib daddr type local ct mark set {CT} "
+                                f"ct label set {LABEL} return"
+                            )
+                        ],
                     ),
                     (
                         "A pod or service address from anywhere else is spoofed: never exempted.",
@@ -356,8 +368,9 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
             "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
             "port-forward; with IPVS, ClusterIPs are local addresses) and still to the "
             "cluster after kube-proxy's DNAT: the ct mark lets Mullvad's output chain "
-            "accept it. No fwmark, so routing is not changed.",
-            [f"ct mark set {CT}"],
+            "accept it. No fwmark, so routing is not changed. The ct label: the cluster's "
+            "side started it (its replies come from a cluster interface).",
+            [f"ct mark set {CT} ct label set {LABEL}"],
         ),
     ]
     if not settings.node_networks:
@@ -400,6 +413,26 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
     return [dispatch, cluster, node]
 
 
+FORGED = (
+    "A packet of a flow the cluster started (ct label {label}: a pod's, or this machine's "
+    "to the cluster) that arrives on an interface that is not the cluster's (the LAN, the "
+    "tunnel) is forged: a LAN host injecting a query into a pod's DNS flow, a forged "
+    "answer, an ICMP error quoting the flow (from its own address, so no reverse-path "
+    "filter stops it). Conntrack files it under the exempted flow, so Mullvad's "
+    "`ct mark {ct} accept` would take it; dropped here, the packet only: un-marking the "
+    "flow would let the forger break it. Every packet, not only a flow's first, since "
+    "the forger joins an established flow. Also without br_netfilter: forged packets "
+    "are routed, so they meet this hook."
+)
+
+
+def _forged() -> Rule:
+    return (
+        FORGED.format(label=LABEL, ct=CT),
+        [f"ct mark {CT} ct label {LABEL} iifname != @cluster_interfaces drop"],
+    )
+
+
 def _guard(hook: str, settings: Settings) -> list[str]:
     if hook == "output":
         dispatch = (
@@ -420,7 +453,8 @@ def _guard(hook: str, settings: Settings) -> list[str]:
             "Only the first packet of an exempted flow is judged.",
             [_new_exempted(f"{hook}_guard_new")],
         )
-    base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, [dispatch])
+    base_rules = [dispatch] if hook == "output" else [dispatch, _forged()]
+    base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, base_rules)
     chains = [base]
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
         rules: list[Rule] = []
@@ -529,7 +563,8 @@ def _input_guard() -> list[str]:
                     f"ct state new ct mark {CT} ip daddr {marks.TUNNEL_POOL_V4} "
                     "fib daddr . iif type != local ct mark set 0x00000000"
                 ],
-            )
+            ),
+            _forged(),
         ],
     )
     return [base]

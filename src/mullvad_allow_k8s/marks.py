@@ -55,8 +55,8 @@ OUTPUT_PRIORITY = Constant(
 )
 GUARD_PRIORITY = Constant(
     -10,
-    "filter - 10: after DNAT (the real destination is known), before Mullvad's forward "
-    "and output filters (0)",
+    "filter - 10: after DNAT (the real destination is known), before Mullvad's forward, "
+    "input and output filters (0)",
     hex=False,
 )
 

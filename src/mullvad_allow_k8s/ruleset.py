@@ -549,8 +549,9 @@ def _input_guard() -> list[str]:
         marks.GUARD_PRIORITY,
         [
             (
-                "A local address in Mullvad's tunnel pool "
-                f"({marks.TUNNEL_POOL_V4}: {marks.TUNNEL_POOL_SOURCE}) that is not configured "
+                f"A local address in {marks.TUNNEL_POOL_V4}, where Mullvad takes the tunnel's "
+                "IPv4 addresses (mullvad-api/src/relay_list.rs, mullvad/mullvadvpn-app#6243), "
+                "that is not configured "
                 "on the interface the packet came in on is the tunnel's own address, "
                 "whatever it is now (it changes with key rotation and re-login): a pod "
                 "reaching it (or a service range around it) loses the exemption and "

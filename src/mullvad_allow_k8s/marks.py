@@ -55,8 +55,8 @@ OUTPUT_PRIORITY = Constant(
 )
 GUARD_PRIORITY = Constant(
     -10,
-    "filter - 10: after DNAT (the real destination is known), before Mullvad's forward "
-    "and output filters (0)",
+    "filter - 10: after DNAT (the real destination is known), before Mullvad's forward, "
+    "input and output filters (0)",
     hex=False,
 )
 
@@ -84,6 +84,14 @@ PARKED_CT_MARK = Constant(
     "comparison with bit 31 masked off finds both marks and restores 0x00000f41, before "
     "Mullvad's filters see it",
 )
+CLUSTER_FLOW_LABEL = Constant(
+    127,
+    "ours (conntrack label bit; Mullvad uses none): set with the ct mark on a flow the "
+    "cluster starts (a pod's, or this machine's to the cluster), so every later packet "
+    "of it that arrives on an interface that is not the cluster's is known to be forged "
+    "and dropped, with one comparison and one interface lookup",
+    hex=False,
+)
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows; "
@@ -109,14 +117,17 @@ SEED_TABLES: tuple[tuple[str, str], ...] = (
 )
 
 # Addresses that never get an exemption, whatever the cluster ranges say: Mullvad's
-# in-tunnel gateway/resolver, its DNS content-blocker resolvers and its IPv6 tunnel
-# network. The tunnel's own addresses are added at load time (see nft.tunnel_elements).
-PROTECTED_V4: tuple[str, ...] = ("10.64.0.1/32", "100.64.0.0/24")
+# in-tunnel gateway/resolver, its DNS content-blocker resolvers, its in-tunnel SOCKS5
+# proxies and its IPv6 tunnel network (the tunnel's IPv6 addresses lie in it). The
+# tunnel's own IPv4 addresses are matched per packet (TUNNEL_POOL_V4, see ruleset) and
+# also added at load time by `apply` (ruleset.tunnel_elements).
+PROTECTED_V4: tuple[str, ...] = ("10.64.0.1/32", "10.124.0.0/23", "100.64.0.0/24")
 PROTECTED_V6: tuple[str, ...] = ("fc00:bbbb:bbbb:bb01::/64",)
 PROTECTED_SOURCE = (
     "mullvadvpn-app mullvad-api/src/relay_list.rs (ipv4_gateway 10.64.0.1, ipv6_gateway "
     "fc00:bbbb:bbbb:bb01::1); mullvad-daemon/src/dns.rs (content-blocker resolvers "
-    "100.64.0.x)"
+    "100.64.0.x, DNS_BLOCKING_IP_BASE); talpid-tunnel/src/tun_provider/android/mod.rs "
+    "(SOCKS_PROXIES 10.124.0.0/23, in-tunnel SOCKS5 proxies)"
 )
 
 # Where Mullvad takes its WireGuard tunnels' own IPv4 addresses from (the gateway
@@ -149,6 +160,7 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("guard priority", GUARD_PRIORITY),
     ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
+    ("cluster flow ct label", CLUSTER_FLOW_LABEL),
     ("nat park priority", NAT_PARK_PRIORITY),
 )
 

@@ -21,6 +21,7 @@ CT = marks.CT_MARK.nft
 FW = marks.FW_MARK.nft
 PARKED = marks.PARKED_CT_MARK.nft
 TENTATIVE = marks.TENTATIVE_CT_MARK.nft
+LABEL = marks.CLUSTER_FLOW_LABEL.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -197,6 +198,9 @@ def _prerouting(settings: Settings) -> list[str]:
     new = []
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
         fill = {"{ip}": ip, "{v}": v}
+        public = f" {ip} daddr != @public_{v} return"
+        if settings.machine_addresses is not None:
+            public = f" {ip} daddr != @machine_{v}" + public
 
         def rule(template: str, fill: dict[str, str] = fill) -> str:
             for key, value in fill.items():
@@ -219,17 +223,37 @@ def _prerouting(settings: Settings) -> list[str]:
                         "Mullvad's forward chain accepts the ct mark before it rejects port 53 "
                         "(CoreDNS). Only from a cluster interface (CLUSTER_INTERFACES): a pod "
                         "address arriving from the LAN is not a pod. No fwmark on this first "
-                        "packet: kube-proxy masquerades fwmark bit 0x4000.",
-                        [rule(f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} return")],
+                        "packet: kube-proxy masquerades fwmark bit 0x4000. The ct label "
+                        f"{LABEL} says the cluster started the flow (see `forward_guard`).",
+                        [
+                            rule(
+                                f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} "
+                                f"ct label set {LABEL} return"
+                            )
+                        ],
                     ),
                     (
                         "Pods to this machine's own addresses (kubelet, metrics, the API server "
                         "on the node's address): Mullvad's input chain accepts the ct mark.",
-                        [rule(f"{pods} fib daddr type local ct mark set {CT} return")],
+                        [
+                            rule(
+                                f"{pods} fib daddr type local ct mark set {CT} "
+                                f"ct label set {LABEL} return"
+                            )
+                        ],
                     ),
                     (
                         "A pod or service address from anywhere else is spoofed: never exempted.",
                         [rule("{ip} saddr @cluster_{v} return")],
+                    ),
+                    (
+                        "From outside, a local address is reached only on the interface it is "
+                        "configured on (checked per packet, so it holds whatever the addresses "
+                        "become): the tunnel's own address, whatever it is now, is never "
+                        "reached from the LAN (kube-proxy opens NodePorts on every local "
+                        "address), nor any other interface's. PUBLIC_ADDRESSES are the "
+                        "exception they are configured as.",
+                        [rule(f"fib daddr . iif type != local fib daddr type local{public}")],
                     ),
                     (
                         "Every other new connection from outside (not the tunnel, not a cluster "
@@ -344,8 +368,9 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
             "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
             "port-forward; with IPVS, ClusterIPs are local addresses) and still to the "
             "cluster after kube-proxy's DNAT: the ct mark lets Mullvad's output chain "
-            "accept it. No fwmark, so routing is not changed.",
-            [f"ct mark set {CT}"],
+            "accept it. No fwmark, so routing is not changed. The ct label: the cluster's "
+            "side started it (its replies come from a cluster interface).",
+            [f"ct mark set {CT} ct label set {LABEL}"],
         ),
     ]
     if not settings.node_networks:
@@ -388,6 +413,26 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
     return [dispatch, cluster, node]
 
 
+FORGED = (
+    "A packet of a flow the cluster started (ct label {label}: a pod's, or this machine's "
+    "to the cluster) that arrives on an interface that is not the cluster's (the LAN, the "
+    "tunnel) is forged: a LAN host injecting a query into a pod's DNS flow, a forged "
+    "answer, an ICMP error quoting the flow (from its own address, so no reverse-path "
+    "filter stops it). Conntrack files it under the exempted flow, so Mullvad's "
+    "`ct mark {ct} accept` would take it; dropped here, the packet only: un-marking the "
+    "flow would let the forger break it. Every packet, not only a flow's first, since "
+    "the forger joins an established flow. Also without br_netfilter: forged packets "
+    "are routed, so they meet this hook."
+)
+
+
+def _forged() -> Rule:
+    return (
+        FORGED.format(label=LABEL, ct=CT),
+        [f"ct mark {CT} ct label {LABEL} iifname != @cluster_interfaces drop"],
+    )
+
+
 def _guard(hook: str, settings: Settings) -> list[str]:
     if hook == "output":
         dispatch = (
@@ -408,7 +453,8 @@ def _guard(hook: str, settings: Settings) -> list[str]:
             "Only the first packet of an exempted flow is judged.",
             [_new_exempted(f"{hook}_guard_new")],
         )
-    base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, [dispatch])
+    base_rules = [dispatch] if hook == "output" else [dispatch, _forged()]
+    base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, base_rules)
     chains = [base]
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
         rules: list[Rule] = []
@@ -495,6 +541,36 @@ def _forward_kept(settings: Settings, ip: str, v: str) -> list[Rule]:
     return rules
 
 
+def _input_guard() -> list[str]:
+    """The first packet of an exempted flow delivered to this machine."""
+    base = _chain(
+        "input_guard",
+        "filter hook input",
+        marks.GUARD_PRIORITY,
+        [
+            (
+                f"A local address in {marks.TUNNEL_POOL_V4}, where Mullvad takes the tunnel's "
+                "IPv4 addresses (mullvad-api/src/relay_list.rs, mullvad/mullvadvpn-app#6243), "
+                "that is not configured "
+                "on the interface the packet came in on is the tunnel's own address, "
+                "whatever it is now (it changes with key rotation and re-login): a pod "
+                "reaching it (or a service range around it) loses the exemption and "
+                "Mullvad's input chain decides. Checked per packet, so nothing needs "
+                "reloading when the address changes. Its price: a node address in "
+                f"{marks.TUNNEL_POOL_V4} on another interface, and kube-proxy IPVS "
+                "ClusterIPs there (kube-ipvs0), are not exempted for pods either. The "
+                "tunnel's IPv6 addresses lie in the protected fc00:bbbb:bbbb:bb01::/64.",
+                [
+                    f"ct state new ct mark {CT} ip daddr {marks.TUNNEL_POOL_V4} "
+                    "fib daddr . iif type != local ct mark set 0x00000000"
+                ],
+            ),
+            _forged(),
+        ],
+    )
+    return [base]
+
+
 def _nat_park(settings: Settings) -> list[str]:
     base = _chain(
         "nat_park",
@@ -548,7 +624,8 @@ def _inet_body(settings: Settings, comment: str) -> str:
             "protected_v4",
             "ipv4_addr",
             marks.PROTECTED_V4,
-            "Mullvad's gateway/resolvers (+ the tunnel's address, added at load): never exempted.",
+            "Mullvad's gateway, resolvers and SOCKS5 proxies (+ the tunnel's address, added by "
+            "`apply`; also tested per packet in `input_guard`): never exempted.",
         ),
         _set("protected_v6", "ipv6_addr", marks.PROTECTED_V6, "The same for IPv6."),
         _set("pod_v4", "ipv4_addr", _family(pods, 4), "POD_CIDRS, IPv4."),
@@ -614,6 +691,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
         *_prerouting(settings),
         *_confirm(settings),
         *_output(settings),
+        *_input_guard(),
         *_guard("forward", settings),
         *_guard("output", settings),
         *_nat_park(settings),

@@ -6,8 +6,9 @@ may well be 10.99.x.y or, here, 10.96.200.2. `apply` adds the tunnel's current
 addresses to the protected set, which every exemption checks first. Without that, a
 pod's connection to the tunnel address would carry the ct mark, which Mullvad's input
 chain accepts before its CVE-2019-14899 drop (with LAN sharing) or its policy drop: the
-control loads the same generated ruleset without the tunnel element and shows the pod
-getting through. The same for the host's own connection to that address when a Service
+control loads the same generated ruleset without the tunnel element and without
+input_guard's per-packet test of it, and shows the pod getting through. The same for
+the host's own connection to that address when a Service
 has it as its ClusterIP (kube-proxy's output DNAT sends it to a pod, here one DNAT rule
 of that shape): without the protection its reply from the pod, addressed to the tunnel
 address, would pass Mullvad's input chain on the ct mark. The host's and the pods'
@@ -31,6 +32,9 @@ from .topology import API_PORT, TUNNEL, V4, WEB_PORT, Lab
 TUNNEL_IP = "10.96.200.2"  # inside SERVICE_CIDRS 10.96.0.0/12, like 10.99.x.y would be
 MOVED = dataclasses.replace(TUNNEL, ips=(TUNNEL_IP, TUNNEL.ips[1]))
 INTERNET = [PROBE_BY_ID["host_inet_v4"], PROBE_BY_ID["pod_inet_v4"]]
+# input_guard's per-packet test of the tunnel's address (test_tunnel_address.py), which
+# the control leaves out along with the element `apply` adds.
+POOL_RULE = "fib daddr . iif type != local ct mark set 0x00000000"
 
 
 # A Service whose ClusterIP is the tunnel's address, DNAT-ed by kube-proxy in output.
@@ -64,8 +68,9 @@ def run(lan: bool, protected: bool) -> tuple[str, str, dict[str, list[str]], str
         lab["host"].nft(mullvad_emu.ruleset(state, MOVED))
         if protected:
             run_generator(lab, "apply")
-        else:  # the control: the same ruleset, the tunnel's address not added
-            lab["host"].nft(run_generator(lab, "generate").stdout)
+        else:  # the control: the tunnel's address not added, nor checked per packet
+            text = run_generator(lab, "generate").stdout
+            lab["host"].nft("\n".join(x for x in text.split("\n") if POOL_RULE not in x))
         pod = lab["client"].call(lambda: tcp_connect(TUNNEL_IP, API_PORT))
         lab["host"].nft(SERVICE_AT_TUNNEL)
         host = lab["host"].call(lambda: tcp_connect(TUNNEL_IP, API_PORT))

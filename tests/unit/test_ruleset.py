@@ -214,8 +214,22 @@ def test_established_flows_leave_every_chain_early() -> None:
     assert chain_rules(text, "confirm") == [
         f"ct mark {marks.TENTATIVE_CT_MARK.nft} goto confirm_candidate"
     ]
-    for chain in ("forward_guard", "nat_park"):
-        assert chain_rules(text, chain) == [by_family(f"ct state new ct mark {ct}", f"{chain}_new")]
+    # Forged packets of flows the cluster started: two comparisons before the lookup,
+    # so only exempted packets pay it.
+    label = marks.CLUSTER_FLOW_LABEL.nft
+    forged = f"ct mark {ct} ct label {label} iifname != @cluster_interfaces drop"
+    assert chain_rules(text, "nat_park") == [
+        by_family(f"ct state new ct mark {ct}", "nat_park_new")
+    ]
+    assert chain_rules(text, "forward_guard") == [
+        by_family(f"ct state new ct mark {ct}", "forward_guard_new"),
+        forged,
+    ]
+    assert chain_rules(text, "input_guard") == [
+        f"ct state new ct mark {ct} ip daddr {marks.TUNNEL_POOL_V4} "
+        "fib daddr . iif type != local ct mark set 0x00000000",
+        forged,
+    ]
     keys = [f"{ct} . ipv{v} : goto output_guard_new_v{v}" for v in (4, 6)]
     keys += [f"0x00000000 . ipv{v} : goto output_new_v{v}" for v in (4, 6)]
     assert chain_rules(text, "output_guard") == [

@@ -308,7 +308,33 @@ def check_cluster_ranges(settings: Settings, facts: MachineFacts) -> list[Findin
                     "range (e.g. `podman network create --subnet`)",
                 )
             )
+    findings += _ipvs_in_tunnel_pool(facts, pool)
     return findings
+
+
+IPVS_INTERFACE = "kube-ipvs0"  # kube-proxy's IPVS mode puts every ClusterIP on it
+
+
+def _ipvs_in_tunnel_pool(facts: MachineFacts, pool: netaddr.IPSet) -> list[Finding]:
+    """ClusterIPs that are local addresses in Mullvad's pool: the table withdraws a pod's
+    exemption to a local address there that is not on its own interface (the tunnel's
+    address, whatever it is now), and cannot tell such a ClusterIP from it."""
+    local = [ip for ip in facts.interface_addresses(IPVS_INTERFACE) if ip in pool]
+    if not local:
+        return []
+    return [
+        Finding(
+            ERROR,
+            f"kube-proxy's IPVS mode holds ClusterIPs in {marks.TUNNEL_POOL_V4} on "
+            f"{IPVS_INTERFACE} ({_join(local[:3])}{', ...' if len(local) > 3 else ''}): "
+            "pods cannot reach them with Mullvad running (the table protects every local "
+            f"address in {marks.TUNNEL_POOL_V4} that is not on the pod's interface, since "
+            "the tunnel's own address comes from there)",
+            "give the cluster a service range outside 10.64.0.0/10 (kubeadm "
+            "--service-cidr, networking.serviceSubnet) or run kube-proxy in iptables or "
+            "nftables mode (KubeProxyConfiguration mode)",
+        )
+    ]
 
 
 def _join(items: Iterable[object]) -> str:

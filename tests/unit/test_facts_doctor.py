@@ -154,13 +154,13 @@ def test_doctor_warns_when_auto_found_no_cluster(tmp_path: Path) -> None:
 def test_an_ignored_source_is_named_and_the_others_still_count(tmp_path: Path) -> None:
     """Issue 20: a source root does not trust loses only its own finding; doctor says
     which and why."""
-    kubeadm = Found("kubeadm", "services", "10.112.0.0/12", None, "/etc/kubernetes/x: --s")
+    kubeadm = Found("kubeadm", "services", "10.100.0.0/16", None, "/etc/kubernetes/x: --s")
     ignored = DetectError(
         "/etc/rancher/k3s/config.yaml", "ignored: the file is writable by every user", fatal=False
     )
     ignored.distribution = "k3s"
     settings = resolve([], lambda: ([kubeadm], [ignored]))
-    assert settings.service_cidrs == (netaddr.IPNetwork("10.112.0.0/12"),)
+    assert settings.service_cidrs == (netaddr.IPNetwork("10.100.0.0/16"),)
     facts = MachineFacts(root=tmp_path)
     facts._addresses = []
     findings = doctor.check_cluster_ranges(settings, facts)
@@ -169,3 +169,18 @@ def test_an_ignored_source_is_named_and_the_others_still_count(tmp_path: Path) -
     fatal = DetectError("/etc/rancher/k3s/config.yaml", "not valid YAML")
     with pytest.raises(SettingsError, match="not valid YAML"):
         resolve([], lambda: ([kubeadm], [fatal]))
+
+
+def test_doctor_names_ipvs_clusterips_the_tunnel_guard_withholds(tmp_path: Path) -> None:
+    """kube-proxy IPVS puts ClusterIPs on kube-ipvs0; in 10.64.0.0/10 the table cannot tell
+    them from the tunnel's own address, so doctor says so and how to move them."""
+    facts = MachineFacts(root=tmp_path)
+    addr = [{"local": "10.96.0.10", "prefixlen": 32}, {"local": "10.96.0.1", "prefixlen": 32}]
+    facts._addresses = [{"ifname": "kube-ipvs0", "addr_info": addr}]
+    settings = resolve([{"PRESET": "kubeadm"}], lambda: ([], []))
+    lines = [f.line() for f in doctor.check_cluster_ranges(settings, facts)]
+    (ipvs,) = [line for line in lines if "IPVS" in line]
+    assert ipvs.startswith("[error]") and "10.96.0.10, 10.96.0.1" in ipvs
+    assert "--service-cidr" in ipvs
+    facts._addresses = [{"ifname": "kube-ipvs0", "addr_info": [{"local": "10.43.0.10"}]}]
+    assert not [f for f in doctor.check_cluster_ranges(settings, facts) if "IPVS" in f.line()]

@@ -225,24 +225,25 @@ def _missing(e: OSError) -> bool:
     return isinstance(e, FileNotFoundError | NotADirectoryError)
 
 
+def _lstat(root: Path, name: str) -> os.stat_result | None:
+    """root/name's lstat through trusted directories; None when missing or untrusted."""
+    try:
+        walk, _, st = _walk_to(root, name)
+    except (OSError, UntrustedError):
+        return None
+    walk.close()
+    return st
+
+
 def present(root: Path, name: str) -> bool:
     """Whether root/name exists (as anything), through trusted directories only."""
-    try:
-        walk, _, _ = _walk_to(root, name)
-    except (OSError, UntrustedError):
-        return False
-    walk.close()
-    return True
+    return _lstat(root, name) is not None
 
 
 def is_dir(root: Path, name: str) -> bool:
     """Whether root/name is a trusted directory (False when missing or untrusted)."""
-    try:
-        walk, _, st = _walk_to(root, name)
-    except (OSError, UntrustedError):
-        return False
-    walk.close()
-    return stat.S_ISDIR(st.st_mode)
+    st = _lstat(root, name)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 def list_dir(root: Path, name: str) -> list[str] | None:

@@ -13,7 +13,7 @@ surface"); rootless engines' networks are never seen here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from .boundary import NAME
@@ -180,36 +180,29 @@ def kind(host: Host) -> list[Found]:
     return found
 
 
-def k3d(host: Host) -> list[Found]:
-    """Networks k3d made: labelled app=k3d, or named k3d-<cluster> (Docker, or Podman
-    through its Docker-compatible socket, where Podman's own CLI lists them too)."""
+def _listed(
+    host: Host, distribution: str, made_by: Callable[[dict[str, str]], bool]
+) -> list[Found]:
+    """The networks of both engines' listings that `made_by` says the tool made."""
     found: list[Found] = []
     for engine in ("docker", "podman"):
 
         def read(engine: str = engine) -> list[Found]:
-            names = [
-                row["name"]
-                for row in _network_list(host, engine)
-                if row.get("app") == "k3d" or row["name"].startswith("k3d-")
-            ]
-            return _engine_found("k3d", engine, _inspect(host, engine, names))
+            names = [row["name"] for row in _network_list(host, engine) if made_by(row)]
+            return _engine_found(distribution, engine, _inspect(host, engine, names))
 
         found.extend(host.guard(read) or [])
     return found
+
+
+def k3d(host: Host) -> list[Found]:
+    """Networks k3d made: labelled app=k3d, or named k3d-<cluster> (Docker, or Podman
+    through its Docker-compatible socket, where Podman's own CLI lists them too)."""
+    return _listed(
+        host, "k3d", lambda row: row.get("app") == "k3d" or row["name"].startswith("k3d-")
+    )
 
 
 def minikube(host: Host) -> list[Found]:
     """Networks minikube's docker and podman drivers made, found by minikube's labels."""
-    found: list[Found] = []
-    for engine in ("docker", "podman"):
-
-        def read(engine: str = engine) -> list[Found]:
-            names = [
-                row["name"]
-                for row in _network_list(host, engine)
-                if row.get(MINIKUBE_CREATED_BY) == "true"
-            ]
-            return _engine_found("minikube", engine, _inspect(host, engine, names))
-
-        found.extend(host.guard(read) or [])
-    return found
+    return _listed(host, "minikube", lambda row: row.get(MINIKUBE_CREATED_BY) == "true")

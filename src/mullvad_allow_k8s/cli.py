@@ -177,21 +177,38 @@ def raw_sources(args: argparse.Namespace) -> list[dict[str, str]]:
     sources: list[dict[str, str]] = []
     path = settings_path(args)
     if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as err:
-            raise SettingsError("--settings", path, err.strerror or "cannot read") from None
+        text = _read_setting("--settings", path)
         sources.append(parse_settings_file(text, origin=path))
     if args.json:
-        try:
-            text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
-        except OSError as err:
-            raise SettingsError("--json", args.json, err.strerror or "cannot read") from None
+        text = sys.stdin.read() if args.json == "-" else _read_setting("--json", args.json)
         sources.append(parse_json(text))
     sources.append(
         {f.key: getattr(args, f.key) for f in SCHEMA if getattr(args, f.key) is not None}
     )
     return sources
+
+
+def trusted_text(path: str) -> str | None:
+    """A file's text through the trust boundary (root reads only root's files; see
+    detect/boundary.py); None when it does not exist."""
+    from .detect import boundary  # noqa: PLC0415  (start-up time)
+
+    return boundary.read_text(Path("/"), os.path.abspath(path).lstrip("/"))
+
+
+def _read_setting(key: str, path: str) -> str:
+    from .detect.boundary import UntrustedError  # noqa: PLC0415
+
+    try:
+        text = trusted_text(path)
+    except UntrustedError as err:
+        raise SettingsError(key, path, f"not read: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else str(err)
+        raise SettingsError(key, path, reason or "cannot read") from None
+    if text is None:
+        raise SettingsError(key, path, "No such file or directory")
+    return text
 
 
 def cmd_settings_raw(args: argparse.Namespace) -> int:
@@ -245,12 +262,14 @@ def _require_bridge_support(settings: Settings) -> None:
 
 
 def _read(path: str) -> str | None:
+    from .detect.boundary import UntrustedError  # noqa: PLC0415
+
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise CommandError(f"cannot read {path}: {err.strerror}") from None
+        return trusted_text(path)
+    except UntrustedError as err:
+        raise CommandError(f"not reading {path}: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CommandError(f"cannot read {path}: {getattr(err, 'strerror', err)}") from None
 
 
 def write_atomic(path: str, text: str) -> None:

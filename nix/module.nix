@@ -44,6 +44,13 @@ let
 
   nftables = config.networking.nftables;
   etcPath = lib.removePrefix "/etc/" cfg.output;
+  # The run-time mode writes cfg.output: its directory is the one the units may write
+  # (replacing the package units' /etc/nftables.d, which NixOS manages).
+  outputDir = dirOf cfg.output;
+  writablePaths = [
+    ""
+    outputDir
+  ];
 
   # Some value is "auto": the ruleset is made on the running machine (see the header).
   runtime = mapping.detectsAtRuntime cfg;
@@ -480,6 +487,13 @@ in
       })
 
       (lib.mkIf runtime {
+        # Both units write cfg.output (apply), and the package's units make the file
+        # system read-only but for /etc/nftables.d (ProtectSystem=strict,
+        # ReadWritePaths): they may write its directory instead, which
+        # systemd-tmpfiles makes (a bind mount needs it to exist) before the loader
+        # starts.
+        systemd.tmpfiles.rules = [ "d ${outputDir} 0755 root root - -" ];
+
         # Detect, generate, check, write cfg.output and load, at boot and on every reload.
         # This unit starts early (before network-pre.target, as the package's unit says),
         # before the container engines and libvirtd, which are socket-activated and
@@ -488,10 +502,12 @@ in
         # service, ordered after the engines, adds their networks as soon as they run.
         # A reload (reloadCommand) comes later and asks the engines too.
         systemd.services.mullvad-allow-k8s = {
+          after = [ "systemd-tmpfiles-setup.service" ];
           serviceConfig.ExecStart = [
             ""
             bootCommand
           ];
+          serviceConfig.ReadWritePaths = writablePaths;
           # New settings change ExecStart (the JSON's store path): reload, which applies
           # them in one transaction, instead of the restart switch-to-configuration does
           # by default (stop removes the table: cluster traffic would be dropped between).
@@ -509,6 +525,7 @@ in
             ""
             "${exe} follow --settings none --json ${settingsJson}"
           ];
+          serviceConfig.ReadWritePaths = writablePaths;
         };
       })
     ]

@@ -167,3 +167,44 @@ def test_purge_stops_the_unit_and_leaves_nothing_behind(box: Box, debs: Packages
     assert snapshot_diff(before, box.snapshot()) == []
     assert "mullvad-allow-k8s" not in box.debconf_db()
     assert box.sh("systemctl --failed --no-legend --plain").stdout.strip() == ""
+
+
+FOLLOW_UNIT = "mullvad-allow-k8s-follow.service"
+FOLLOW_DROP_IN = f"/etc/systemd/system/{FOLLOW_UNIT}.d/interval.conf"
+FAKE_DOCKER = "/usr/local/bin/docker"
+
+
+@pytest.mark.parametrize("container", WITH_SYSTEMD, indirect=True)
+def test_the_hardened_follower_adds_a_cluster_made_later(active: Box) -> None:
+    """The follower, in its sandbox, asks `docker` (a script standing in for the CLI)
+    and applies kind's network once it appears, writing /etc/nftables.d."""
+    from tests.nix.test_runtime import KIND_NETWORK  # noqa: PLC0415
+
+    box = active
+    original = box.read(SETTINGS)
+    assert original is not None
+    kind = f"[ \"$*\" = 'network inspect kind' ] && echo '{KIND_NETWORK}' && exit 0\nexit 1\n"
+    try:
+        box.write(FAKE_DOCKER, "#!/bin/sh\nexit 1\n")
+        box.sh(f"chmod 755 {FAKE_DOCKER}; mkdir -p {FOLLOW_DROP_IN.rsplit('/', 1)[0]}")
+        box.write(
+            FOLLOW_DROP_IN,
+            "[Service]\nExecStart=\nExecStart=/usr/bin/mullvad-allow-k8s follow --interval 1\n",
+        )
+        box.write(SETTINGS, original + "PRESET=auto\nNODE_NETWORKS=auto\n")
+        box.sh(f"systemctl daemon-reload; systemctl reload {UNIT}; systemctl restart {FOLLOW_UNIT}")
+        assert box.unit("ActiveState", FOLLOW_UNIT) == "active"
+        box.write(FAKE_DOCKER, f"#!/bin/sh\n{kind}")
+        listing = ""
+        for _ in range(60):
+            listing = box.sh(f"nft list table {TABLE}").stdout
+            if "172.19.0.0/16" in listing:
+                break
+            box.sh("sleep 0.5")
+        assert '172.19.0.0/16 . "br-0123456789ab"' in listing, box.journal(FOLLOW_UNIT)
+        assert "172.19.0.0/16@br-0123456789ab" in (box.read(RULESET) or "")
+        assert box.unit("ActiveState", FOLLOW_UNIT) == "active"
+    finally:
+        box.sh(f"rm -f {FAKE_DOCKER} {FOLLOW_DROP_IN}")
+        box.write(SETTINGS, original)
+        box.sh(f"systemctl daemon-reload; systemctl stop {FOLLOW_UNIT}; systemctl reload {UNIT}")

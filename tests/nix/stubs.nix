@@ -99,6 +99,10 @@ in
         type = types.bool;
         default = false;
       };
+      systemd.tmpfiles.rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
       systemd.packages = mkOption {
         type = types.listOf types.package;
         default = [ ];

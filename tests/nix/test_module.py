@@ -182,7 +182,7 @@ def test_disabled_module_configures_nothing(nixpkgs_lib: Path) -> None:
         "failed": [],
         "warnings": [],
         "environment": {"etc": {}, "systemPackages": []},
-        "systemd": {"packages": [], "services": {}},
+        "systemd": {"packages": [], "services": {}, "tmpfiles": {"rules": []}},
         "tables": {},
     }
 

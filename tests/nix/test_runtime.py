@@ -130,15 +130,21 @@ def test_runtime_units(nixpkgs_lib: Path) -> None:
     apply = f"{EXE} apply --settings none --json {json_file}"
     boot = f"{EXE} apply --no-engines --settings none --json {json_file}"
     gen = json_file.removesuffix("/settings.json")
+    writable = ["", "/run/mullvad-allow-k8s"]  # dirOf output (see the next tests)
     assert services["mullvad-allow-k8s"] == {
         "wantedBy": ["multi-user.target"],
         "reloadTriggers": [gen],
+        "after": ["systemd-tmpfiles-setup.service"],
         # The package's unit, whose ExecStart (`apply --from-file`) and ExecReload are
         # replaced: at boot and on reload detect and apply the module's JSON. At boot it
         # asks no engine (it starts before them, see module.nix), so it never waits on
         # one; a reload, once the machine is up, asks them too. No `path`: detection
         # runs root's programs from its fixed PATH (detect/boundary.py), never a unit's.
-        "serviceConfig": {"ExecStart": ["", boot], "ExecReload": ["", apply]},
+        "serviceConfig": {
+            "ExecStart": ["", boot],
+            "ExecReload": ["", apply],
+            "ReadWritePaths": writable,
+        },
         # A switch to new settings reloads (apply, atomic) rather than restarts (remove,
         # then apply: a gap without the table).
         "reloadIfChanged": True,
@@ -149,6 +155,7 @@ def test_runtime_units(nixpkgs_lib: Path) -> None:
         "wantedBy": ["multi-user.target"],
         "serviceConfig": {
             "ExecStart": ["", f"{EXE} follow --settings none --json {json_file}"],
+            "ReadWritePaths": writable,
         },
     }
     assert ev(nixpkgs_lib, config, "map (p: p.name) config.systemd.packages") == [
@@ -221,6 +228,37 @@ def test_runtime_output_must_be_writable_on_the_machine(
         assert "outside /etc (which NixOS manages) and /nix" in message
     else:
         assert failed == []
+
+
+@pytest.mark.parametrize(
+    "output", [RUNTIME_OUTPUT, "/var/lib/mullvad-allow-k8s/k8s.nft", "/run/a/b/k8s.nft"]
+)
+def test_the_units_may_write_only_the_outputs_directory(nixpkgs_lib: Path, output: str) -> None:
+    """The package's units make the file system read-only but for /etc/nftables.d
+    (ProtectSystem=strict): in the run-time mode both write cfg.output, so the module
+    replaces that with the output's directory, which tmpfiles makes before the loader."""
+    config = enabled(f'preset = "auto"; output = "{output}";')
+    out = ev(
+        nixpkgs_lib,
+        config,
+        "{ services = config.systemd.services; tmpfiles = config.systemd.tmpfiles.rules; }",
+    )
+    directory = output.rsplit("/", 1)[0]
+    for unit in ("mullvad-allow-k8s", "mullvad-allow-k8s-follow"):
+        # "": drop the package's ReadWritePaths=-/etc/nftables.d
+        assert out["services"][unit]["serviceConfig"]["ReadWritePaths"] == ["", directory]
+    assert out["tmpfiles"] == [f"d {directory} 0755 root root - -"]
+    assert "systemd-tmpfiles-setup.service" in out["services"]["mullvad-allow-k8s"]["after"]
+    unit = (ROOT / "data" / "mullvad-allow-k8s.service").read_text()
+    assert "\nReadWritePaths=-/etc/nftables.d\n" in unit  # what "" replaces
+
+
+def test_the_build_time_units_write_nothing_new(nixpkgs_lib: Path) -> None:
+    """Build time: the ruleset is in the store, the units only load it."""
+    out = ev(nixpkgs_lib, enabled(), "[ config.systemd.services config.systemd.tmpfiles.rules ]")
+    services, tmpfiles = out
+    assert "ReadWritePaths" not in services["mullvad-allow-k8s"]["serviceConfig"]
+    assert tmpfiles == []
 
 
 # ---------------------------------------------------------------- the generator's view

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import netaddr
 
-from . import marks, nft, ruleset
+from . import marks, mullvad_state, nft, ruleset
 from .facts import MachineFacts
 from .settings import IGNORED_SOURCE, NO_CLUSTER_FOUND, Settings
 
@@ -66,8 +66,7 @@ def check_mullvad(table: list[dict[str, Any]]) -> list[Finding]:
                 f"Mullvad's chains have no `ct mark {marks.CT_MARK.nft} accept` rules: split "
                 "tunnelling is unavailable (no net_cls cgroup v1 or cgroup2 support), so the "
                 "bypass cannot work.",
-                "check that `mullvad split-tunnel` works; the daemon log says 'no cgroups, "
-                "skipping' when it does not",
+                mullvad_state.NO_SPLIT_FIX,
             )
         ]
     out: list[Finding] = []
@@ -84,6 +83,34 @@ def check_mullvad(table: list[dict[str, Any]]) -> list[Finding]:
                     "update the Mullvad app",
                 )
             )
+    return out
+
+
+def check_mullvad_state(
+    settings: Settings,
+    facts: MachineFacts,
+    table: list[dict[str, Any]],
+    run: mullvad_state.Runner | None = None,
+) -> list[Finding]:
+    """Mullvad's state in words: from its table, and from its daemon where the CLI is."""
+    if run is None:
+        from .detect import boundary  # noqa: PLC0415  (start-up time)
+
+        run = boundary.run
+    out: list[Finding] = []
+    said = mullvad_state.daemon_says(run)
+    if said.get("status") or said.get("Current version"):
+        version = said.get("Current version", "unknown")
+        if said.get("mullvad-daemon version"):
+            version += f" (daemon {said['mullvad-daemon version']})"
+        out.append(Finding(OK, f"Mullvad {version}: {said.get('status', 'no status')}"))
+    elif said.get("error"):
+        out.append(Finding(WARN, f"the mullvad CLI did not answer: {said['error']}"))
+    if table:
+        tunnel = settings.tunnel_interface
+        addresses = facts.interface_addresses(tunnel)
+        line = mullvad_state.describe(table, tunnel, mullvad_allows_lan(table), addresses)
+        out.append(Finding(OK, line))
     return out
 
 
@@ -341,14 +368,21 @@ def _join(items: Iterable[object]) -> str:
     return ", ".join(str(i) for i in items)
 
 
-def run(settings: Settings, facts: MachineFacts, lister: Lister = nft.table_json) -> list[Finding]:
-    """All checks; reads only, changes nothing."""
+def run(
+    settings: Settings,
+    facts: MachineFacts,
+    lister: Lister = nft.table_json,
+    run: mullvad_state.Runner | None = None,
+) -> list[Finding]:
+    """All checks; reads only, changes nothing. `run`: how programs are run (the trust
+    boundary's runner unless a test gives another)."""
     findings: list[Finding] = []
     try:
         findings.append(Finding(OK, f"nftables access through {nft.backend().name}"))
         if nft.can_admin_network():
             mullvad = lister("inet", "mullvad")
             findings += check_mullvad(mullvad)
+            findings += check_mullvad_state(settings, facts, mullvad, run)
             findings += check_ipv6_lan(settings, mullvad)
         else:
             findings.append(

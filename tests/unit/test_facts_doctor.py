@@ -7,7 +7,7 @@ from pathlib import Path
 import netaddr
 import pytest
 
-from mullvad_allow_k8s import doctor
+from mullvad_allow_k8s import doctor, mullvad_state
 from mullvad_allow_k8s.detect import DetectError, Found
 from mullvad_allow_k8s.facts import MachineFacts
 from mullvad_allow_k8s.settings import SettingsError, resolve
@@ -184,3 +184,25 @@ def test_doctor_names_ipvs_clusterips_the_tunnel_guard_withholds(tmp_path: Path)
     assert "--service-cidr" in ipvs
     facts._addresses = [{"ifname": "kube-ipvs0", "addr_info": [{"local": "10.43.0.10"}]}]
     assert not [f for f in doctor.check_cluster_ranges(settings, facts) if "IPVS" in f.line()]
+
+
+def test_mullvads_split_tunnel_mechanism_from_its_mangle_chain() -> None:
+    """net_cls (talpid-cgroup v1.rs classid 0x4d9f41) and cgroup2 (`socket cgroupv2 level
+    1`, matched against the inode of /sys/fs/cgroup/mullvad-exclusions), as libnftables'
+    JSON lists them; the cgroup2 rule is written here (this machine's cgroup v1 hybrid has
+    no /sys/fs/cgroup path nft could resolve), the net_cls one is loaded in
+    tests/kernel/test_doctor.py."""
+
+    def table(match: dict[str, object]) -> list[dict[str, object]]:
+        expr = [{"match": {"op": "==", **match}}, {"mangle": {"key": {"ct": {"key": "mark"}}}}]
+        return [{"rule": {"family": "inet", "table": "mullvad", "chain": "mangle", "expr": expr}}]
+
+    v1 = table({"left": {"meta": {"key": "cgroup"}}, "right": 5087041})
+    v2 = table({"left": {"socket": {"key": "cgroupv2", "level": 1}}, "right": 4242})
+    assert mullvad_state.split_mechanism(v1) == mullvad_state.NET_CLS
+    assert mullvad_state.split_mechanism(v2) == mullvad_state.CGROUP2
+    assert (
+        mullvad_state.split_mechanism(table({"left": {"meta": {"key": "cgroup"}}, "right": 1}))
+        is None
+    )
+    assert mullvad_state.split_mechanism([]) is None

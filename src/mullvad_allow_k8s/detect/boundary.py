@@ -29,6 +29,7 @@ cannot put another binary in their place):
 - `virsh --connect qemu:///system net-list --all --name`,
   `virsh --connect qemu:///system net-dumpxml NAME`
 - `ip -j addr show` (facts), `nft ...` (only where the Python bindings are missing)
+- `mullvad status`, `mullvad version` (doctor only: what the Mullvad daemon says)
 Every other word of an argv is one of CONSTANT_WORDS or a NAME that an engine or
 libvirt reported and that passed `NAME` (letters, digits, `_.-`, never a leading `-`),
 so nothing a file says becomes an option, a URI or a command. They run with a minimal
@@ -69,7 +70,7 @@ SEARCH_PATH = (
     "/bin",
     "/run/current-system/sw/bin",  # NixOS: the system profile, root's
 )
-PROGRAMS = frozenset({"docker", "podman", "virsh", "ip", "nft"})
+PROGRAMS = frozenset({"docker", "podman", "virsh", "ip", "nft", "mullvad"})
 # The argv words that are not names: what the callers above pass, nothing else.
 CONSTANT_WORDS = frozenset(
     {
@@ -100,6 +101,8 @@ CONSTANT_WORDS = frozenset(
         "list",
         "ruleset",
         "tables",
+        "status",
+        "version",
     }
 )
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

@@ -46,7 +46,7 @@ def split_mechanism(table: Table) -> str | None:
 def tunnel_up(table: Table, tunnel: str) -> bool:
     """Connected (or connecting): its output chain lets packets out by the tunnel; in the
     Blocked state (an error, or disconnected with lockdown mode) no rule names it."""
-    return False
+    return any(f'"{tunnel}"' in r and '"accept"' in r for r in _rule_texts(table, "output"))
 
 
 def daemon_says(run: Runner) -> dict[str, str]:

@@ -322,8 +322,12 @@ def check_cluster_ranges(settings: Settings, facts: MachineFacts) -> list[Findin
                 )
             )
     pool = netaddr.IPSet([marks.TUNNEL_POOL_V4])
-    nodes = [net for net, _ in settings.node_networks]
-    for net in [*settings.pod_cidrs, *settings.service_cidrs, *nodes]:
+    kinds = [
+        *((net, "pods") for net in settings.pod_cidrs),
+        *((net, "services") for net in settings.service_cidrs),
+        *((net, "nodes") for net, _ in settings.node_networks),
+    ]
+    for net, kind in kinds:
         if netaddr.IPSet([net]) & pool:
             findings.append(
                 Finding(
@@ -331,8 +335,8 @@ def check_cluster_ranges(settings: Settings, facts: MachineFacts) -> list[Findin
                     f"{net} lies in {marks.TUNNEL_POOL_V4}, where Mullvad takes the tunnel's "
                     "own address from: that address stays protected, but if it falls inside "
                     f"{net} its route and the cluster's clash",
-                    "if the cluster misbehaves while Mullvad is connected, give it another "
-                    "range (e.g. `podman network create --subnet`)",
+                    "if the cluster misbehaves while Mullvad is connected, give it a range "
+                    f"outside {marks.TUNNEL_POOL_V4}: {_where_to_change(settings, kind)}",
                 )
             )
     findings += _ipvs_in_tunnel_pool(facts, pool)
@@ -362,6 +366,56 @@ def _ipvs_in_tunnel_pool(facts: MachineFacts, pool: netaddr.IPSet) -> list[Findi
             "nftables mode (KubeProxyConfiguration mode)",
         )
     ]
+
+
+# Where each distribution sets each kind of range (their documented settings).
+RANGE_SETTINGS: dict[str, dict[str, str]] = {
+    "kubeadm": {
+        "pods": "kubeadm init --pod-network-cidr (ClusterConfiguration networking.podSubnet)",
+        "services": "kubeadm init --service-cidr (ClusterConfiguration networking.serviceSubnet)",
+    },
+    "k3s": {
+        "pods": "cluster-cidr in /etc/rancher/k3s/config.yaml",
+        "services": "service-cidr in /etc/rancher/k3s/config.yaml",
+    },
+    "rke2": {
+        "pods": "cluster-cidr in /etc/rancher/rke2/config.yaml",
+        "services": "service-cidr in /etc/rancher/rke2/config.yaml",
+    },
+    "k0s": {
+        "pods": "spec.network.podCIDR in /etc/k0s/k0s.yaml",
+        "services": "spec.network.serviceCIDR in /etc/k0s/k0s.yaml",
+    },
+    "microk8s": {
+        "pods": "--cluster-cidr in /var/snap/microk8s/current/args/kube-proxy and Calico's pool",
+        "services": "--service-cluster-ip-range in /var/snap/microk8s/current/args/kube-apiserver",
+    },
+    "minikube-none": {
+        "pods": "minikube start --extra-config=kubeadm.pod-network-cidr=...",
+        "services": "minikube start --service-cluster-ip-range=...",
+    },
+    "kind": {
+        "nodes": "`docker network create --subnet ... kind` (or `podman network create`) "
+        "before `kind create cluster`"
+    },
+    "k3d": {"nodes": "k3d cluster create --subnet ..."},
+    "minikube": {"nodes": "minikube start --subnet ..."},
+    "minikube-kvm2": {"nodes": "a libvirt network of your own: minikube start --network ..."},
+}
+
+
+def _where_to_change(settings: Settings, kind: str) -> str:
+    """The setting of the cluster's own distribution for this kind of range."""
+    names = [settings.preset]
+    for line in settings.origins:
+        if line.startswith("PRESET=auto: found "):
+            names = line.removeprefix("PRESET=auto: found ").split(", ")
+    said = [RANGE_SETTINGS[n][kind] for n in names if kind in RANGE_SETTINGS.get(n, {})]
+    if said:
+        return "; ".join(dict.fromkeys(said))
+    if kind == "nodes":
+        return "the engine's network with another subnet (`podman network create --subnet`)"
+    return f"the cluster's own setting for its {kind} range"
 
 
 def _join(items: Iterable[object]) -> str:

@@ -206,3 +206,25 @@ def test_mullvads_split_tunnel_mechanism_from_its_mangle_chain() -> None:
         is None
     )
     assert mullvad_state.split_mechanism([]) is None
+
+
+def test_a_range_in_the_tunnel_pool_names_the_distributions_own_setting(tmp_path: Path) -> None:
+    """kubeadm's 10.96.0.0/12 lies in 10.64.0.0/10: the fix names kubeadm's --service-cidr,
+    not a Podman command; a kind node network names kind's network."""
+    facts = MachineFacts(root=tmp_path)
+    facts._addresses = []
+    kubeadm = resolve([{"PRESET": "kubeadm"}], lambda: ([], []))
+    (line,) = [
+        f.line()
+        for f in doctor.check_cluster_ranges(kubeadm, facts)
+        if "10.96.0.0/12 lies in" in f.line()
+    ]
+    assert "kubeadm init --service-cidr" in line and "podman" not in line
+    kind = Found("kind", "nodes", "10.89.0.0/24", "cni-podman1", "podman network inspect kind")
+    found = resolve([], lambda: ([kind], []))
+    (line,) = [
+        f.line()
+        for f in doctor.check_cluster_ranges(found, facts)
+        if "10.89.0.0/24 lies in" in f.line()
+    ]
+    assert "docker network create --subnet ... kind" in line

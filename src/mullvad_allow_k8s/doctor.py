@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import netaddr
 
-from . import marks, mullvad_state, nft, ruleset
+from . import host_firewalls, marks, mullvad_state, nft, ruleset
 from .facts import MachineFacts
 from .settings import IGNORED_SOURCE, NO_CLUSTER_FOUND, Settings
 
@@ -112,6 +112,19 @@ def check_mullvad_state(
         line = mullvad_state.describe(table, tunnel, mullvad_allows_lan(table), addresses)
         out.append(Finding(OK, line))
     return out
+
+
+def check_host_firewalls(settings: Settings, whole: list[dict[str, Any]]) -> list[Finding]:
+    """ufw, firewalld, NixOS' firewall or an nftables input policy that drops HOST_PORTS or
+    (for a cluster on this machine) the NodePort range: the command that opens each."""
+    wanted = [("HOST_PORTS", (low, high)) for low, high in settings.host_ports]
+    if settings.pod_cidrs or settings.service_cidrs:  # kube-proxy on this machine
+        wanted.append(("NodePorts", host_firewalls.NODE_PORTS))
+    ours = {marks.TABLE_NAME, "mullvad"}
+    closed = host_firewalls.closed_ports(whole, wanted, ours, nft.table_text)
+    if not closed:
+        return [Finding(OK, "no other input filter drops HOST_PORTS or the NodePort range")]
+    return [Finding(WARN, host_firewalls.describe(c), c.command) for c in closed]
 
 
 def mullvad_allows_lan(table: list[dict[str, Any]]) -> bool:
@@ -438,6 +451,7 @@ def run(
             findings += check_mullvad(mullvad)
             findings += check_mullvad_state(settings, facts, mullvad, run)
             findings += check_ipv6_lan(settings, mullvad)
+            findings += check_host_firewalls(settings, nft.ruleset_json())
         else:
             findings.append(
                 Finding(WARN, "not root: Mullvad's table cannot be inspected", "run doctor as root")

@@ -175,6 +175,23 @@ def table_json(family: str, name: str) -> list[dict[str, Any]]:
     return list(data.get("nftables", []))
 
 
+def ruleset_json() -> list[dict[str, Any]]:
+    """Every table's objects as nft JSON ([] when nftables cannot be asked)."""
+    try:
+        data = json.loads(backend().run("list ruleset", json_out=True) or "{}")
+    except NftError:
+        return []
+    return list(data.get("nftables", []))
+
+
+def table_text(family: str, name: str) -> str:
+    """A table as nft lists it ("" when it cannot be listed)."""
+    try:
+        return backend().run(f"list table {family} {name}")
+    except NftError:
+        return ""
+
+
 def table_comment(family: str, name: str) -> str | None:
     """A table's comment (nft 1.0.6's JSON output omits it, so read the text form)."""
     try:

@@ -144,7 +144,11 @@ class _Walk:
     def __init__(self, root: Path) -> None:
         self.fds: list[int] = []
         self.root_depth = 0
-        self._descend(Path("/"), root, at_root=True)
+        try:
+            self._descend(Path("/"), root, at_root=True)
+        except BaseException:
+            self.close()
+            raise
         self.root_depth = len(self.fds)
 
     def close(self) -> None:

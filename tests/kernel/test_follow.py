@@ -107,6 +107,23 @@ def wait_for(host: Netns, wanted: set[tuple[str, str]], seconds: float) -> float
     return time.monotonic() - start
 
 
+def wait_for_child(pid: int, word: str, seconds: float) -> None:
+    """Until a child of `pid` runs `podman ... word ...` (follow starts its event streams
+    after its first round, which a loaded machine makes slow)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid and argv and argv[0].endswith(b"podman") and word.encode() in argv:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"follow started no `podman {word}` within {seconds} s")
+
+
 def test_follow_in_the_background_acts_on_podmans_events(
     applied: tuple[Netns, Path], network: str, tmp_path: Path
 ) -> None:
@@ -125,7 +142,8 @@ def test_follow_in_the_background_acts_on_podmans_events(
     rootfs.mkdir()
     container = f"{network}-node"
     try:
-        time.sleep(3)  # follow's first round and its event streams started
+        wait_for_child(follower.pid, "events", 60)  # its first round done, streams up
+        time.sleep(2)  # podman events reads its log from now on: let it get there
         subnet, bridge = podman_network(network)
         podman = ["podman", "create", "--network", network, "--name", container]
         subprocess.run([*podman, "--rootfs", str(rootfs), "/true"], capture_output=True, check=True)

@@ -92,6 +92,14 @@ CLUSTER_FLOW_LABEL = Constant(
     "and dropped, with one comparison and one interface lookup",
     hex=False,
 )
+LOCAL_FLOW_LABEL = Constant(
+    126,
+    "ours (conntrack label bit): set, with the cluster flow label, on this machine's own "
+    "new connections to the cluster; `nat_park` does not park them (their source, the "
+    "bridge address, lies in the pod range too, and their next packets pass no "
+    "prerouting, where a parked mark is given back)",
+    hex=False,
+)
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows; "
@@ -161,6 +169,7 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
     ("cluster flow ct label", CLUSTER_FLOW_LABEL),
+    ("local flow ct label", LOCAL_FLOW_LABEL),
     ("nat park priority", NAT_PARK_PRIORITY),
 )
 

@@ -22,6 +22,7 @@ FW = marks.FW_MARK.nft
 PARKED = marks.PARKED_CT_MARK.nft
 TENTATIVE = marks.TENTATIVE_CT_MARK.nft
 LABEL = marks.CLUSTER_FLOW_LABEL.nft
+LOCAL = marks.LOCAL_FLOW_LABEL.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -368,9 +369,10 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
             "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
             "port-forward; with IPVS, ClusterIPs are local addresses) and still to the "
             "cluster after kube-proxy's DNAT: the ct mark lets Mullvad's output chain "
-            "accept it. No fwmark, so routing is not changed. The ct label: the cluster's "
-            "side started it (its replies come from a cluster interface).",
-            [f"ct mark set {CT} ct label set {LABEL}"],
+            f"accept it. No fwmark, so routing is not changed. The ct label {LABEL}: the "
+            "cluster's side started it (its replies come from a cluster interface); "
+            f"{LOCAL}: this machine did (see `nat_park`).",
+            [f"ct mark set {CT} ct label set {LABEL} ct label set {LOCAL}"],
         ),
     ]
     if not settings.node_networks:
@@ -600,6 +602,17 @@ def _nat_park(settings: Settings) -> list[str]:
                     ],
                 )
             )
+        rules.append(
+            (
+                f"Not this machine's own flows (ct label {LOCAL}, set by `output_guard`'s chains): "
+                "they come from the bridge address, which lies in the pod range too, and "
+                "their next packets leave by the output hook, where nothing gives a parked "
+                "mark back, so Mullvad's output chain would reject them (EPERM on a second "
+                "datagram sent before any reply). Mullvad's masquerade gives them the "
+                "bridge address they already have. A comparison, no lookup.",
+                [f"ct label {LOCAL} return"],
+            )
+        )
         rules.append(
             (
                 "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "

@@ -244,8 +244,12 @@ def test_established_flows_leave_every_chain_early() -> None:
 def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     text = render()
     parked = marks.PARKED_CT_MARK.nft
+    # Forwarded flows only: this machine's own flows to pods (from the bridge address,
+    # in the pod range) are not parked, their next packets meet no restore (issue 21).
+    local = marks.LOCAL_FLOW_LABEL.nft
     assert chain_rules(text, "nat_park_new_v4") == [
-        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
+        f"ct label {local} return",
+        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}",
     ]
     # A nat chain: only a flow's first packet meets it. It sets no NAT of its own, so
     # the nat chains after it (kube-proxy's hairpin masquerade) still run.

@@ -175,6 +175,9 @@ def _new_exempted(chain: str) -> str:
 def _prerouting(settings: Settings) -> list[str]:
     tunnel = settings.tunnel_interface
     pods = "iifname @cluster_interfaces {ip} saddr @pod_{v}"
+    # Reverse path: the pod source must be routed back through the interface the packet
+    # came in on. Last in the rule, so only pods' flows pay the route lookup.
+    back = "fib saddr . iif oif exists"
     base = _chain(
         "prerouting",
         "filter hook prerouting",
@@ -225,26 +228,39 @@ def _prerouting(settings: Settings) -> list[str]:
                         "(CoreDNS). Only from a cluster interface (CLUSTER_INTERFACES): a pod "
                         "address arriving from the LAN is not a pod. No fwmark on this first "
                         "packet: kube-proxy masquerades fwmark bit 0x4000. The ct label "
-                        f"{LABEL} says the cluster started the flow (see `forward_guard`).",
+                        f"{LABEL} says the cluster started the flow (see `forward_guard`). "
+                        "And only a source that is routed back through the interface it came "
+                        "in on (`fib saddr . iif oif exists`, a strict reverse-path test): "
+                        "a pod-range address that is not on this node (another node's pods, "
+                        "10.244.7.7 where this node's are 10.244.0.0/24) routes by the "
+                        "tunnel or the LAN, and the fwmarked replies of an exempted flow "
+                        "would leave by the LAN; a container on another bridge (docker0, "
+                        "virbr0: in CLUSTER_INTERFACES' defaults) claiming this node's pod "
+                        "addresses routes back by `cni0`, not its own bridge. Neither is "
+                        "exempted. The lookup uses mark 0, as the pod's packet has: the "
+                        "route its replies take with the fwmark (the main table) is the "
+                        "same non-default route.",
                         [
                             rule(
-                                f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} "
+                                f"{pods} {{ip}} daddr @cluster_{{v}} {back} ct mark set {CT} "
                                 f"ct label set {LABEL} return"
                             )
                         ],
                     ),
                     (
                         "Pods to this machine's own addresses (kubelet, metrics, the API server "
-                        "on the node's address): Mullvad's input chain accepts the ct mark.",
+                        "on the node's address): Mullvad's input chain accepts the ct mark. "
+                        "The same reverse-path test.",
                         [
                             rule(
-                                f"{pods} fib daddr type local ct mark set {CT} "
+                                f"{pods} fib daddr type local {back} ct mark set {CT} "
                                 f"ct label set {LABEL} return"
                             )
                         ],
                     ),
                     (
-                        "A pod or service address from anywhere else is spoofed: never exempted.",
+                        "A pod or service address from anywhere else, or not routed back "
+                        "where it came from, is spoofed: never exempted.",
                         [rule("{ip} saddr @cluster_{v} return")],
                     ),
                     (

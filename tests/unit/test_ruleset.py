@@ -241,6 +241,17 @@ def test_established_flows_leave_every_chain_early() -> None:
     assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"
 
 
+def test_pod_sources_must_route_back_where_they_came_from() -> None:
+    """Issue 21, findings 1 and 2: both pod rules, in both families, end their matches
+    with the reverse-path test (so only pods' flows pay the lookup)."""
+    text = render()
+    for v in (4, 6):
+        pods = [r for r in chain_rules(text, f"prerouting_new_v{v}") if "saddr @pod_" in r]
+        assert len(pods) == 2
+        for rule in pods:
+            assert "fib saddr . iif oif exists ct mark set" in rule, rule
+
+
 def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     text = render()
     parked = marks.PARKED_CT_MARK.nft

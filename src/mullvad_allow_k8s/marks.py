@@ -59,6 +59,14 @@ GUARD_PRIORITY = Constant(
     "input and output filters (0)",
     hex=False,
 )
+POSTROUTING_GUARD_PRIORITY = Constant(
+    -10,
+    "filter - 10 in postrouting: the interface is the one the packet really leaves by "
+    "(after kube-proxy's DNAT and every re-route, which the output hook's interface does "
+    "not follow); before `nat_park` (99) and the source NAT of Mullvad and kube-proxy "
+    "(100)",
+    hex=False,
+)
 
 CONFIRM_PRIORITY = Constant(
     -99,
@@ -166,6 +174,7 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("output priority", OUTPUT_PRIORITY),
     ("confirm priority", CONFIRM_PRIORITY),
     ("guard priority", GUARD_PRIORITY),
+    ("postrouting guard priority", POSTROUTING_GUARD_PRIORITY),
     ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
     ("cluster flow ct label", CLUSTER_FLOW_LABEL),

@@ -378,7 +378,9 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
         ),
         (
             "Without DNAT the route must go to a cluster interface (CLUSTER_INTERFACES): a "
-            "cluster address with nothing behind it here is not the cluster.",
+            "cluster address with nothing behind it here is not the cluster. A DNAT-ed "
+            "flow's interface is not known in this hook (it is the one routing chose before "
+            "DNAT): `postrouting_guard` drops it if it leaves by another.",
             ["ct status & dnat == 0 oifname != @cluster_interfaces return"],
         ),
         (
@@ -518,8 +520,8 @@ def _guard(hook: str, settings: Settings) -> list[str]:
             rules.append(
                 (
                     "The interface test, only without DNAT: in the output hook the interface "
-                    "is the one chosen before DNAT re-routed the packet; DNAT-ed flows go to "
-                    "Service endpoints.",
+                    "is the one chosen before DNAT re-routed the packet; where a DNAT-ed flow "
+                    "really leaves is checked in `postrouting_guard`.",
                     [
                         f"ct status & dnat == 0 ct original {ip} daddr @cluster_{v} "
                         "oifname != @cluster_interfaces ct mark set 0x00000000"
@@ -557,6 +559,38 @@ def _forward_kept(settings: Settings, ip: str, v: str) -> list[Rule]:
             )
         )
     return rules
+
+
+LEAVING = (
+    "A packet of a flow the cluster started (ct label {label}: a pod's, or this machine's "
+    "to the cluster) leaves only by a cluster interface (CLUSTER_INTERFACES), in both "
+    "directions. Here, not in the output hook, because only here is the interface the "
+    "one the packet really leaves by: after kube-proxy's DNAT re-routed this machine's "
+    "connection to a ClusterIP (to a pod-range address not on this node, whose route in "
+    "Mullvad's Blocked state is the LAN's default), and after the fwmark re-routed a "
+    "reply via the main table (a pod's address whose route changed after the flow "
+    "started: the pod moved, a host-gw route). Dropped, not un-marked: Mullvad's output "
+    "and forward chains accepted the packet already for its ct mark {ct}, so an un-marked "
+    "packet would still leave. Its price: with Mullvad's LAN sharing on, in its Blocked "
+    "state, this machine's connection to a Service whose endpoint is routed by the LAN "
+    "is dropped where Mullvad alone would let it out (the exemption is for the cluster's "
+    "interfaces). Flows from outside (NodePort, hostPort, HOST_PORTS) carry no label: "
+    "their replies leave by the way their first packet came in. Every packet, one "
+    "comparison for the others; an interface lookup for exempted ones."
+)
+
+
+def _postrouting_guard() -> list[str]:
+    """Every packet leaving this machine: exempted cluster flows leave by cluster
+    interfaces."""
+    rule = f"ct mark {CT} ct label {LABEL} oifname != @cluster_interfaces drop"
+    base = _chain(
+        "postrouting_guard",
+        "filter hook postrouting",
+        marks.POSTROUTING_GUARD_PRIORITY,
+        [(LEAVING.format(label=LABEL, ct=CT), [rule])],
+    )
+    return [base]
 
 
 def _input_guard() -> list[str]:
@@ -723,6 +757,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
         *_input_guard(),
         *_guard("forward", settings),
         *_guard("output", settings),
+        *_postrouting_guard(),
         *_nat_park(settings),
     ]
     body = "\n".join([*sets, *chains])

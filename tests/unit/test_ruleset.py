@@ -241,6 +241,19 @@ def test_established_flows_leave_every_chain_early() -> None:
     assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"
 
 
+def test_flows_the_cluster_started_leave_only_by_cluster_interfaces() -> None:
+    """Issue 21, finding 5: checked in postrouting, where the interface is the real one
+    (after DNAT), before nat_park parks pod-to-pod flows' first packets."""
+    text = render()
+    ct, label = marks.CT_MARK.nft, marks.CLUSTER_FLOW_LABEL.nft
+    assert chain_rules(text, "postrouting_guard") == [
+        f"ct mark {ct} ct label {label} oifname != @cluster_interfaces drop"
+    ]
+    prio = marks.POSTROUTING_GUARD_PRIORITY.value
+    assert f"type filter hook postrouting priority {prio};" in text
+    assert isinstance(prio, int) and prio < marks.NAT_PARK_PRIORITY.value
+
+
 def test_pod_sources_must_route_back_where_they_came_from() -> None:
     """Issue 21, findings 1 and 2: both pod rules, in both families, end their matches
     with the reverse-path test (so only pods' flows pay the lookup)."""

@@ -10,9 +10,9 @@ Mullvad's firewall plus the table `mullvad-allow-k8s apply` loads ("bypass"):
 * New-flow rate: distinct UDP flows per second, client pod -> the DNS service's
   ClusterIP on port 5300, each query from its own socket bound to its own source port,
   so each is its own conntrack entry as DNS queries are: DNAT, and the first packet
-  meets our prerouting, confirm, forward_guard and nat_park chains in full (8 of our
-  rules, see bench/rules_per_packet.py, against 5 for its reply, which meets no nat
-  chain), plus Mullvad's chains. Goal: bypass / base >= 0.95. A throughput of new
+  meets our prerouting, confirm, forward_guard, postrouting_guard and nat_park chains
+  in full (10 of our rules, see bench/rules_per_packet.py, against 6 for its reply,
+  which meets no nat chain), plus Mullvad's chains. Goal: bypass / base >= 0.95. A throughput of new
   flows, not one query's latency, which at tens of microseconds is mostly scheduling
   on a small VM.
 

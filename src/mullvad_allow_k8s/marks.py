@@ -59,6 +59,14 @@ GUARD_PRIORITY = Constant(
     "input and output filters (0)",
     hex=False,
 )
+POSTROUTING_GUARD_PRIORITY = Constant(
+    -10,
+    "filter - 10 in postrouting: the interface is the one the packet really leaves by "
+    "(after kube-proxy's DNAT and every re-route, which the output hook's interface does "
+    "not follow); before `nat_park` (99) and the source NAT of Mullvad and kube-proxy "
+    "(100)",
+    hex=False,
+)
 
 CONFIRM_PRIORITY = Constant(
     -99,
@@ -90,6 +98,14 @@ CLUSTER_FLOW_LABEL = Constant(
     "cluster starts (a pod's, or this machine's to the cluster), so every later packet "
     "of it that arrives on an interface that is not the cluster's is known to be forged "
     "and dropped, with one comparison and one interface lookup",
+    hex=False,
+)
+LOCAL_FLOW_LABEL = Constant(
+    126,
+    "ours (conntrack label bit): set, with the cluster flow label, on this machine's own "
+    "new connections to the cluster; `nat_park` does not park them (their source, the "
+    "bridge address, lies in the pod range too, and their next packets pass no "
+    "prerouting, where a parked mark is given back)",
     hex=False,
 )
 NAT_PARK_PRIORITY = Constant(
@@ -158,9 +174,11 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("output priority", OUTPUT_PRIORITY),
     ("confirm priority", CONFIRM_PRIORITY),
     ("guard priority", GUARD_PRIORITY),
+    ("postrouting guard priority", POSTROUTING_GUARD_PRIORITY),
     ("tentative ct mark", TENTATIVE_CT_MARK),
     ("parked ct mark", PARKED_CT_MARK),
     ("cluster flow ct label", CLUSTER_FLOW_LABEL),
+    ("local flow ct label", LOCAL_FLOW_LABEL),
     ("nat park priority", NAT_PARK_PRIORITY),
 )
 

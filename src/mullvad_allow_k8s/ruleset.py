@@ -22,6 +22,7 @@ FW = marks.FW_MARK.nft
 PARKED = marks.PARKED_CT_MARK.nft
 TENTATIVE = marks.TENTATIVE_CT_MARK.nft
 LABEL = marks.CLUSTER_FLOW_LABEL.nft
+LOCAL = marks.LOCAL_FLOW_LABEL.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -174,6 +175,9 @@ def _new_exempted(chain: str) -> str:
 def _prerouting(settings: Settings) -> list[str]:
     tunnel = settings.tunnel_interface
     pods = "iifname @cluster_interfaces {ip} saddr @pod_{v}"
+    # Reverse path: the pod source must be routed back through the interface the packet
+    # came in on. Last in the rule, so only pods' flows pay the route lookup.
+    back = "fib saddr . iif oif exists"
     base = _chain(
         "prerouting",
         "filter hook prerouting",
@@ -224,26 +228,39 @@ def _prerouting(settings: Settings) -> list[str]:
                         "(CoreDNS). Only from a cluster interface (CLUSTER_INTERFACES): a pod "
                         "address arriving from the LAN is not a pod. No fwmark on this first "
                         "packet: kube-proxy masquerades fwmark bit 0x4000. The ct label "
-                        f"{LABEL} says the cluster started the flow (see `forward_guard`).",
+                        f"{LABEL} says the cluster started the flow (see `forward_guard`). "
+                        "And only a source that is routed back through the interface it came "
+                        "in on (`fib saddr . iif oif exists`, a strict reverse-path test): "
+                        "a pod-range address that is not on this node (another node's pods, "
+                        "10.244.7.7 where this node's are 10.244.0.0/24) routes by the "
+                        "tunnel or the LAN, and the fwmarked replies of an exempted flow "
+                        "would leave by the LAN; a container on another bridge (docker0, "
+                        "virbr0: in CLUSTER_INTERFACES' defaults) claiming this node's pod "
+                        "addresses routes back by `cni0`, not its own bridge. Neither is "
+                        "exempted. The lookup uses mark 0, as the pod's packet has: the "
+                        "route its replies take with the fwmark (the main table) is the "
+                        "same non-default route.",
                         [
                             rule(
-                                f"{pods} {{ip}} daddr @cluster_{{v}} ct mark set {CT} "
+                                f"{pods} {{ip}} daddr @cluster_{{v}} {back} ct mark set {CT} "
                                 f"ct label set {LABEL} return"
                             )
                         ],
                     ),
                     (
                         "Pods to this machine's own addresses (kubelet, metrics, the API server "
-                        "on the node's address): Mullvad's input chain accepts the ct mark.",
+                        "on the node's address): Mullvad's input chain accepts the ct mark. "
+                        "The same reverse-path test.",
                         [
                             rule(
-                                f"{pods} fib daddr type local ct mark set {CT} "
+                                f"{pods} fib daddr type local {back} ct mark set {CT} "
                                 f"ct label set {LABEL} return"
                             )
                         ],
                     ),
                     (
-                        "A pod or service address from anywhere else is spoofed: never exempted.",
+                        "A pod or service address from anywhere else, or not routed back "
+                        "where it came from, is spoofed: never exempted.",
                         [rule("{ip} saddr @cluster_{v} return")],
                     ),
                     (
@@ -361,16 +378,19 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
         ),
         (
             "Without DNAT the route must go to a cluster interface (CLUSTER_INTERFACES): a "
-            "cluster address with nothing behind it here is not the cluster.",
+            "cluster address with nothing behind it here is not the cluster. A DNAT-ed "
+            "flow's interface is not known in this hook (it is the one routing chose before "
+            "DNAT): `postrouting_guard` drops it if it leaves by another.",
             ["ct status & dnat == 0 oifname != @cluster_interfaces return"],
         ),
         (
             "To cluster services (hostNetwork pods, nslookup on the node, kubectl "
             "port-forward; with IPVS, ClusterIPs are local addresses) and still to the "
             "cluster after kube-proxy's DNAT: the ct mark lets Mullvad's output chain "
-            "accept it. No fwmark, so routing is not changed. The ct label: the cluster's "
-            "side started it (its replies come from a cluster interface).",
-            [f"ct mark set {CT} ct label set {LABEL}"],
+            f"accept it. No fwmark, so routing is not changed. The ct label {LABEL}: the "
+            "cluster's side started it (its replies come from a cluster interface); "
+            f"{LOCAL}: this machine did (see `nat_park`).",
+            [f"ct mark set {CT} ct label set {LABEL} ct label set {LOCAL}"],
         ),
     ]
     if not settings.node_networks:
@@ -500,8 +520,8 @@ def _guard(hook: str, settings: Settings) -> list[str]:
             rules.append(
                 (
                     "The interface test, only without DNAT: in the output hook the interface "
-                    "is the one chosen before DNAT re-routed the packet; DNAT-ed flows go to "
-                    "Service endpoints.",
+                    "is the one chosen before DNAT re-routed the packet; where a DNAT-ed flow "
+                    "really leaves is checked in `postrouting_guard`.",
                     [
                         f"ct status & dnat == 0 ct original {ip} daddr @cluster_{v} "
                         "oifname != @cluster_interfaces ct mark set 0x00000000"
@@ -539,6 +559,38 @@ def _forward_kept(settings: Settings, ip: str, v: str) -> list[Rule]:
             )
         )
     return rules
+
+
+LEAVING = (
+    "A packet of a flow the cluster started (ct label {label}: a pod's, or this machine's "
+    "to the cluster) leaves only by a cluster interface (CLUSTER_INTERFACES), in both "
+    "directions. Here, not in the output hook, because only here is the interface the "
+    "one the packet really leaves by: after kube-proxy's DNAT re-routed this machine's "
+    "connection to a ClusterIP (to a pod-range address not on this node, whose route in "
+    "Mullvad's Blocked state is the LAN's default), and after the fwmark re-routed a "
+    "reply via the main table (a pod's address whose route changed after the flow "
+    "started: the pod moved, a host-gw route). Dropped, not un-marked: Mullvad's output "
+    "and forward chains accepted the packet already for its ct mark {ct}, so an un-marked "
+    "packet would still leave. Its price: with Mullvad's LAN sharing on, in its Blocked "
+    "state, this machine's connection to a Service whose endpoint is routed by the LAN "
+    "is dropped where Mullvad alone would let it out (the exemption is for the cluster's "
+    "interfaces). Flows from outside (NodePort, hostPort, HOST_PORTS) carry no label: "
+    "their replies leave by the way their first packet came in. Every packet, one "
+    "comparison for the others; an interface lookup for exempted ones."
+)
+
+
+def _postrouting_guard() -> list[str]:
+    """Every packet leaving this machine: exempted cluster flows leave by cluster
+    interfaces."""
+    rule = f"ct mark {CT} ct label {LABEL} oifname != @cluster_interfaces drop"
+    base = _chain(
+        "postrouting_guard",
+        "filter hook postrouting",
+        marks.POSTROUTING_GUARD_PRIORITY,
+        [(LEAVING.format(label=LABEL, ct=CT), [rule])],
+    )
+    return [base]
 
 
 def _input_guard() -> list[str]:
@@ -600,6 +652,17 @@ def _nat_park(settings: Settings) -> list[str]:
                     ],
                 )
             )
+        rules.append(
+            (
+                f"Not this machine's own flows (ct label {LOCAL}, set by `output_guard`'s chains): "
+                "they come from the bridge address, which lies in the pod range too, and "
+                "their next packets leave by the output hook, where nothing gives a parked "
+                "mark back, so Mullvad's output chain would reject them (EPERM on a second "
+                "datagram sent before any reply). Mullvad's masquerade gives them the "
+                "bridge address they already have. A comparison, no lookup.",
+                [f"ct label {LOCAL} return"],
+            )
+        )
         rules.append(
             (
                 "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
@@ -694,6 +757,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
         *_input_guard(),
         *_guard("forward", settings),
         *_guard("output", settings),
+        *_postrouting_guard(),
         *_nat_park(settings),
     ]
     body = "\n".join([*sets, *chains])

@@ -8,8 +8,9 @@ destinations to the LAN. A pod can still send for a while after the host solicit
 first (the host's neighbour solicitation carries its link-layer address): here the host
 pings the pod, then the pod connects. Blocked state, LAN sharing off, the bypass applied
 while connected: the tunnel is gone, so the main table's default route is the LAN, and
-only the guard's interface test keeps the flow off it. The same lab without that one
-rule is the control: the flow reaches the LAN.
+only the guard's interface test keeps the flow off it. The same lab without that rule
+and `postrouting_guard`'s drop (which would stop the flow's packets too: it was exempted
+with ct label 127) is the control: the flow reaches the LAN.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .scenarios import run_generator
 from .topology import V6, Lab, watch_name
 
 GUARD = "oifname != @cluster_interfaces ct mark set 0x00000000"
+LEAVING = "ct mark 0x00000f41 ct label 127 oifname != @cluster_interfaces drop"
 PROBES = [PROBE_BY_ID["pod_other_node_v6"], PROBE_BY_ID["pod_unassigned_svc_v6"]]
 
 
@@ -33,8 +35,10 @@ def lan_packets(without_guard: bool) -> dict[str, int]:
         lab.build()
         if without_guard:
             text = run_generator(lab, "generate").stdout
-            assert f"\t\t{GUARD}\n" in text
-            lab["host"].nft(text.replace(f"\t\t{GUARD}\n", ""))
+            for rule in (GUARD, LEAVING):
+                assert f"\t\t{rule}\n" in text
+                text = text.replace(f"\t\t{rule}\n", "")
+            lab["host"].nft(text)
         else:
             run_generator(lab, "apply")
         lab.set_mullvad(MullvadState("blocked", False, True))

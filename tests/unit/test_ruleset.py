@@ -241,11 +241,39 @@ def test_established_flows_leave_every_chain_early() -> None:
     assert chain_rules(text, "output_new_v4")[0] == "ip daddr != @cluster_v4 return"
 
 
+def test_flows_the_cluster_started_leave_only_by_cluster_interfaces() -> None:
+    """Issue 21, finding 5: checked in postrouting, where the interface is the real one
+    (after DNAT), before nat_park parks pod-to-pod flows' first packets."""
+    text = render()
+    ct, label = marks.CT_MARK.nft, marks.CLUSTER_FLOW_LABEL.nft
+    assert chain_rules(text, "postrouting_guard") == [
+        f"ct mark {ct} ct label {label} oifname != @cluster_interfaces drop"
+    ]
+    prio = marks.POSTROUTING_GUARD_PRIORITY.value
+    assert f"type filter hook postrouting priority {prio};" in text
+    assert isinstance(prio, int) and prio < marks.NAT_PARK_PRIORITY.value
+
+
+def test_pod_sources_must_route_back_where_they_came_from() -> None:
+    """Issue 21, findings 1 and 2: both pod rules, in both families, end their matches
+    with the reverse-path test (so only pods' flows pay the lookup)."""
+    text = render()
+    for v in (4, 6):
+        pods = [r for r in chain_rules(text, f"prerouting_new_v{v}") if "saddr @pod_" in r]
+        assert len(pods) == 2
+        for rule in pods:
+            assert "fib saddr . iif oif exists ct mark set" in rule, rule
+
+
 def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     text = render()
     parked = marks.PARKED_CT_MARK.nft
+    # Forwarded flows only: this machine's own flows to pods (from the bridge address,
+    # in the pod range) are not parked, their next packets meet no restore (issue 21).
+    local = marks.LOCAL_FLOW_LABEL.nft
     assert chain_rules(text, "nat_park_new_v4") == [
-        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}"
+        f"ct label {local} return",
+        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}",
     ]
     # A nat chain: only a flow's first packet meets it. It sets no NAT of its own, so
     # the nat chains after it (kube-proxy's hairpin masquerade) still run.

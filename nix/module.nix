@@ -477,8 +477,10 @@ in
           wantedBy = [ "multi-user.target" ];
           # New settings: load the new file (the package's ExecReload would regenerate
           # it from the settings file and write into /etc, which is read-only here), or
-          # in the run-time mode apply the new JSON.
-          reloadTriggers = [ generated ];
+          # in the run-time mode apply the new JSON. The run-time mode reloads through
+          # reloadIfChanged instead (below: the JSON's path is in ExecStart); NixOS warns
+          # about a unit with both.
+          reloadTriggers = lib.mkIf (!runtime) [ generated ];
           serviceConfig.ExecReload = [
             ""
             (if runtime then reloadCommand else "${exe} apply --from-file")

@@ -82,9 +82,10 @@ class Case:
         return f"({DEFAULTS_NIX} // {self.options})"
 
     def config(self) -> str:
-        """A NixOS module enabling ours with these options."""
+        """A NixOS module enabling ours with these options, and Mullvad's daemon (else
+        the module warns, and warnings are errors in these tests)."""
         return (
-            f"{{ imports = [ {self.extra_config} ]; "
+            f"{{ imports = [ {self.extra_config} ]; services.mullvad-vpn.enable = true; "
             f"services.mullvadAllowK8s = {self.options} // {{ enable = true; }}; }}"
         )
 

@@ -9,6 +9,7 @@ flags, as a Debian or RPM user would run it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,11 @@ def settings_text(source: str, case: Case, request: pytest.FixtureRequest) -> st
     """The exact JSON text the derivation receives (its `settings` attribute)."""
     if source == "module":
         lib = request.getfixturevalue("nixpkgs_lib")
-        text = evaluate(module_expr(lib, case.config(), "cfg.generated.env.settings"))
+        # The 0.1 cases warn (retired options): their warnings are tested in test_module.
+        select = "cfg.generated.env.settings"
+        text = evaluate(
+            module_expr(lib, case.config(), select, warnings_ok=bool(case.old_settings))
+        )
     else:
         request.getfixturevalue("nix")
         text = evaluate(
@@ -133,6 +138,26 @@ def test_rejected_settings_fail_the_build_with_the_generators_message(
     ]
 
 
+# The stub pkgs with nftables.nix's deletions script (pkgs.writeScript) named by its text
+# rather than a store path, so that a test can write the script nftables.service runs.
+SCRIPTS_BY_TEXT = (
+    "stubs.pkgs // { writeScript = name: text: "
+    'stubs.pkgs.writeScript name text // { outPath = "@@<" + text + ">@@"; }; }'
+)
+
+
+def nixos_rules(script: str, where: Path) -> str:
+    """nftables.service's rules script (nixos nftables.nix's rulesScript) as its build
+    check runs it: without the previous run's deletions (/var/lib/nftables), and with
+    the current deletions script written to a file."""
+    lines = [line for line in script.splitlines(keepends=True) if "/var/lib/nftables/" not in line]
+    match = re.search(r'include "@@<(.*?)>@@"', "".join(lines), re.DOTALL)
+    assert match, script[:500]
+    deletions = where / "nixos-deletions.nft"
+    deletions.write_text(match.group(1))
+    return "".join(lines).replace(match.group(0), f'include "{deletions}"')
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
 def test_nftables_tables_load_the_same_ruleset_as_the_file(
@@ -142,32 +167,30 @@ def test_nftables_tables_load_the_same_ruleset_as_the_file(
     cli_on_path: dict[str, str],
     netns_factory: Callable[[str], Netns],
 ) -> None:
-    """networking.nftables' wrapping of our table bodies loads what the file loads."""
+    """What NixOS' nftables.service loads (the real nftables.nix's rules script, with our
+    tables) loads what the file loads."""
     if ("--bridge-table", "yes") in case.flags and not nft.bridge_conntrack_supported():
         pytest.skip("this kernel lacks nf_conntrack_bridge (CONFIG_NF_CONNTRACK_BRIDGE)")
-    text = evaluate(module_expr(nixpkgs_lib, case.config(), "cfg.generated.env.settings"))
-    gen, tables, extra = evaluate(
+    warnings_ok = bool(case.old_settings)
+    text = evaluate(
+        module_expr(
+            nixpkgs_lib, case.config(), "cfg.generated.env.settings", warnings_ok=warnings_ok
+        )
+    )
+    # NixOS' own firewall table off: only ours is compared.
+    nixos = " // { networking.nftables.enable = true; networking.firewall.enable = false; }"
+    gen, script = evaluate(
         module_expr(
             nixpkgs_lib,
-            case.config() + " // { networking.nftables.enable = true; }",
-            "[ cfg.generated.outPath config.networking.nftables.tables "
-            "config.networking.nftables.extraDeletions ]",
+            case.config() + nixos,
+            "[ cfg.generated.outPath (builtins.elemAt "
+            "config.systemd.services.nftables.serviceConfig.ExecStart 1).text ]",
+            pkgs=SCRIPTS_BY_TEXT,
+            warnings_ok=warnings_ok,
         )
     )
     out = build(text, tmp_path, cli_on_path)
-    # What nixos/modules/services/networking/nftables.nix loads: the deletions script
-    # (each table, then extraDeletions), then each table with its content in braces.
-    rules = (
-        "".join(
-            f"table {t['family']} {t['name']}\ndelete table {t['family']} {t['name']}\n"
-            for t in tables.values()
-        )
-        + extra
-        + "".join(
-            f"table {t['family']} {t['name']} {{\n  {t['content'].replace(gen, str(out))}\n}}\n"
-            for t in tables.values()
-        )
-    )
+    rules = nixos_rules(script, tmp_path).replace(gen, str(out))
     (tmp_path / "nixos-rules.nft").write_text(rules)
 
     listings = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -226,3 +227,27 @@ def build(
     )
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+# The stub pkgs with nftables.nix's deletions script (pkgs.writeScript) named by its text
+# rather than a store path, so that a test can write the script nftables.service runs.
+SCRIPTS_BY_TEXT = (
+    "stubs.pkgs // { writeScript = name: text: "
+    'stubs.pkgs.writeScript name text // { outPath = "@@<" + text + ">@@"; }; }'
+)
+
+
+def nixos_rules(script: str, where: Path) -> str:
+    """nftables.service's rules script (nixos nftables.nix's rulesScript) as its build
+    check runs it: without the previous run's deletions (/var/lib/nftables), and with
+    the current deletions script written to a file."""
+    lines = [line for line in script.splitlines(keepends=True) if "/var/lib/nftables/" not in line]
+    match = re.search(r'include "@@<(.*?)>@@"', "".join(lines), re.DOTALL)
+    assert match, script[:500]
+    deletions = where / "nixos-deletions.nft"
+    deletions.write_text(match.group(1))
+    return "".join(lines).replace(match.group(0), f'include "{deletions}"')
+
+
+# The rules script nftables.service runs (its ExecStart: ensure deletions, then this).
+NFTABLES_RULES = "(builtins.elemAt config.systemd.services.nftables.serviceConfig.ExecStart 1).text"

@@ -9,7 +9,6 @@ flags, as a Debian or RPM user would run it.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,17 @@ from mullvad_allow_k8s import marks, nft
 from mullvad_allow_k8s.settings import FIELDS
 from tests.conftest import Netns
 from tests.nix.cases import BUILD_TIME_SETTINGS, CASES, OLD_CASES, Case, cli
-from tests.nix.nixeval import GENERATE_SH, MAPPING, build, evaluate, module_expr, nix_path
+from tests.nix.nixeval import (
+    GENERATE_SH,
+    MAPPING,
+    NFTABLES_RULES,
+    SCRIPTS_BY_TEXT,
+    build,
+    evaluate,
+    module_expr,
+    nix_path,
+    nixos_rules,
+)
 
 ALL_CASES = (*CASES, *OLD_CASES)
 # (source of the JSON, case): the retired 0.1 options exist only in the module.
@@ -138,26 +147,6 @@ def test_rejected_settings_fail_the_build_with_the_generators_message(
     ]
 
 
-# The stub pkgs with nftables.nix's deletions script (pkgs.writeScript) named by its text
-# rather than a store path, so that a test can write the script nftables.service runs.
-SCRIPTS_BY_TEXT = (
-    "stubs.pkgs // { writeScript = name: text: "
-    'stubs.pkgs.writeScript name text // { outPath = "@@<" + text + ">@@"; }; }'
-)
-
-
-def nixos_rules(script: str, where: Path) -> str:
-    """nftables.service's rules script (nixos nftables.nix's rulesScript) as its build
-    check runs it: without the previous run's deletions (/var/lib/nftables), and with
-    the current deletions script written to a file."""
-    lines = [line for line in script.splitlines(keepends=True) if "/var/lib/nftables/" not in line]
-    match = re.search(r'include "@@<(.*?)>@@"', "".join(lines), re.DOTALL)
-    assert match, script[:500]
-    deletions = where / "nixos-deletions.nft"
-    deletions.write_text(match.group(1))
-    return "".join(lines).replace(match.group(0), f'include "{deletions}"')
-
-
 @pytest.mark.kernel
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
 def test_nftables_tables_load_the_same_ruleset_as_the_file(
@@ -183,8 +172,7 @@ def test_nftables_tables_load_the_same_ruleset_as_the_file(
         module_expr(
             nixpkgs_lib,
             case.config() + nixos,
-            "[ cfg.generated.outPath (builtins.elemAt "
-            "config.systemd.services.nftables.serviceConfig.ExecStart 1).text ]",
+            f"[ cfg.generated.outPath {NFTABLES_RULES} ]",
             pkgs=SCRIPTS_BY_TEXT,
             warnings_ok=warnings_ok,
         )

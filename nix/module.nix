@@ -314,6 +314,9 @@ in
       description = ''
         Also mark bridged pod traffic in a bridge-family table. Needs a kernel with
         nf_conntrack_bridge; not needed with br_netfilter, which Kubernetes enables.
+        Loaded by mullvad-allow-k8s.service (`loader = "unit"`), never by
+        nftables.service: on a kernel without nf_conntrack_bridge it would fail that
+        service's single transaction, NixOS' own firewall table included.
       '';
     };
 
@@ -322,13 +325,14 @@ in
         "nftables"
         "unit"
       ];
-      default = if nftables.enable && !runtime then "nftables" else "unit";
-      defaultText = literalExpression ''if config.networking.nftables.enable && the build-time mode then "nftables" else "unit"'';
+      default = if nftables.enable && !runtime && !cfg.bridgeTable then "nftables" else "unit";
+      defaultText = literalExpression ''if config.networking.nftables.enable && the build-time mode && !bridgeTable then "nftables" else "unit"'';
       description = ''
         How the table reaches the kernel. `nftables`: as
         {option}`networking.nftables.tables` entries, loaded, checked at build time and
         replaced by nftables.service with the rest of the NixOS ruleset (build-time mode
-        only: their content must be known at build time). `unit`: by
+        only: their content must be known at build time; not with `bridgeTable`, which
+        would make a kernel without nf_conntrack_bridge fail the whole NixOS ruleset). `unit`: by
         mullvad-allow-k8s.service, which loads only our file (plus the tunnel's current
         addresses) and loads it again whenever nftables.service restarts or reloads.
       '';
@@ -396,6 +400,15 @@ in
             '';
           }
           {
+            assertion = cfg.bridgeTable -> cfg.loader == "unit";
+            message = ''
+              services.mullvadAllowK8s.loader = "nftables" with bridgeTable = true: nftables.service
+              loads every table in one transaction, and on a kernel without nf_conntrack_bridge
+              our bridge table fails it all, NixOS' own firewall table included. Use
+              loader = "unit" (the default with bridgeTable), which loads our tables on their own.
+            '';
+          }
+          {
             assertion = runtime -> cfg.loader == "unit";
             message = ''
               services.mullvadAllowK8s.loader = "nftables" needs a ruleset known at build time,
@@ -454,11 +467,6 @@ in
         networking.nftables.tables.${tableName} = {
           family = "inet";
           content = ''include "${generated}/inet-body.nft"'';
-        };
-        networking.nftables.tables."${tableName}-bridge" = lib.mkIf cfg.bridgeTable {
-          name = tableName;
-          family = "bridge";
-          content = ''include "${generated}/bridge-body.nft"'';
         };
         # As the generated file's preamble does: remove the tables of the hand-edited
         # k8s_bypass_mullvad.nft this package supersedes (mullvad_allow_k8s.marks.SEED_TABLES).

@@ -225,7 +225,7 @@ def test_the_units_exec_start_needs_no_override(nixpkgs_lib: Path) -> None:
 
 def test_typical_configuration_with_nftables(nixpkgs_lib: Path) -> None:
     config = enabled(
-        'preset = "k3s"; machineAddresses = [ "192.168.1.20" ]; bridgeTable = true;',
+        'preset = "k3s"; machineAddresses = [ "192.168.1.20" ];',
         QUIET + " networking.nftables.enable = true;",
     )
     out = ev(
@@ -246,17 +246,17 @@ def test_typical_configuration_with_nftables(nixpkgs_lib: Path) -> None:
             "family": marks.TABLE_FAMILY,
             "content": f'include "{gen}/inet-body.nft"',
         },
-        f"{marks.BRIDGE_TABLE_NAME}-bridge": {
-            "enable": True,
-            "name": marks.BRIDGE_TABLE_NAME,
-            "family": "bridge",
-            "content": f'include "{gen}/bridge-body.nft"',
-        },
     }
     settings = module_settings(nixpkgs_lib, config)
     assert settings["PRESET"] == "k3s"
     assert settings["MACHINE_ADDRESSES"] == ["192.168.1.20"]
-    assert settings["BRIDGE_TABLE"] is True
+    assert settings["BRIDGE_TABLE"] is False
+    # With bridgeTable our unit loads both tables (tests/nix/test_nixos_firewall.py).
+    with_bridge = enabled(
+        'preset = "k3s"; bridgeTable = true;', QUIET + " networking.nftables.enable = true;"
+    )
+    assert ev(nixpkgs_lib, with_bridge, "cfg.loader") == "unit"
+    assert module_settings(nixpkgs_lib, with_bridge)["BRIDGE_TABLE"] is True
 
 
 SEED_DELETIONS = "".join(f"table {f} {n}\ndelete table {f} {n}\n" for f, n in marks.SEED_TABLES)

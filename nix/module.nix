@@ -65,6 +65,25 @@ let
   bootCommand = "${exe} apply --no-engines --settings none --json ${settingsJson}";
   reloadCommand = applyCommand;
 
+  # openFirewall: hostPorts (else the preset's; with preset "auto" they must be given)
+  # and, where the nodes are this machine, kube-proxy's default NodePort range
+  # (--service-node-port-range).
+  firewallPorts =
+    if cfg.hostPorts != null then cfg.hostPorts else mapping.presetHostPorts.${cfg.preset} or [ ];
+  toRange =
+    word:
+    let
+      bounds = builtins.match "([0-9]+)-([0-9]+)" word;
+    in
+    {
+      from = lib.toInt (builtins.elemAt bounds 0);
+      to = lib.toInt (builtins.elemAt bounds 1);
+    };
+  nodePorts = lib.optional (!builtins.elem cfg.preset mapping.nodesElsewhere) {
+    from = 30000;
+    to = 32767;
+  };
+
   presets = [
     "kubeadm"
     "k3s"
@@ -308,6 +327,22 @@ in
       '';
     };
 
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open the ports the cluster serves in NixOS' own firewall
+        ({option}`networking.firewall`, either backend), which drops connections from the
+        LAN and the internet to every port not listed there, whatever Mullvad allows:
+        {option}`services.mullvadAllowK8s.hostPorts` (TCP; `null`: the preset's, so with
+        `preset = "auto"` they must be given) and, unless the nodes run in containers
+        or VMs (kind, k3d, minikube, minikube-kvm2), the NodePort range 30000-32767 (TCP
+        and UDP: kube-proxy's default `--service-node-port-range`). Added to
+        `allowedTCPPorts`, `allowedTCPPortRanges` and `allowedUDPPortRanges`. Off by
+        default, like every NixOS service's `openFirewall`.
+      '';
+    };
+
     bridgeTable = mkOption {
       type = types.bool;
       default = false;
@@ -456,6 +491,25 @@ in
         # detect, as apply does).
         environment.etc."default/mullvad-allow-k8s".source = "${generated}/settings.env";
       }
+
+      (lib.mkIf cfg.openFirewall {
+        assertions = [
+          {
+            assertion = cfg.preset == "auto" -> cfg.hostPorts != null;
+            message = ''
+              services.mullvadAllowK8s.openFirewall = true with preset = "auto": the preset is
+              detected on the running machine, so which host ports to open is not known at
+              build time. Set services.mullvadAllowK8s.hostPorts (e.g. [ 6443 ], or [ ] for
+              only the NodePort range).
+            '';
+          }
+        ];
+        networking.firewall = {
+          allowedTCPPorts = builtins.filter builtins.isInt firewallPorts;
+          allowedTCPPortRanges = map toRange (builtins.filter builtins.isString firewallPorts) ++ nodePorts;
+          allowedUDPPortRanges = nodePorts;
+        };
+      })
 
       (lib.mkIf (!runtime) {
         environment.etc.${etcPath}.source = "${generated}/k8s_bypass_mullvad.nft";

@@ -52,7 +52,7 @@ BUILD_TIME_SETTINGS = {
 }
 
 # Options of the module that are not settings of the generator.
-MODULE_ONLY = {"enable", "package", "loader", "generated"}
+MODULE_ONLY = {"enable", "package", "loader", "generated", "openFirewall"}
 
 # Options of 0.1 whose KEYs are retired (mullvad_allow_k8s.settings.RETIRED): declared
 # invisible, default null, only so that old configurations still evaluate (with a

@@ -229,11 +229,15 @@ def build(
     return out
 
 
-# The stub pkgs with nftables.nix's deletions script (pkgs.writeScript) named by its text
-# rather than a store path, so that a test can write the script nftables.service runs.
+# The stub pkgs with scripts (pkgs.writeScript: nftables.nix's deletions script;
+# writeScriptBin: firewall-iptables.nix's) named by their text rather than a store path,
+# so that a test can read or write what nftables.service or firewall.service runs.
 SCRIPTS_BY_TEXT = (
-    "stubs.pkgs // { writeScript = name: text: "
-    'stubs.pkgs.writeScript name text // { outPath = "@@<" + text + ">@@"; }; }'
+    "stubs.pkgs // { "
+    "writeScript = name: text: "
+    'stubs.pkgs.writeScript name text // { outPath = "@@<" + text + ">@@"; }; '
+    "writeScriptBin = name: text: "
+    'stubs.pkgs.writeScriptBin name text // { outPath = "@@<" + text + ">@@"; }; }'
 )
 
 

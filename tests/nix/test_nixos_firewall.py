@@ -10,13 +10,17 @@ from typing import Any
 import pytest
 
 from mullvad_allow_k8s import nft
+from mullvad_allow_k8s.presets import PRESETS
+from mullvad_allow_k8s.settings import CUSTOM_PRESET, resolve
 from tests.conftest import Netns
 from tests.nix.nixeval import (
+    MAPPING,
     NFTABLES_RULES,
     SCRIPTS_BY_TEXT,
     build,
     evaluate,
     module_expr,
+    nix_path,
     nixos_rules,
 )
 
@@ -24,10 +28,11 @@ QUIET = "services.mullvad-vpn.enable = true;"
 FLUSH_REFUSED = "services.mullvadAllowK8s: networking.nftables.flushRuleset is true"
 
 
-def enabled(settings: str = "", other: str = "") -> str:
+def enabled(settings: str = "", other: str = "", nftables: bool = True) -> str:
+    """Ours and Mullvad's daemon on, and NixOS' nftables firewall (else the iptables one)."""
     return (
         f"{{ services.mullvadAllowK8s = {{ enable = true; {settings} }}; {QUIET} "
-        f"networking.nftables.enable = true; {other} }}"
+        f"networking.nftables.enable = {'true' if nftables else 'false'}; {other} }}"
     )
 
 
@@ -146,3 +151,144 @@ def test_bridge_table_leaves_nixos_firewall_loaded_on_a_kernel_without_bridge_co
     load = ns.sh(f"nft -f {rules}", check=False)
     assert load.returncode == 0, load.stderr
     assert "table inet nixos-fw" in ns.sh("nft list tables").stdout
+
+
+# ---------------------------------------------------------------- openFirewall (finding 3)
+
+NODE_PORTS = {"from": 30000, "to": 32767}  # kube-proxy's --service-node-port-range default
+FIREWALL = (
+    "{ inherit failed; inherit (config.networking.firewall) allowedTCPPorts "
+    "allowedTCPPortRanges allowedUDPPorts allowedUDPPortRanges; }"
+)
+
+
+def opened(lib: Path, settings: str, other: str = "") -> dict[str, Any]:
+    out = ev(lib, enabled(settings, other), FIREWALL)
+    assert isinstance(out, dict)
+    return out
+
+
+def test_open_firewall_is_off_by_default(nixpkgs_lib: Path) -> None:
+    """NixOS' convention (services.openssh.openFirewall and the rest): nothing is opened
+    unless asked, so hostPorts stay closed by NixOS' firewall, as issue 24 found."""
+    assert ev(nixpkgs_lib, enabled(), "cfg.openFirewall") is False
+    assert opened(nixpkgs_lib, "") == {
+        "failed": [],
+        "allowedTCPPorts": [],
+        "allowedTCPPortRanges": [],
+        "allowedUDPPorts": [],
+        "allowedUDPPortRanges": [],
+    }
+
+
+BOTH = [NODE_PORTS]  # TCP and UDP
+
+
+@pytest.mark.parametrize(
+    ("settings", "tcp", "tcp_ranges", "udp_ranges"),
+    [
+        ("", [6443], BOTH, BOTH),  # kubeadm's API server
+        ('preset = "rke2";', [6443, 9345], BOTH, BOTH),
+        ('preset = "microk8s";', [16443], BOTH, BOTH),
+        ('preset = "minikube-none";', [8443], BOTH, BOTH),
+        (
+            'preset = "k3s"; hostPorts = [ 6443 "8000-8099" ];',
+            [6443],
+            [{"from": 8000, "to": 8099}, NODE_PORTS],
+            BOTH,
+        ),
+        ("hostPorts = [ ];", [], BOTH, BOTH),
+        (
+            'preset = "custom"; podCidrs = [ "10.42.0.0/16" ]; serviceCidrs = [ "10.43.0.0/16" ];',
+            [],
+            BOTH,
+            BOTH,
+        ),
+        # Nodes in containers or VMs: their NodePorts are not this machine's.
+        ('preset = "kind";', [], [], []),
+        ('preset = "minikube-kvm2";', [], [], []),
+        ('preset = "k3d"; hostPorts = [ 6550 ];', [6550], [], []),
+        # Run time: the preset is detected, so the ports must be named.
+        ('preset = "auto"; hostPorts = [ 6443 ];', [6443], BOTH, BOTH),
+    ],
+)
+def test_open_firewall_opens_the_host_ports_and_node_ports(
+    nixpkgs_lib: Path,
+    settings: str,
+    tcp: list[int],
+    tcp_ranges: list[dict[str, int]],
+    udp_ranges: list[dict[str, int]],
+) -> None:
+    for nftables in (True, False):
+        out = ev(nixpkgs_lib, enabled(f"{settings} openFirewall = true;", "", nftables), FIREWALL)
+        assert out == {
+            "failed": [],
+            "allowedTCPPorts": tcp,
+            "allowedTCPPortRanges": tcp_ranges,
+            "allowedUDPPorts": [],
+            "allowedUDPPortRanges": udp_ranges,
+        }
+
+
+def test_open_firewall_needs_the_ports_named_when_the_preset_is_detected(
+    nixpkgs_lib: Path,
+) -> None:
+    (message,) = ev(nixpkgs_lib, enabled('preset = "auto"; openFirewall = true;'), "failed")
+    assert message.startswith('services.mullvadAllowK8s.openFirewall = true with preset = "auto"')
+    assert "Set services.mullvadAllowK8s.hostPorts" in message
+
+
+def test_open_firewall_adds_to_what_the_configuration_opens(nixpkgs_lib: Path) -> None:
+    out = opened(
+        nixpkgs_lib,
+        "openFirewall = true;",
+        "networking.firewall.allowedTCPPorts = [ 22 ]; "
+        "networking.firewall.allowedUDPPortRanges = [ { from = 60000; to = 61000; } ];",
+    )
+    assert out["allowedTCPPorts"] == [22, 6443]
+    assert out["allowedUDPPortRanges"] == [{"from": 60000, "to": 61000}, NODE_PORTS]
+
+
+def test_open_firewall_in_the_rules_of_both_nixos_firewalls(nixpkgs_lib: Path) -> None:
+    """What the real firewall-nftables.nix and firewall-iptables.nix make of it."""
+    nft_table = ev(
+        nixpkgs_lib,
+        enabled("openFirewall = true;"),
+        'config.networking.nftables.tables."nixos-fw".content',
+    )
+    assert "tcp dport { 6443, 30000-32767 } accept" in nft_table
+    assert "udp dport { 30000-32767 } accept" in nft_table
+    closed = ev(nixpkgs_lib, enabled(), 'config.networking.nftables.tables."nixos-fw".content')
+    assert "6443" not in closed
+    iptables = enabled("openFirewall = true;", nftables=False)
+    start = evaluate(
+        module_expr(
+            nixpkgs_lib,
+            iptables,
+            "config.systemd.services.firewall.serviceConfig.ExecStart",
+            pkgs=SCRIPTS_BY_TEXT,
+        )
+    )
+    assert start.startswith("@@@<") and start.endswith(">@@/bin/firewall-start firewall-start")
+    assert "ip46tables -A nixos-fw -p tcp --dport 6443 -j nixos-fw-accept" in start
+    assert "ip46tables -A nixos-fw -p tcp --dport 30000:32767 -j nixos-fw-accept" in start
+    assert "ip46tables -A nixos-fw -p udp --dport 30000:32767 -j nixos-fw-accept" in start
+
+
+def test_the_modules_preset_ports_are_the_generators(nix: str) -> None:
+    """nix/settings.nix restates each preset's HOST_PORTS and whether its nodes are
+    this machine (openFirewall needs them at evaluation; the generator runs at build
+    time): the generator's presets say the same."""
+    got = evaluate(
+        f"let m = import {nix_path(MAPPING)}; in {{ inherit (m) presetHostPorts nodesElsewhere; }}"
+    )
+    assert got["presetHostPorts"] == {
+        **{name: list(p.host_ports) for name, p in PRESETS.items()},
+        CUSTOM_PRESET: [],
+    }
+    assert sorted(got["nodesElsewhere"]) == sorted(
+        name for name, p in PRESETS.items() if p.node_networks and not p.pod_cidrs
+    )
+    # custom: no defaults, so no host ports (the generator's own resolution).
+    raw = {"PRESET": CUSTOM_PRESET, "POD_CIDRS": "10.42.0.0/16", "SERVICE_CIDRS": "10.43.0.0/16"}
+    assert resolve([raw]).host_ports == ()

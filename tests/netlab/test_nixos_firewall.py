@@ -9,7 +9,9 @@ on-link LAN client and from off the LAN pass only with openFirewall (issue 24 fi
 our marks make Mullvad let them in, NixOS' firewall still drops them). A NodePort
 forwarded into a pod never meets that chain (DNAT makes it forwarded traffic, and
 NixOS' filterForward is off by default): it works either way, a control that the lab
-itself works.
+itself works. The same rules hold NixOS' strict reverse-path filter (checkReversePath's
+default, prerouting -140, the chain test_rpfilter.py models), which the off-link
+client's packets pass too: with our tentative fwmark (-151) they route back by the LAN.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def nixos_rules(open_firewall: bool, where: Path) -> str:
     assert isinstance(script, str)
     rules = nixeval.nixos_rules(script, where)
     assert "table inet nixos-fw {" in rules
+    assert "fib saddr . mark . iif oif exists accept" in rules  # strict rpfilter, -140
     assert "mullvad_allow_k8s" not in rules  # loader = "unit": ours is the unit's
     assert ("6443" in rules) is open_firewall
     return rules

@@ -18,6 +18,9 @@
     # preset's (k3s: the API server, 6443); [ ] for none; or e.g. [ 6443 "8000-8099" ].
     # NodePorts, pods' hostPort and LoadBalancer IPs need no entry.
     hostPorts = null;
+    # NixOS' firewall still drops LAN connections to them: true opens hostPorts and the
+    # NodePort range (30000-32767, TCP and UDP) in networking.firewall.
+    openFirewall = false;
   };
 
   # Both NixOS firewalls work, strict reverse-path filtering included: our prerouting

@@ -65,6 +65,25 @@ let
   bootCommand = "${exe} apply --no-engines --settings none --json ${settingsJson}";
   reloadCommand = applyCommand;
 
+  # openFirewall: hostPorts (else the preset's; with preset "auto" they must be given)
+  # and, where the nodes are this machine, kube-proxy's default NodePort range
+  # (--service-node-port-range).
+  firewallPorts =
+    if cfg.hostPorts != null then cfg.hostPorts else mapping.presetHostPorts.${cfg.preset} or [ ];
+  toRange =
+    word:
+    let
+      bounds = builtins.match "([0-9]+)-([0-9]+)" word;
+    in
+    {
+      from = lib.toInt (builtins.elemAt bounds 0);
+      to = lib.toInt (builtins.elemAt bounds 1);
+    };
+  nodePorts = lib.optional (!builtins.elem cfg.preset mapping.nodesElsewhere) {
+    from = 30000;
+    to = 32767;
+  };
+
   presets = [
     "kubeadm"
     "k3s"
@@ -308,12 +327,31 @@ in
       '';
     };
 
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open the ports the cluster serves in NixOS' own firewall
+        ({option}`networking.firewall`, either backend), which drops connections from the
+        LAN and the internet to every port not listed there, whatever Mullvad allows:
+        {option}`services.mullvadAllowK8s.hostPorts` (TCP; `null`: the preset's, so with
+        `preset = "auto"` they must be given) and, unless the nodes run in containers
+        or VMs (kind, k3d, minikube, minikube-kvm2), the NodePort range 30000-32767 (TCP
+        and UDP: kube-proxy's default `--service-node-port-range`). Added to
+        `allowedTCPPorts`, `allowedTCPPortRanges` and `allowedUDPPortRanges`. Off by
+        default, like every NixOS service's `openFirewall`.
+      '';
+    };
+
     bridgeTable = mkOption {
       type = types.bool;
       default = false;
       description = ''
         Also mark bridged pod traffic in a bridge-family table. Needs a kernel with
         nf_conntrack_bridge; not needed with br_netfilter, which Kubernetes enables.
+        Loaded by mullvad-allow-k8s.service (`loader = "unit"`), never by
+        nftables.service: on a kernel without nf_conntrack_bridge it would fail that
+        service's single transaction, NixOS' own firewall table included.
       '';
     };
 
@@ -322,13 +360,14 @@ in
         "nftables"
         "unit"
       ];
-      default = if nftables.enable && !runtime then "nftables" else "unit";
-      defaultText = literalExpression ''if config.networking.nftables.enable && the build-time mode then "nftables" else "unit"'';
+      default = if nftables.enable && !runtime && !cfg.bridgeTable then "nftables" else "unit";
+      defaultText = literalExpression ''if config.networking.nftables.enable && the build-time mode && !bridgeTable then "nftables" else "unit"'';
       description = ''
         How the table reaches the kernel. `nftables`: as
         {option}`networking.nftables.tables` entries, loaded, checked at build time and
         replaced by nftables.service with the rest of the NixOS ruleset (build-time mode
-        only: their content must be known at build time). `unit`: by
+        only: their content must be known at build time; not with `bridgeTable`, which
+        would make a kernel without nf_conntrack_bridge fail the whole NixOS ruleset). `unit`: by
         mullvad-allow-k8s.service, which loads only our file (plus the tunnel's current
         addresses) and loads it again whenever nftables.service restarts or reloads.
       '';
@@ -396,6 +435,15 @@ in
             '';
           }
           {
+            assertion = cfg.bridgeTable -> cfg.loader == "unit";
+            message = ''
+              services.mullvadAllowK8s.loader = "nftables" with bridgeTable = true: nftables.service
+              loads every table in one transaction, and on a kernel without nf_conntrack_bridge
+              our bridge table fails it all, NixOS' own firewall table included. Use
+              loader = "unit" (the default with bridgeTable), which loads our tables on their own.
+            '';
+          }
+          {
             assertion = runtime -> cfg.loader == "unit";
             message = ''
               services.mullvadAllowK8s.loader = "nftables" needs a ruleset known at build time,
@@ -444,6 +492,25 @@ in
         environment.etc."default/mullvad-allow-k8s".source = "${generated}/settings.env";
       }
 
+      (lib.mkIf cfg.openFirewall {
+        assertions = [
+          {
+            assertion = cfg.preset == "auto" -> cfg.hostPorts != null;
+            message = ''
+              services.mullvadAllowK8s.openFirewall = true with preset = "auto": the preset is
+              detected on the running machine, so which host ports to open is not known at
+              build time. Set services.mullvadAllowK8s.hostPorts (e.g. [ 6443 ], or [ ] for
+              only the NodePort range).
+            '';
+          }
+        ];
+        networking.firewall = {
+          allowedTCPPorts = builtins.filter builtins.isInt firewallPorts;
+          allowedTCPPortRanges = map toRange (builtins.filter builtins.isString firewallPorts) ++ nodePorts;
+          allowedUDPPortRanges = nodePorts;
+        };
+      })
+
       (lib.mkIf (!runtime) {
         environment.etc.${etcPath}.source = "${generated}/k8s_bypass_mullvad.nft";
       })
@@ -454,11 +521,6 @@ in
         networking.nftables.tables.${tableName} = {
           family = "inet";
           content = ''include "${generated}/inet-body.nft"'';
-        };
-        networking.nftables.tables."${tableName}-bridge" = lib.mkIf cfg.bridgeTable {
-          name = tableName;
-          family = "bridge";
-          content = ''include "${generated}/bridge-body.nft"'';
         };
         # As the generated file's preamble does: remove the tables of the hand-edited
         # k8s_bypass_mullvad.nft this package supersedes (mullvad_allow_k8s.marks.SEED_TABLES).
@@ -477,8 +539,10 @@ in
           wantedBy = [ "multi-user.target" ];
           # New settings: load the new file (the package's ExecReload would regenerate
           # it from the settings file and write into /etc, which is read-only here), or
-          # in the run-time mode apply the new JSON.
-          reloadTriggers = [ generated ];
+          # in the run-time mode apply the new JSON. The run-time mode reloads through
+          # reloadIfChanged instead (below: the JSON's path is in ExecStart); NixOS warns
+          # about a unit with both.
+          reloadTriggers = lib.mkIf (!runtime) [ generated ];
           serviceConfig.ExecReload = [
             ""
             (if runtime then reloadCommand else "${exe} apply --from-file")

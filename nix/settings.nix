@@ -43,6 +43,33 @@ rec {
       cfg.nodeNetworks
     ];
 
+  # Each preset's HOST_PORTS (mullvad_allow_k8s.presets; custom has none) and the presets
+  # whose nodes run in containers or VMs, so their NodePorts are not this machine's:
+  # what openFirewall opens must be known at evaluation, while the generator runs at
+  # build time. tests/nix checks both against the generator's presets.
+  presetHostPorts = {
+    kubeadm = [ 6443 ];
+    k3s = [ 6443 ];
+    rke2 = [
+      6443
+      9345
+    ];
+    kind = [ ];
+    k3d = [ ];
+    minikube = [ ];
+    minikube-kvm2 = [ ];
+    minikube-none = [ 8443 ];
+    microk8s = [ 16443 ];
+    k0s = [ 6443 ];
+    custom = [ ];
+  };
+  nodesElsewhere = [
+    "kind"
+    "k3d"
+    "minikube"
+    "minikube-kvm2"
+  ];
+
   # What 0.1.x's services.mullvadAllowK8s.inboundPorts becomes (the generator's
   # settings.migrate does the same for the other front ends): the old default
   # "non-ephemeral" goes, an explicit port list keeps working as hostPorts.

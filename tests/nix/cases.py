@@ -52,7 +52,7 @@ BUILD_TIME_SETTINGS = {
 }
 
 # Options of the module that are not settings of the generator.
-MODULE_ONLY = {"enable", "package", "loader", "generated"}
+MODULE_ONLY = {"enable", "package", "loader", "generated", "openFirewall"}
 
 # Options of 0.1 whose KEYs are retired (mullvad_allow_k8s.settings.RETIRED): declared
 # invisible, default null, only so that old configurations still evaluate (with a
@@ -82,9 +82,10 @@ class Case:
         return f"({DEFAULTS_NIX} // {self.options})"
 
     def config(self) -> str:
-        """A NixOS module enabling ours with these options."""
+        """A NixOS module enabling ours with these options, and Mullvad's daemon (else
+        the module warns, and warnings are errors in these tests)."""
         return (
-            f"{{ imports = [ {self.extra_config} ]; "
+            f"{{ imports = [ {self.extra_config} ]; services.mullvad-vpn.enable = true; "
             f"services.mullvadAllowK8s = {self.options} // {{ enable = true; }}; }}"
         )
 

@@ -1,4 +1,5 @@
-"""Fixtures for the Nix tests: skip, saying why, where Nix or nixpkgs' lib is missing."""
+"""Fixtures for the Nix tests: skip, saying why, where Nix, nixpkgs' lib or NixOS'
+modules are missing."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def nixpkgs_lib(nix: str) -> Path:
     lib = nixeval.nixpkgs_lib()
     if lib is None:
         pytest.skip(nixeval.NO_LIB)
+    if nixeval.nixos_modules() is None:
+        pytest.skip(nixeval.NO_MODULES)
     return lib
 
 

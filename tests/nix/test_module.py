@@ -1,8 +1,8 @@
-"""nix/module.nix evaluated with nixpkgs' real lib.evalModules (skipped without NIXPKGS_LIB).
-
-NixOS itself is stubbed (tests/nix/stubs.nix): the options our module reads and sets,
-with nixpkgs' types. What is tested is our module's options, defaults, type checks,
-assertions, warnings and the configuration it produces.
+"""nix/module.nix evaluated with nixpkgs' real lib.evalModules and the real NixOS modules
+it meets (nftables, firewall, mullvad-vpn, the systemd unit types: tests/nix/stubs.nix
+says which, and what is stubbed); skipped without them. What is tested is our module's
+options, defaults, type checks, assertions, warnings and the configuration it produces.
+Warnings are errors unless a test reads them.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ from tests.nix.nixeval import (
 
 FIELDS = schema()
 RUNTIME_OUTPUT = "/run/mullvad-allow-k8s/k8s_bypass_mullvad.nft"
-ENABLED = "{ services.mullvadAllowK8s.enable = true; }"
+ENABLED = "{ services.mullvadAllowK8s.enable = true; services.mullvad-vpn.enable = true; }"
 MULLVAD_ON = "services.mullvad-vpn.enable = true;"
 # No warning expected: Mullvad on, and a loose reverse-path filter.
 QUIET = MULLVAD_ON + ' networking.firewall.checkReversePath = "loose";'
 
 
-def ev(lib: Path, config: str, select: str) -> Any:
-    return evaluate(module_expr(lib, config, select))
+def ev(lib: Path, config: str, select: str, warnings_ok: bool = False) -> Any:
+    return evaluate(module_expr(lib, config, select, warnings_ok=warnings_ok))
 
 
 def enabled(settings: str = "", other: str = QUIET) -> str:
@@ -66,7 +66,7 @@ def enabled(settings: str = "", other: str = QUIET) -> str:
 
 
 def problems(lib: Path, config: str) -> dict[str, list[str]]:
-    out = ev(lib, config, "{ inherit failed; inherit (config) warnings; }")
+    out = ev(lib, config, "{ inherit failed; inherit (config) warnings; }", warnings_ok=True)
     assert isinstance(out, dict)
     return out
 
@@ -172,40 +172,33 @@ def test_option_docs_render_without_touching_pkgs(nixpkgs_lib: Path) -> None:
 
 
 def test_disabled_module_configures_nothing(nixpkgs_lib: Path) -> None:
-    out = ev(
-        nixpkgs_lib,
-        "{ }",
-        "{ inherit failed; inherit (config) warnings environment systemd; "
-        "tables = config.networking.nftables.tables; }",
-    )
-    assert out == {
-        "failed": [],
-        "warnings": [],
-        "environment": {"etc": {}, "systemPackages": []},
-        "systemd": {"packages": [], "services": {}, "tmpfiles": {"rules": []}},
-        "tables": {},
-    }
+    for other in ("", "networking.nftables.enable = true;"):
+        out = ev(nixpkgs_lib, f"{{ {other} }}", "{ inherit failed defined; }")
+        assert out == {"failed": [], "defined": []}
 
 
 def test_defaults_without_nftables_use_our_unit(nixpkgs_lib: Path) -> None:
     out = ev(
         nixpkgs_lib,
         enabled(),
-        "{ inherit (cfg) loader; inherit (config) environment systemd; "
-        "tables = config.networking.nftables.tables; gen = cfg.generated.outPath; "
-        "pkg = cfg.package.name; }",
+        '{ inherit (cfg) loader; etc = ours [ "environment" "etc" ]; '
+        'packages = ours [ "systemd" "packages" ]; '
+        'systemPackages = ours [ "environment" "systemPackages" ]; '
+        'services = ours [ "systemd" "services" ]; '
+        'tables = ours [ "networking" "nftables" "tables" ]; '
+        "gen = cfg.generated.outPath; pkg = cfg.package.name; }",
     )
     gen = out["gen"]
     pkg = "/nix/store/00000000000000000000000000000000-mullvad-allow-k8s-0.0.0"
     assert out["loader"] == "unit"
     assert out["pkg"] == "mullvad-allow-k8s-0.0.0"  # pkgs.mullvad-allow-k8s (the overlay's)
-    assert out["tables"] == {}
-    assert out["environment"]["etc"] == {
+    assert out["tables"] is None
+    assert out["etc"] == {
         "nftables.d/k8s_bypass_mullvad.nft": {"source": f"{gen}/k8s_bypass_mullvad.nft"},
         "default/mullvad-allow-k8s": {"source": f"{gen}/settings.env"},
     }
-    assert out["systemd"]["packages"] == [out["environment"]["systemPackages"][0]]
-    assert out["systemd"]["services"] == {
+    assert out["packages"] == out["systemPackages"] == [out["packages"][0]]
+    assert out["services"] == {
         "mullvad-allow-k8s": {
             "wantedBy": ["multi-user.target"],
             "reloadTriggers": [gen],
@@ -217,7 +210,7 @@ def test_defaults_without_nftables_use_our_unit(nixpkgs_lib: Path) -> None:
 def test_the_settings_file_is_where_the_cli_looks_first(nixpkgs_lib: Path) -> None:
     from mullvad_allow_k8s.cli import SETTINGS_FILES  # noqa: PLC0415
 
-    etc = ev(nixpkgs_lib, enabled(), "builtins.attrNames config.environment.etc")
+    etc = ev(nixpkgs_lib, enabled(), 'builtins.attrNames (ours [ "environment" "etc" ])')
     assert SETTINGS_FILES[0] == "/etc/default/mullvad-allow-k8s"
     assert "default/mullvad-allow-k8s" in etc
 
@@ -232,18 +225,19 @@ def test_the_units_exec_start_needs_no_override(nixpkgs_lib: Path) -> None:
 
 def test_typical_configuration_with_nftables(nixpkgs_lib: Path) -> None:
     config = enabled(
-        'preset = "k3s"; machineAddresses = [ "192.168.1.20" ]; bridgeTable = true;',
+        'preset = "k3s"; machineAddresses = [ "192.168.1.20" ];',
         QUIET + " networking.nftables.enable = true;",
     )
     out = ev(
         nixpkgs_lib,
         config,
         "{ inherit failed; inherit (config) warnings; inherit (cfg) loader; "
-        "gen = cfg.generated.outPath; tables = config.networking.nftables.tables; "
-        "services = config.systemd.services; }",
+        "gen = cfg.generated.outPath; "
+        'tables = removeAttrs config.networking.nftables.tables [ "nixos-fw" ]; '
+        'services = ours [ "systemd" "services" ]; }',
     )
     gen = out["gen"]
-    assert (out["failed"], out["warnings"], out["services"]) == ([], [], {})
+    assert (out["failed"], out["warnings"], out["services"]) == ([], [], None)
     assert out["loader"] == "nftables"
     assert out["tables"] == {
         marks.TABLE_NAME: {
@@ -252,17 +246,17 @@ def test_typical_configuration_with_nftables(nixpkgs_lib: Path) -> None:
             "family": marks.TABLE_FAMILY,
             "content": f'include "{gen}/inet-body.nft"',
         },
-        f"{marks.BRIDGE_TABLE_NAME}-bridge": {
-            "enable": True,
-            "name": marks.BRIDGE_TABLE_NAME,
-            "family": "bridge",
-            "content": f'include "{gen}/bridge-body.nft"',
-        },
     }
     settings = module_settings(nixpkgs_lib, config)
     assert settings["PRESET"] == "k3s"
     assert settings["MACHINE_ADDRESSES"] == ["192.168.1.20"]
-    assert settings["BRIDGE_TABLE"] is True
+    assert settings["BRIDGE_TABLE"] is False
+    # With bridgeTable our unit loads both tables (tests/nix/test_nixos_firewall.py).
+    with_bridge = enabled(
+        'preset = "k3s"; bridgeTable = true;', QUIET + " networking.nftables.enable = true;"
+    )
+    assert ev(nixpkgs_lib, with_bridge, "cfg.loader") == "unit"
+    assert module_settings(nixpkgs_lib, with_bridge)["BRIDGE_TABLE"] is True
 
 
 SEED_DELETIONS = "".join(f"table {f} {n}\ndelete table {f} {n}\n" for f, n in marks.SEED_TABLES)
@@ -279,7 +273,7 @@ def test_nftables_loader_deletes_the_superseded_tables_like_the_file(nixpkgs_lib
 def test_no_bridge_table_unless_asked(nixpkgs_lib: Path) -> None:
     config = enabled("", QUIET + " networking.nftables.enable = true;")
     tables = ev(nixpkgs_lib, config, "builtins.attrNames config.networking.nftables.tables")
-    assert tables == [marks.TABLE_NAME]
+    assert tables == [marks.TABLE_NAME, "nixos-fw"]  # NixOS' firewall's, and ours
 
 
 def test_the_build_step_runs_generate_sh_with_the_package(nixpkgs_lib: Path) -> None:
@@ -352,7 +346,9 @@ def test_each_preset_is_built_from_its_own_ranges_without_detection(
     assert {str(n) for n in got.pod_cidrs} == set(want.pod_cidrs)
     assert {str(n) for n in got.service_cidrs} == set(want.service_cidrs)
     assert {f"{n}@{i}" for n, i in got.node_networks} == set(want.node_networks)
-    out = ev(nixpkgs_lib, config, "{ inherit (cfg) loader output; s = config.systemd.services; }")
+    out = ev(
+        nixpkgs_lib, config, '{ inherit (cfg) loader output; s = ours [ "systemd" "services" ]; }'
+    )
     assert out["output"] == "/etc/nftables.d/k8s_bypass_mullvad.nft"
     assert sorted(out["s"]) == ["mullvad-allow-k8s"]  # no follow service at build time
 
@@ -450,9 +446,10 @@ EPHEMERAL_RETIRED = "services.mullvadAllowK8s.ephemeralPorts is retired (0.2.0)"
 def migrated(lib: Path, setting: str) -> dict[str, Any]:
     """Warnings, failed assertions, hostPorts and the generator's JSON for `setting`."""
     config = enabled(setting)
-    out = ev(lib, config, "{ inherit failed; inherit (config) warnings; inherit (cfg) hostPorts; }")
+    select = "{ inherit failed; inherit (config) warnings; inherit (cfg) hostPorts; }"
+    out = ev(lib, config, select, warnings_ok=True)
     assert isinstance(out, dict)
-    return {**out, "settings": module_settings(lib, config)}
+    return {**out, "settings": module_settings(lib, config, warnings_ok=True)}
 
 
 def test_inbound_ports_list_becomes_host_ports(nixpkgs_lib: Path) -> None:
@@ -576,7 +573,7 @@ def test_nftables_loader_needs_nftables(nixpkgs_lib: Path) -> None:
 def test_unit_loader_with_nftables_is_allowed(nixpkgs_lib: Path) -> None:
     config = enabled('loader = "unit";', QUIET + " networking.nftables.enable = true;")
     assert problems(nixpkgs_lib, config) == {"failed": [], "warnings": []}
-    assert ev(nixpkgs_lib, config, "config.networking.nftables.tables") == {}
+    assert ev(nixpkgs_lib, config, 'ours [ "networking" "nftables" "tables" ]') is None
 
 
 def test_output_outside_etc_is_refused(nixpkgs_lib: Path) -> None:
@@ -652,7 +649,7 @@ def test_no_reverse_path_warning_with_any_firewall(nixpkgs_lib: Path, firewall: 
     ],
 )
 def test_type_errors_name_the_option(nixpkgs_lib: Path, setting: str, option: str) -> None:
-    err = eval_error(module_expr(nixpkgs_lib, enabled(setting), "cfg"))
+    err = eval_error(module_expr(nixpkgs_lib, enabled(setting), "cfg", warnings_ok=True))
     assert f"services.mullvadAllowK8s.{option}" in err
     assert "is not of type" in err
 

@@ -46,7 +46,7 @@ def _kind_of(family: str, table: str, chains: Iterable[str]) -> str:
         return "ufw"
     if table == "firewalld":
         return "firewalld"
-    if any(c.startswith("nixos-fw") for c in names):
+    if table == "nixos-fw" or any(c.startswith("nixos-fw") for c in names):  # nft, iptables
         return "nixos"
     return "nftables"
 

@@ -25,8 +25,8 @@ from tests.nix import nixeval
 
 from .mullvad_emu import MullvadState
 from .probes import PROBE_BY_ID, Scenario, check
-from .scenarios import load_bypass, run_probes
-from .topology import Lab
+from .scenarios import load_bypass, run_generator, run_probes
+from .topology import API_PORT, Lab
 
 API = [PROBE_BY_ID[f"{name}_v{v}"] for name in ("lan_api", "remote_api") for v in (4, 6)]
 CONTROL = [PROBE_BY_ID[f"lan_nodeport_v{v}"] for v in (4, 6)]
@@ -76,6 +76,7 @@ def test_lan_clients_reach_the_api_server_through_nixos_firewall_only_when_opene
         outcomes = run_probes(lab, API + CONTROL)
         time.sleep(0.05)
         counters = lab.counters()
+        doctor = run_generator(lab, "doctor", check=False).stdout
     finally:
         lab.destroy()
     scenario = Scenario(MULLVAD, "generated", rp_filter=0)
@@ -87,3 +88,10 @@ def test_lan_clients_reach_the_api_server_through_nixos_firewall_only_when_opene
     if not open_firewall:
         problems += [f"{p.id}: passed NixOS' firewall" for p in API if outcomes[p.id].ok]
     assert not problems, "\n".join(problems)
+    # doctor reads the same firewall: what it drops, and NixOS' own way to open it.
+    closed = f"[warning] nixos's input filter drops TCP {API_PORT} (HOST_PORTS)"
+    if open_firewall:
+        assert "[ok] no other input filter drops HOST_PORTS or the NodePort range" in doctor
+    else:
+        assert closed in doctor, doctor
+        assert f"fix: networking.firewall.allowedTCPPorts = [ {API_PORT} ];" in doctor

@@ -11,6 +11,7 @@ reads (KIND_EXPERIMENTAL_PODMAN_NETWORK), and removes it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,22 +29,26 @@ pytestmark = pytest.mark.kernel
 FALLBACK = {("172.18.0.0/16", "br-*")}  # the kind preset's, before the network exists
 
 
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Root's podman as detection runs it: its default configuration, not one another
+    suite put in this process' environment (tests/install sets CONTAINERS_CONF, whose
+    tmp_dir moves the events log that `podman events` reads)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERS_")}
+    return subprocess.run(["podman", *args], capture_output=True, text=True, env=env, check=check)
+
+
 @pytest.fixture
 def network() -> Iterator[str]:
     if not shutil.which("podman"):
         pytest.skip("needs podman (Debian's podman, .ci/apt/install.txt)")
     name = f"mak-follow-{uuid.uuid4().hex[:8]}"
     yield name
-    subprocess.run(["podman", "network", "rm", "-f", name], capture_output=True, check=False)
+    podman("network", "rm", "-f", name, check=False)
 
 
 def podman_network(name: str) -> tuple[str, str]:
-    subprocess.run(["podman", "network", "create", name], capture_output=True, check=True)
-    data = json.loads(
-        subprocess.run(
-            ["podman", "network", "inspect", name], capture_output=True, text=True, check=True
-        ).stdout
-    )[0]
+    podman("network", "create", name)
+    data = json.loads(podman("network", "inspect", name).stdout)[0]
     return data["subnets"][0]["subnet"], data["network_interface"]
 
 
@@ -93,7 +98,7 @@ def test_a_network_made_later_is_followed_and_its_removal_too(
     assert f"NODE_NETWORKS {subnet}@{bridge}: podman network inspect {network}" in result.stderr
     assert node_set(host) == {(subnet, bridge)}  # bound to its bridge: nothing else
     assert f"{subnet}@{bridge}" in out.read_text()
-    subprocess.run(["podman", "network", "rm", network], capture_output=True, check=True)
+    podman("network", "rm", network)
     assert cli(host, network, out, "follow", "--once").returncode == 0
     assert node_set(host) == FALLBACK
 
@@ -145,14 +150,15 @@ def test_follow_in_the_background_acts_on_podmans_events(
         wait_for_child(follower.pid, "events", 60)  # its first round done, streams up
         time.sleep(2)  # podman events reads its log from now on: let it get there
         subnet, bridge = podman_network(network)
-        podman = ["podman", "create", "--network", network, "--name", container]
-        subprocess.run([*podman, "--rootfs", str(rootfs), "/true"], capture_output=True, check=True)
+        podman(
+            "create", "--network", network, "--name", container, "--rootfs", str(rootfs), "/true"
+        )
         assert wait_for(host, {(subnet, bridge)}, 20) < 15
-        subprocess.run(["podman", "rm", container], capture_output=True, check=True)
-        subprocess.run(["podman", "network", "rm", network], capture_output=True, check=True)
+        podman("rm", container)
+        podman("network", "rm", network)
         assert wait_for(host, FALLBACK, 20) < 15
     finally:
-        subprocess.run(["podman", "rm", "-f", container], capture_output=True, check=False)
+        podman("rm", "-f", container, check=False)
         follower.terminate()
         follower.wait(10)
 

@@ -62,8 +62,10 @@ bench: venv
 # Each rule of the generated table deleted (and the issue's weakenings) in turn, the lab's
 # probes run against each mutant; exits 1 if any survives (about 3 minutes, root).
 # tests/netlab/test_mutation.py runs the same sweep in `make test`.
+# MUTATION_ARGS=--suites: then the survivors against the netlab suites (~25 s each).
+MUTATION_ARGS ?=
 mutation: venv
-	$(BIN)/python bench/mutation.py
+	$(BIN)/python bench/mutation.py $(MUTATION_ARGS)
 
 # Minutes, and downloads the Debian suites: not part of `make bench`.
 packaging-bench: deps venv

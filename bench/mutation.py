@@ -26,7 +26,15 @@ Exit status 1 if any mutant survives, if a weakening no longer matches the gener
 table (WEAKENINGS must follow the ruleset), or if the unmutated table fails a probe's
 expectation (the lab is then not what the comparison assumes); 0 otherwise.
 
+With --suites, each mutant the probes leave alive is then loaded into the netlab tests
+that build labs of their own and judge traffic (SUITE_FILES: forged packets injected
+into exempted flows, parked flows, reverse-path filters, the tunnel address appearing
+and changing, a tunnel address inside a cluster range, br_netfilter off, the IPv6
+guard), through bench/mutant_cli.py as their generator: a test that fails with the
+mutant and passes with our table kills it. About 25 s per mutant; not in CI.
+
     bench/mutation.py                 # every mutant (make mutation)
+    bench/mutation.py --suites        # and the survivors against SUITE_FILES
     bench/mutation.py --only CHAIN    # the mutants of chains whose name starts so
     bench/mutation.py --json FILE     # the results, for tests
 """
@@ -37,12 +45,15 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,6 +97,7 @@ class Mutant:
     chain: str
     text: str  # the whole mutated file
     family: int | None  # probes of this family only (None: both)
+    spec: dict[str, list[str]]  # how to make it from any generated file (apply_spec)
 
 
 @dataclass(frozen=True)
@@ -159,14 +171,45 @@ def rules_of(text: str) -> list[Rule]:
     return rules
 
 
+def apply_spec(text: str, spec: dict[str, list[str]]) -> str:
+    """The mutant `spec` names, made from a file generated with any settings (unchanged
+    where the file has nothing it applies to):
+
+    {"delete": [chain, rule]}: the rule deleted from the chain;
+    {"weaken": [name]}: the WEAKENINGS entry of that name applied;
+    {"element": [set, element]}: the element taken out of the set.
+    """
+    lines = text.splitlines(keepends=True)
+    if "delete" in spec:
+        chain, rule = spec["delete"]
+        drop = {r.line for r in rules_of(text) if r.chain == chain and r.text == rule}
+        return "".join(line for n, line in enumerate(lines) if n not in drop)
+    if "weaken" in spec:
+        (w,) = [w for w in WEAKENINGS if w.name == spec["weaken"][0]]
+        for r in rules_of(text):
+            if re.fullmatch(w.chains, r.chain) and re.search(w.pattern, r.text):
+                indent = lines[r.line][: len(lines[r.line]) - len(lines[r.line].lstrip())]
+                lines[r.line] = indent + re.sub(w.pattern, w.replacement, r.text) + "\n"
+        return "".join(lines)
+    set_name, element = spec["element"]
+    return _remove_element(text, set_name, element)[0]
+
+
 def mutants(text: str) -> tuple[list[Mutant], list[str]]:
     """All mutants of the generated text, and the weakenings that matched nothing."""
-    lines = text.splitlines(keepends=True)
     out: list[Mutant] = []
     rules = rules_of(text)
+
+    def add(key: str, chain: str, family: int | None, spec: dict[str, list[str]]) -> None:
+        out.append(Mutant(key, chain, apply_spec(text, spec), family, spec))
+
     for r in rules:
-        mutated = "".join(lines[: r.line] + lines[r.line + 1 :])
-        out.append(Mutant(f"delete {r.chain}[{r.index}]: {r.text}", r.chain, mutated, r.family))
+        add(
+            f"delete {r.chain}[{r.index}]: {r.text}",
+            r.chain,
+            r.family,
+            {"delete": [r.chain, r.text]},
+        )
     stale: list[str] = []
     for w in WEAKENINGS:
         changed = [r for r in rules if re.fullmatch(w.chains, r.chain)]
@@ -174,26 +217,27 @@ def mutants(text: str) -> tuple[list[Mutant], list[str]]:
         if not changed:
             stale.append(w.name)
             continue
-        new = list(lines)
-        for r in changed:
-            indent = lines[r.line][: len(lines[r.line]) - len(lines[r.line].lstrip())]
-            new[r.line] = indent + re.sub(w.pattern, w.replacement, r.text) + "\n"
-        chains = sorted({r.chain for r in changed})
+        chains = ",".join(sorted({r.chain for r in changed}))
         fams = {r.family for r in changed}
-        out.append(
-            Mutant(
-                f"weaken: {w.name}",
-                ",".join(chains),
-                "".join(new),
-                fams.pop() if len(fams) == 1 else None,
-            )
+        add(
+            f"weaken: {w.name}",
+            chains,
+            fams.pop() if len(fams) == 1 else None,
+            {"weaken": [w.name]},
         )
     for set_name, element in ELEMENT_REMOVALS:
-        mutated, n = _remove_element(text, set_name, element)
-        if not n:
+        if not _remove_element(text, set_name, element)[1]:
             stale.append(f"{set_name} without {element}")
             continue
-        out.append(Mutant(f"weaken: {set_name} without {element}", set_name, mutated, None))
+        add(
+            f"weaken: {set_name} without {element}",
+            set_name,
+            None,
+            {"element": [set_name, element]},
+        )
+    for m in out:
+        if m.text == text:
+            raise ValueError(f"mutant {m.key!r} changes nothing")
     return out, stale
 
 
@@ -329,6 +373,7 @@ class Result:
     killed_in: str | None = None
     killers: list[str] = field(default_factory=list)
     noise: list[str] = field(default_factory=list)  # changed once, not on the re-run
+    suite_killers: list[str] = field(default_factory=list)  # --suites: tests that failed
 
 
 def sweep(
@@ -435,11 +480,64 @@ def parallel_sweep(
     return results, [p for _, ps in done for p in ps]
 
 
+# --suites: the netlab tests that load the generated table themselves, each with its
+# own lab and settings, and check traffic (not rule text: test_generator_cli, which reads
+# `status` and `doctor`, is left out; test_kind takes minutes of Podman).
+SUITE_FILES = [
+    "tests/netlab/test_flow_injection.py",
+    "tests/netlab/test_parked_flows.py",
+    "tests/netlab/test_rpfilter.py",
+    "tests/netlab/test_tunnel_address.py",
+    "tests/netlab/test_tunnel_in_cluster.py",
+    "tests/netlab/test_br_netfilter_off.py",
+    "tests/netlab/test_guard_v6.py",
+]
+
+
+def run_suites(spec: dict[str, list[str]] | None, workdir: Path) -> list[str]:
+    """The SUITE_FILES tests that fail with the mutant of `spec` (None: our table) in
+    place of our table: bench/mutant_cli.py as their generator."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    junit = workdir / "junit.xml"
+    env = {
+        **os.environ,
+        "NETLAB_GENERATOR": f"{sys.executable} {ROOT / 'bench' / 'mutant_cli.py'}",
+        "MUTATION_SPEC": json.dumps(spec),
+    }
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
+    argv += ["--dist", "loadgroup", f"--junitxml={junit}", *SUITE_FILES]
+    subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    failed = []
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}")
+    return failed
+
+
+def suites_stage(
+    survivors: list[Result], todo: list[Mutant], log: Callable[[str], None] = print
+) -> list[str]:
+    """Each survivor of the probes against SUITE_FILES; problems of the unmutated run."""
+    specs = {m.key: m.spec for m in todo}
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        start = time.monotonic()
+        base = run_suites(None, Path(tmp) / "base")
+        log(f"suites, our table: {len(base)} failed, {time.monotonic() - start:.0f} s")
+        for n, r in enumerate(survivors):
+            start = time.monotonic()
+            failed = run_suites(specs[r.key], Path(tmp) / str(n))
+            r.suite_killers = [t for t in failed if t not in base]
+            log(f"suites, {r.key}: {len(r.suite_killers)} failed, {time.monotonic() - start:.0f} s")
+    return [f"with our table, suite test fails: {t}" for t in base]
+
+
 def report(results: Iterable[Result]) -> list[str]:
     survivors = []
     for r in results:
         if r.killed_in:
             print(f"killed    {r.key}\n          in {r.killed_in} by {', '.join(r.killers)}")
+        elif r.suite_killers:
+            print(f"killed    {r.key}\n          by tests {', '.join(r.suite_killers)}")
         else:
             survivors.append(r.key)
             print(f"SURVIVES  {r.key}")
@@ -453,6 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], help="chains starting with this")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--jobs", type=int, default=2, help="labs at once (default 2)")
+    ap.add_argument(
+        "--suites",
+        action="store_true",
+        help="then run the netlab suites of SUITE_FILES against each survivor (~25 s each)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("mutation: needs root (network namespaces)", file=sys.stderr)
@@ -467,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         todo = [m for m in todo if any(m.chain.startswith(o) for o in args.only)]
     print(f"{len(todo)} mutants of the generated table ({len(rules_of(table))} rules)")
     results, problems = parallel_sweep(table, todo, args.jobs)
+    if args.suites:
+        problems += suites_stage([r for r in results if not r.killed_in], todo)
     survivors = report(results)
     seconds = time.monotonic() - start
     print(f"{len(results) - len(survivors)} of {len(results)} mutants killed; {seconds:.0f} s")

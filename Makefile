@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all deps deps-core venv run test unit kernel netlab lint bench packaging-bench clean \
+.PHONY: all deps deps-core venv run test unit kernel netlab lint bench mutation packaging-bench clean \
 	clean-test-cache help
 all: lint test
 
@@ -14,6 +14,7 @@ help:
 	@echo "make test     run every test suite (kernel/netlab suites need root)"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make bench    print performance figures (the lab part needs root)"
+	@echo "make mutation  every rule of the table deleted/weakened in turn, against the lab (root)"
 	@echo "make packaging-bench  package, publish, root and image build times (minutes)"
 	@echo "suites:       make unit | kernel | netlab | deb-test | rpm-test | nix-test |"
 	@echo "              install-test | repo-test"
@@ -57,6 +58,14 @@ bench: venv
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(BIN)/python bench/rules_per_packet.py && $(BIN)/python bench/netlab_bench.py; \
 	else echo "bench/rules_per_packet.py, bench/netlab_bench.py skipped: need root (network namespaces)"; fi
+
+# Each rule of the generated table deleted (and the issue's weakenings) in turn, the lab's
+# probes run against each mutant; exits 1 if any survives (about 3 minutes, root).
+# tests/netlab/test_mutation.py runs the same sweep in `make test`.
+# MUTATION_ARGS=--suites: then the survivors against the netlab suites (~25 s each).
+MUTATION_ARGS ?=
+mutation: venv
+	$(BIN)/python bench/mutation.py $(MUTATION_ARGS)
 
 # Minutes, and downloads the Debian suites: not part of `make bench`.
 packaging-bench: deps venv

@@ -273,9 +273,43 @@ def test_hairpin_is_masqueraded(lab: CniLab, fam: Fam) -> None:
 
 
 def test_localhost_hostport_is_ipv4_only(lab: CniLab) -> None:
+    """127.0.0.1:hostPort reaches the pod (masqueraded); [::1]:hostPort is DNAT-ed too,
+    but a ::1 source cannot leave lo: the SYN is dropped without a word (a timeout, not
+    a refusal, which is what a port nothing maps would give), seen after DNAT going to
+    the pod and never arriving there."""
     assert _peer(lab.host, "127.0.0.1", PLAIN) == V4.cni_gw
-    with pytest.raises(OSError):  # DNATed, but a ::1 source cannot leave lo
-        _peer(lab.host, "::1", PLAIN, timeout=0.5)
+    pod = lab.pod_ip(V6)
+    seen = (
+        "table inet netlab_v6lo {\n\tcounter dnated { }\n"
+        "\tchain out {\n\t\ttype filter hook output priority 0; policy accept;\n"
+        f'\t\tip6 saddr ::1 ip6 daddr {pod} tcp dport {POD_PORT} counter name "dnated"\n'
+        "\t}\n}\n"
+    )
+    arrived = (
+        "table inet netlab_v6lo {\n\tcounter arrived { }\n"
+        "\tchain pre {\n\t\ttype filter hook prerouting priority -400; policy accept;\n"
+        f'\t\tip6 daddr {pod} tcp dport {POD_PORT} counter name "arrived"\n'
+        "\t}\n}\n"
+    )
+    host, pod_ns = lab.host, lab.ns["pod"]
+    host.nft(seen)
+    pod_ns.nft(arrived)
+    try:
+        with pytest.raises(OSError) as failed:
+            _peer(host, "::1", PLAIN, timeout=0.5)
+        dnated = _counter(host, "netlab_v6lo", "dnated")
+        got = _counter(pod_ns, "netlab_v6lo", "arrived")
+    finally:
+        host.exec("nft", "delete", "table", "inet", "netlab_v6lo")
+        pod_ns.exec("nft", "delete", "table", "inet", "netlab_v6lo")
+    assert isinstance(failed.value, TimeoutError), repr(failed.value)  # not ECONNREFUSED
+    assert dnated >= 1, "the SYN to [::1]:hostPort was not DNAT-ed to the pod"
+    assert got == 0, f"{got} packet(s) from ::1 arrived in the pod"
+
+
+def _counter(ns: Netns, table: str, name: str) -> int:
+    out = ns.exec("nft", "-j", "list", "counter", "inet", table, name).stdout
+    return int(json.loads(out)["nftables"][1]["counter"]["packets"])
 
 
 @FAMS

@@ -10,11 +10,15 @@ pings the pod, then the pod connects. Blocked state, LAN sharing off, the bypass
 while connected: the tunnel is gone, so the main table's default route is the LAN, and
 only the guard's interface test keeps the flow off it. The same lab without that rule
 and `postrouting_guard`'s drop (which would stop the flow's packets too: it was exempted
-with ct label 127) is the control: the flow reaches the LAN.
+with ct label 127) is the control: the flow reaches the LAN. In both arms a counter in
+the host's forward hook, before the guard, shows the pod's packets got there: a zero on
+the LAN is the guard's doing, not a pod that could not send.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import pytest
@@ -22,14 +26,38 @@ import pytest
 from .mullvad_emu import MullvadState
 from .probes import PROBE_BY_ID, tcp_connect
 from .scenarios import run_generator
-from .topology import V6, Lab, watch_name
+from .topology import V6, WATCHES, Lab, watch_name
 
 GUARD = "oifname != @cluster_interfaces ct mark set 0x00000000"
 LEAVING = "ct mark 0x00000f41 ct label 127 oifname != @cluster_interfaces drop"
 PROBES = [PROBE_BY_ID["pod_other_node_v6"], PROBE_BY_ID["pod_unassigned_svc_v6"]]
 
 
-def lan_packets(without_guard: bool) -> dict[str, int]:
+# The pod's packets of each probe, counted in the host's forward hook before the guard
+# (forward_guard's priority is -10).
+ARRIVED = (
+    "table inet netlab_arrived {\n"
+    + "".join(f"\tcounter {p.watch} {{ }}\n" for p in PROBES)
+    + "\tchain seen {\n\t\ttype filter hook forward priority -20; policy accept;\n"
+    + "".join(
+        f"\t\tip6 saddr {V6.client_pod} "
+        + WATCHES[p.watch or ""].format(ip="ip6", **dataclasses.asdict(V6))
+        + f' counter name "{p.watch}"\n'
+        for p in PROBES
+    )
+    + "\t}\n}\n"
+)
+
+
+def arrived(lab: Lab) -> dict[str, int]:
+    out = lab["host"].exec("nft", "-j", "list", "counters", "table", "inet", "netlab_arrived")
+    counters = [i["counter"] for i in json.loads(out.stdout)["nftables"] if "counter" in i]
+    by_watch = {c["name"]: int(c["packets"]) for c in counters}
+    return {p.id: by_watch[p.watch or ""] for p in PROBES}
+
+
+def lan_packets(without_guard: bool) -> tuple[dict[str, int], dict[str, int]]:
+    """(packets of each probe that reached the host's forward hook, that left by the LAN)"""
     lab = Lab(MullvadState("connected", False, True))
     try:
         lab.build()
@@ -42,6 +70,7 @@ def lan_packets(without_guard: bool) -> dict[str, int]:
         else:
             run_generator(lab, "apply")
         lab.set_mullvad(MullvadState("blocked", False, True))
+        lab["host"].nft(ARRIVED)
         # The host solicits the pod (host -> cluster is exempted; a connection to a
         # closed port is enough): the pod learns the gateway's link-layer address.
         lab["host"].call(lambda: tcp_connect(V6.client_pod, 9))
@@ -49,18 +78,22 @@ def lan_packets(without_guard: bool) -> dict[str, int]:
             probe.run(lab)
         time.sleep(0.05)
         counters = lab.counters()
-        return {p.id: counters[watch_name(p.watch or "", V6)][1] for p in PROBES}
+        lan = {p.id: counters[watch_name(p.watch or "", V6)][1] for p in PROBES}
+        return arrived(lab), lan
     finally:
         lab.destroy()
 
 
 def test_ipv6_pod_flows_to_empty_cluster_addresses_stay_off_the_lan() -> None:
-    assert lan_packets(without_guard=False) == {p.id: 0 for p in PROBES}
+    sent, lan = lan_packets(without_guard=False)
+    assert all(count > 0 for count in sent.values()), f"the pod's packets never came: {sent}"
+    assert lan == {p.id: 0 for p in PROBES}
 
 
 def test_without_the_guards_interface_rule_they_reach_the_lan() -> None:
     """The control: the lab can see the leak the guard prevents."""
-    leaked = lan_packets(without_guard=True)
+    sent, leaked = lan_packets(without_guard=True)
+    assert all(count > 0 for count in sent.values()), f"the pod's packets never came: {sent}"
     assert all(count > 0 for count in leaked.values()), leaked
 
 

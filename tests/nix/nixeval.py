@@ -29,7 +29,8 @@ STUBS = Path(__file__).resolve().parent / "stubs.nix"
 
 NO_NIX = "nix-instantiate not found: install Debian's nix-bin (.ci/apt/nix.txt)"
 NO_LIB = (
-    "NIXPKGS_LIB is not set and ../shared/nixpkgs.lib/lib is not beside the checkout: "
+    "NIXPKGS_LIB is not set and no shared/nixpkgs.lib/lib is beside the checkout or a "
+    "folder above it: "
     "module evaluation with nixpkgs' lib.evalModules is skipped. Point NIXPKGS_LIB at "
     "nixpkgs' lib (a nixpkgs checkout, or github:nix-community/nixpkgs.lib)."
 )
@@ -50,16 +51,18 @@ def nix_instantiate() -> str | None:
     return shutil.which("nix-instantiate")
 
 
-# The shared test input next to the checkout (nixpkgs' lib, MIT; never copied here).
-SHARED_LIB = Path(__file__).resolve().parents[3] / "shared" / "nixpkgs.lib" / "lib"
+# The shared test input next to the checkout (nixpkgs' lib, MIT; never copied here):
+# ../shared/nixpkgs.lib/lib, or shared/ beside a folder further up (a CI clone nested
+# in a build directory that has shared/ beside it).
+SHARED_LIBS = [d / "shared" / "nixpkgs.lib" / "lib" for d in ROOT.parents]
 
 
 def nixpkgs_lib() -> Path | None:
-    """The lib directory from NIXPKGS_LIB, else ../shared/nixpkgs.lib/lib beside the
-    checkout where it exists, else None."""
+    """The lib directory from NIXPKGS_LIB, else the nearest shared/nixpkgs.lib/lib
+    beside the checkout or a folder above it where one exists, else None."""
     value = os.environ.get("NIXPKGS_LIB")
     if not value:
-        return SHARED_LIB if (SHARED_LIB / "default.nix").is_file() else None
+        return next((lib for lib in SHARED_LIBS if (lib / "default.nix").is_file()), None)
     path = Path(value).resolve()
     for candidate in (path, path / "lib"):
         if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():

@@ -253,8 +253,11 @@ def is_dir(root: Path, name: str) -> bool:
     return st is not None and stat.S_ISDIR(st.st_mode)
 
 
-def list_dir(root: Path, name: str) -> list[str] | None:
-    """The entries of a trusted directory, sorted; None when it does not exist."""
+def _open(
+    root: Path, name: str, flags: int, wanted: Callable[[os.stat_result], bool]
+) -> int | None:
+    """A descriptor of root/name through trusted directories, if `wanted(its lstat)`
+    (which may raise UntrustedError); None when it does not exist or is not wanted."""
     try:
         walk, last, st = _walk_to(root, name)
     except OSError as e:
@@ -262,18 +265,38 @@ def list_dir(root: Path, name: str) -> list[str] | None:
             return None
         raise
     try:
-        if not stat.S_ISDIR(st.st_mode):
+        if not wanted(st):
             return None
-        _check_owner(st, "the directory")
-        fd = os.open(
-            last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=walk.fd
-        )
-        try:
-            return sorted(os.listdir(fd))
-        finally:
-            os.close(fd)
+        return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=walk.fd)
     finally:
         walk.close()
+
+
+def _trusted_dir(st: os.stat_result) -> bool:
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    _check_owner(st, "the directory")
+    return True
+
+
+def _trusted_file(st: os.stat_result) -> bool:
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedError("not a regular file")
+    _check_owner(st, "the file")
+    return True
+
+
+def list_dir(root: Path, name: str) -> list[str] | None:
+    """The entries of a trusted directory, sorted; None when it does not exist."""
+    fd = _open(root, name, os.O_RDONLY | os.O_DIRECTORY, _trusted_dir)
+    if fd is None:
+        return None
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
 
 
 def read_text(root: Path, name: str, limit: int = MAX_FILE_BYTES) -> str | None:
@@ -282,22 +305,9 @@ def read_text(root: Path, name: str, limit: int = MAX_FILE_BYTES) -> str | None:
     Raises UntrustedError (see the module's docstring), OSError (unreadable) or
     UnicodeDecodeError.
     """
-    try:
-        walk, last, st = _walk_to(root, name)
-    except OSError as e:
-        if _missing(e):
-            return None
-        raise
-    try:
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
-        if not stat.S_ISREG(st.st_mode):
-            raise UntrustedError("not a regular file")
-        _check_owner(st, "the file")
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        fd = os.open(last, flags, dir_fd=walk.fd)
-    finally:
-        walk.close()
+    fd = _open(root, name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, _trusted_file)
+    if fd is None:
+        return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

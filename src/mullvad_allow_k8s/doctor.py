@@ -120,7 +120,7 @@ def check_host_firewalls(settings: Settings, whole: list[dict[str, Any]]) -> lis
     wanted = [("HOST_PORTS", (low, high)) for low, high in settings.host_ports]
     if settings.pod_cidrs or settings.service_cidrs:  # kube-proxy on this machine
         wanted.append(("NodePorts", host_firewalls.NODE_PORTS))
-    ours = {marks.TABLE_NAME, "mullvad"}
+    ours = {marks.TABLE_NAME, marks.MULLVAD_TABLE[1]}
     closed = host_firewalls.closed_ports(whole, wanted, ours, nft.table_text)
     if not closed:
         return [Finding(OK, "no other input filter drops HOST_PORTS or the NodePort range")]
@@ -447,7 +447,7 @@ def run(
     try:
         findings.append(Finding(OK, f"nftables access through {nft.backend().name}"))
         if nft.can_admin_network():
-            mullvad = lister("inet", "mullvad")
+            mullvad = lister(*marks.MULLVAD_TABLE)
             findings += check_mullvad(mullvad)
             findings += check_mullvad_state(settings, facts, mullvad, run)
             findings += check_ipv6_lan(settings, mullvad)

@@ -37,6 +37,13 @@ FW_MARK = Constant(
 TUNNEL_INTERFACE = Constant(
     "wg0-mullvad", "mullvadvpn-app talpid-wireguard/src/config.rs MULLVAD_INTERFACE_NAME"
 )
+NET_CLS_CLASSID = Constant(
+    0x4D9F41,
+    "mullvadvpn-app talpid-cgroup/src/v1.rs NET_CLS_CLASSID: the net_cls classid of the "
+    "split tunnel's exclusion cgroup, matched by `meta cgroup` in Mullvad's mangle chain",
+)
+# Mullvad's own firewall table, `inet mullvad` (talpid-core/src/firewall/linux.rs).
+MULLVAD_TABLE = ("inet", "mullvad")
 
 # Chain priorities. Numbers, not names: nft 1.0.6 refuses some names on some hooks.
 PREROUTING_PRIORITY = Constant(

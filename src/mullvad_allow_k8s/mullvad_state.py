@@ -20,8 +20,7 @@ Runner = Callable[[Sequence[str]], "tuple[int, bytes] | None"]
 
 NET_CLS = "net_cls"
 CGROUP2 = "cgroup2"
-# talpid-cgroup v1.rs NET_CLS_CLASSID: the classid Mullvad gives its exclusion cgroup.
-NET_CLS_CLASSID = 0x4D9F41
+NET_CLS_CLASSID = marks.NET_CLS_CLASSID.value
 
 
 def _rule_texts(table: Table, chain: str) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import netaddr
 
-from . import host_firewalls, marks, mullvad_state, nft, ruleset
+from . import host_firewalls, marks, mullvad_state, nft, presets, ruleset
 from .facts import MachineFacts
 from .settings import IGNORED_SOURCE, NO_CLUSTER_FOUND, Settings
 
@@ -381,49 +381,15 @@ def _ipvs_in_tunnel_pool(facts: MachineFacts, pool: netaddr.IPSet) -> list[Findi
     ]
 
 
-# Where each distribution sets each kind of range (their documented settings).
-RANGE_SETTINGS: dict[str, dict[str, str]] = {
-    "kubeadm": {
-        "pods": "kubeadm init --pod-network-cidr (ClusterConfiguration networking.podSubnet)",
-        "services": "kubeadm init --service-cidr (ClusterConfiguration networking.serviceSubnet)",
-    },
-    "k3s": {
-        "pods": "cluster-cidr in /etc/rancher/k3s/config.yaml",
-        "services": "service-cidr in /etc/rancher/k3s/config.yaml",
-    },
-    "rke2": {
-        "pods": "cluster-cidr in /etc/rancher/rke2/config.yaml",
-        "services": "service-cidr in /etc/rancher/rke2/config.yaml",
-    },
-    "k0s": {
-        "pods": "spec.network.podCIDR in /etc/k0s/k0s.yaml",
-        "services": "spec.network.serviceCIDR in /etc/k0s/k0s.yaml",
-    },
-    "microk8s": {
-        "pods": "--cluster-cidr in /var/snap/microk8s/current/args/kube-proxy and Calico's pool",
-        "services": "--service-cluster-ip-range in /var/snap/microk8s/current/args/kube-apiserver",
-    },
-    "minikube-none": {
-        "pods": "minikube start --extra-config=kubeadm.pod-network-cidr=...",
-        "services": "minikube start --service-cluster-ip-range=...",
-    },
-    "kind": {
-        "nodes": "`docker network create --subnet ... kind` (or `podman network create`) "
-        "before `kind create cluster`"
-    },
-    "k3d": {"nodes": "k3d cluster create --subnet ..."},
-    "minikube": {"nodes": "minikube start --subnet ..."},
-    "minikube-kvm2": {"nodes": "a libvirt network of your own: minikube start --network ..."},
-}
-
-
 def _where_to_change(settings: Settings, kind: str) -> str:
     """The setting of the cluster's own distribution for this kind of range."""
     names = [settings.preset]
     for line in settings.origins:
         if line.startswith("PRESET=auto: found "):
             names = line.removeprefix("PRESET=auto: found ").split(", ")
-    said = [RANGE_SETTINGS[n][kind] for n in names if kind in RANGE_SETTINGS.get(n, {})]
+    said = [
+        presets.RANGE_SETTINGS[n][kind] for n in names if kind in presets.RANGE_SETTINGS.get(n, {})
+    ]
     if said:
         return "; ".join(dict.fromkeys(said))
     if kind == "nodes":

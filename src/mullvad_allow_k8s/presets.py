@@ -153,3 +153,39 @@ PRESETS: dict[str, Preset] = {
 
 # PRESET=auto without anything detected: kubeadm's plan, the upstream default.
 FALLBACK_PRESET = "kubeadm"
+
+
+# Where each distribution sets each kind of range (their documented settings).
+RANGE_SETTINGS: dict[str, dict[str, str]] = {
+    "kubeadm": {
+        "pods": "kubeadm init --pod-network-cidr (ClusterConfiguration networking.podSubnet)",
+        "services": "kubeadm init --service-cidr (ClusterConfiguration networking.serviceSubnet)",
+    },
+    "k3s": {
+        "pods": "cluster-cidr in /etc/rancher/k3s/config.yaml",
+        "services": "service-cidr in /etc/rancher/k3s/config.yaml",
+    },
+    "rke2": {
+        "pods": "cluster-cidr in /etc/rancher/rke2/config.yaml",
+        "services": "service-cidr in /etc/rancher/rke2/config.yaml",
+    },
+    "k0s": {
+        "pods": "spec.network.podCIDR in /etc/k0s/k0s.yaml",
+        "services": "spec.network.serviceCIDR in /etc/k0s/k0s.yaml",
+    },
+    "microk8s": {
+        "pods": "--cluster-cidr in /var/snap/microk8s/current/args/kube-proxy and Calico's pool",
+        "services": "--service-cluster-ip-range in /var/snap/microk8s/current/args/kube-apiserver",
+    },
+    "minikube-none": {
+        "pods": "minikube start --extra-config=kubeadm.pod-network-cidr=...",
+        "services": "minikube start --service-cluster-ip-range=...",
+    },
+    "kind": {
+        "nodes": "`docker network create --subnet ... kind` (or `podman network create`) "
+        "before `kind create cluster`"
+    },
+    "k3d": {"nodes": "k3d cluster create --subnet ..."},
+    "minikube": {"nodes": "minikube start --subnet ..."},
+    "minikube-kvm2": {"nodes": "a libvirt network of your own: minikube start --network ..."},
+}

@@ -28,6 +28,7 @@ from .topology import (
     CLIENT_FIXED_SPORT,
     DOCKER0,
     DOCKER_SVC,
+    EXT_EXCLUDED_PORT,
     FAMILIES,
     HOST_EPHEMERAL_PORT,
     HOST_SERVICE_PORT,
@@ -642,6 +643,14 @@ def probes_for(f: Fam) -> list[Probe]:
     def as_lan(s: Scenario) -> bool:
         return f.v == 4 and nd(s) and s.lan
 
+    def excluded(s: Scenario) -> Expect:
+        """A process Mullvad's split tunnel excludes leaves by the LAN, also in the
+        Blocked state (the split-tunnel rules stay); without split tunnelling it is a
+        plain process of the machine: through the tunnel, or nowhere."""
+        if s.mullvad.split:
+            return Expect(True, "lan", "lan")
+        return ok_if(s.connected, "vpn", "tunnel", else_path="nowhere")
+
     non_cluster = [
         probe(
             "pod_svc_docker",
@@ -680,6 +689,15 @@ def probes_for(f: Fam) -> list[Probe]:
             lambda s: Expect(False),
             leak=True,
             tunnel_address=True,
+        ),
+        probe(
+            "excluded_ext_svc",
+            "host",
+            "a split-tunnel excluded process -> a Service with an external endpoint: "
+            "exactly as Mullvad alone handles it",
+            lambda lab: excluded_tcp(lab, f.ext_svc, EXT_EXCLUDED_PORT),
+            excluded,
+            watch="excluded_ext_svc",
         ),
     ]
     return dns_probes + works + leaks + non_cluster

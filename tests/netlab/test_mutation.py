@@ -42,10 +42,6 @@ KNOWN_SURVIVORS = [
     "delete input_guard[2]: ct mark 0x00000f41 ct label 127 iifname != @cluster_interfaces drop",
     "delete nat_park_new_v4[1]: ct label 126 return",
     "delete nat_park_new_v6[1]: ct label 126 return",
-    "delete output_guard_new_v4[1]: ct original ip daddr @cluster_v4 ip daddr != @cluster_v4 ct mark set 0x00000000",
-    "delete output_guard_new_v4[2]: ct status & dnat == 0 ct original ip daddr @cluster_v4 oifname != @cluster_interfaces ct mark set 0x00000000",
-    "delete output_guard_new_v6[1]: ct original ip6 daddr @cluster_v6 ip6 daddr != @cluster_v6 ct mark set 0x00000000",
-    "delete output_guard_new_v6[2]: ct status & dnat == 0 ct original ip6 daddr @cluster_v6 oifname != @cluster_interfaces ct mark set 0x00000000",
     "delete output_new_v4[3]: ct original ip daddr @protected_v4 return",
     "delete output_new_v6[2]: ct original ip6 daddr != @cluster_v6 return",
     "delete output_new_v6[3]: ct original ip6 daddr @protected_v6 return",
@@ -57,7 +53,6 @@ KNOWN_SURVIVORS = [
     "delete prerouting_new_v6[5]: fib daddr . iif type != local fib daddr type local ip6 daddr != @public_v6 return",
     "weaken: confirm_candidate: no 'not to a ClusterIP originally'",
     "weaken: HOST_PORTS: fib daddr . iif -> fib daddr",
-    "weaken: output_guard: no entries for flows Mullvad's split tunnel already marked",
     'weaken: cluster_interfaces without "lo"',
 ]
 

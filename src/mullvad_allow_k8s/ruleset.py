@@ -456,17 +456,13 @@ def _forged() -> Rule:
 def _guard(hook: str, settings: Settings) -> list[str]:
     if hook == "output":
         dispatch = (
-            "The first packet of a flow this machine starts goes to `output_new_v4`/`_v6`; "
-            "that of a flow already exempted (by Mullvad's split tunnel) is judged.",
-            [
-                "ct state new ct mark . meta nfproto vmap { "
-                + ", ".join(
-                    f"{mark} . ipv{n} : goto {chain}_v{n}"
-                    for mark, chain in ((CT, "output_guard_new"), ("0x00000000", "output_new"))
-                    for n in (4, 6)
-                )
-                + " }"
-            ],
+            "The first packet of a flow this machine starts goes to `output_new_v4`/`_v6`. "
+            "A flow Mullvad's split tunnel marked already (a process started with "
+            "`mullvad-exclude`) is Mullvad's and is not judged: its packets are routed by "
+            "Mullvad's fwmark, so taking the ct mark away would not put them back into the "
+            "tunnel; they would still leave by the LAN, and Mullvad's input chain would "
+            "drop the answers.",
+            [_by_family("ct state new ct mark 0x00000000", "output_new")],
         )
     else:
         dispatch = (
@@ -477,11 +473,10 @@ def _guard(hook: str, settings: Settings) -> list[str]:
     base = _chain(f"{hook}_guard", f"filter hook {hook}", marks.GUARD_PRIORITY, base_rules)
     chains = [base]
     for ip, v in (("ip", "v4"), ("ip6", "v6")):
-        rules: list[Rule] = []
         if hook == "output":
             chains += _output_new(settings, ip, v)
-        else:
-            rules += _forward_kept(settings, ip, v)
+            continue
+        rules: list[Rule] = _forward_kept(settings, ip, v)
         rules += [
             (
                 "A flow exempted for its cluster destination keeps the exemption only if, "
@@ -494,7 +489,7 @@ def _guard(hook: str, settings: Settings) -> list[str]:
                 ],
             )
         ]
-        if hook == "forward" and settings.node_networks:
+        if settings.node_networks:
             rules.append(
                 (
                     "A flow forwarded to a node keeps the exemption only on that node "
@@ -505,29 +500,14 @@ def _guard(hook: str, settings: Settings) -> list[str]:
                     ],
                 )
             )
-        if hook == "forward":
-            rules.append(
-                (
-                    "Every exempted forwarded flow (pods, and connections forwarded into pods) "
-                    "leaves by a cluster interface (CLUSTER_INTERFACES): a cluster address with "
-                    "nothing behind it here (routed to the default route) loses the exemption.",
-                    ["oifname != @cluster_interfaces ct mark set 0x00000000"],
-                )
+        rules.append(
+            (
+                "Every exempted forwarded flow (pods, and connections forwarded into pods) "
+                "leaves by a cluster interface (CLUSTER_INTERFACES): a cluster address with "
+                "nothing behind it here (routed to the default route) loses the exemption.",
+                ["oifname != @cluster_interfaces ct mark set 0x00000000"],
             )
-        else:
-            # In the output hook the interface is the one routing chose before DNAT
-            # re-routed the packet, so only flows without DNAT can be judged by it there.
-            rules.append(
-                (
-                    "The interface test, only without DNAT: in the output hook the interface "
-                    "is the one chosen before DNAT re-routed the packet; where a DNAT-ed flow "
-                    "really leaves is checked in `postrouting_guard`.",
-                    [
-                        f"ct status & dnat == 0 ct original {ip} daddr @cluster_{v} "
-                        "oifname != @cluster_interfaces ct mark set 0x00000000"
-                    ],
-                )
-            )
+        )
         chains.append(
             _regular(
                 f"{hook}_guard_new_{v}",

@@ -1,7 +1,8 @@
 """Servers the lab runs inside its namespaces, and the DNS wire format its probes use.
 
 Stdlib only, so it runs under any interpreter as `agent.py serve SPEC` (a background
-process killed at cleanup) or `agent.py dnsbench SPEC` (timing client for the bench).
+process killed at cleanup), `agent.py dnsbench SPEC` (timing client for the bench) or
+`agent.py connect SPEC` (one connection from a process in a cgroup of its choosing).
 
 Each DNS responder answers every A/AAAA question with its own fixed addresses, so a
 probe can tell which resolver answered (CoreDNS, the in-tunnel one, an outside one).
@@ -12,6 +13,7 @@ tunnel it reached.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
@@ -213,15 +215,37 @@ def dnsbench(spec: dict[str, Any]) -> None:
     print(json.dumps(rtts), flush=True)
 
 
+def connect(spec: dict[str, Any]) -> None:
+    """Join the cgroup first (its `cgroup.procs`: a socket takes the cgroup's net_cls
+    classid when it is created), then one TCP connection reading the server's banner.
+
+    spec: {"cgroup_procs": path, "dst": addr, "port": int, "timeout": seconds}. Prints
+    {"ok", "detail", "ident", "peer"} as JSON (probes.Outcome's fields)."""
+    with open(spec["cgroup_procs"], "w") as procs:
+        procs.write(f"{os.getpid()}\n")
+    out: dict[str, Any] = {"ok": False, "detail": "", "ident": None, "peer": None}
+    try:
+        with socket.socket(_family(spec["dst"]), socket.SOCK_STREAM) as sock:
+            sock.settimeout(float(spec["timeout"]))
+            sock.connect((spec["dst"], int(spec["port"])))
+            line = sock.makefile("r").readline().strip()
+        ident, _, peer = line.partition(" ")
+        out = {"ok": bool(line), "detail": f"banner {line!r}", "ident": ident, "peer": peer}
+    except TimeoutError:
+        out["detail"] = "timeout"
+    except ConnectionRefusedError:
+        out["detail"] = "refused"
+    except OSError as exc:
+        out["detail"] = exc.strerror or repr(exc)
+    print(json.dumps(out), flush=True)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("serve", "dnsbench"):
-        print("usage: agent.py serve|dnsbench JSON", file=sys.stderr)
+    modes = {"serve": serve, "dnsbench": dnsbench, "connect": connect}
+    if len(argv) != 3 or argv[1] not in modes:
+        print("usage: agent.py serve|dnsbench|connect JSON", file=sys.stderr)
         return 2
-    spec = json.loads(argv[2])
-    if argv[1] == "serve":
-        serve(spec)
-    else:
-        dnsbench(spec)
+    modes[argv[1]](json.loads(argv[2]))
     return 0
 
 

@@ -202,17 +202,46 @@ def delete_namespaces(spaces: Sequence[Netns]) -> list[str]:
     return errors
 
 
+def remove_cgroup_mount(mnt: Path, ours: Callable[[str], bool]) -> list[str]:
+    """Remove a lab's cgroups (those whose name `ours` accepts; their processes have
+    ended) under its mount of a cgroup hierarchy, and unmount it; return errors instead
+    of raising. The hierarchy is the machine's: other labs' cgroups are left alone."""
+    if not os.path.ismount(mnt):
+        return []
+    errors = []
+    for group in [p for p in mnt.iterdir() if p.is_dir() and ours(p.name)]:
+        try:
+            group.rmdir()
+        except OSError as exc:
+            errors.append(f"rmdir {group}: {exc}")
+    proc = run(["umount", str(mnt)], check=False)
+    if proc.returncode != 0:
+        errors.append(proc.stderr.strip())
+    return errors
+
+
+def _stale(name: str, prefix: str) -> bool:
+    """`<prefix><pid>-...` of a process that is gone."""
+    if not name.startswith(prefix):
+        return False
+    pid_part = name[len(prefix) :].split("-", 1)[0]
+    return pid_part.isdigit() and not Path(f"/proc/{pid_part}").exists()
+
+
 def purge_stale(prefix: str) -> list[str]:
-    """Delete namespaces `<prefix><pid>-...` left by lab runs whose process is gone."""
+    """Delete namespaces `<prefix><pid>-...` left by lab runs whose process is gone, and
+    their labs' cgroup mounts (in temporary directories named the same way)."""
     removed: list[str] = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        mnt = Path(line.split()[1])
+        stale = line.split()[2] == "cgroup" and _stale(mnt.parent.name, prefix)
+        if stale and not remove_cgroup_mount(mnt, lambda name: _stale(name, prefix)):
+            removed.append(str(mnt))
     if not NETNS_DIR.is_dir():
         return removed
     for entry in NETNS_DIR.iterdir():
         name = entry.name
-        if not name.startswith(prefix):
-            continue
-        pid_part = name[len(prefix) :].split("-", 1)[0]
-        if not pid_part.isdigit() or Path(f"/proc/{pid_part}").exists():
+        if not _stale(name, prefix):
             continue
         if run(["ip", "netns", "del", name], check=False).returncode == 0:
             removed.append(name)

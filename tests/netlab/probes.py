@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import agent
 from .mullvad_emu import MullvadState
+from .nsutil import AGENT, run
 from .topology import (
     API_PORT,
+    BR_NET,
     CLIENT_FIXED_SPORT,
+    DOCKER0,
+    DOCKER_SVC,
+    EXT_EXCLUDED_PORT,
     FAMILIES,
     HOST_EPHEMERAL_PORT,
     HOST_SERVICE_PORT,
@@ -34,6 +40,7 @@ from .topology import (
     LAN_SERVICE_PORT,
     LB_PORT,
     NODEPORT,
+    OFF_NODE_SVC,
     SPOOF_PAYLOAD,
     SPOOF_PORT,
     SPOOF_RECEIVERS,
@@ -202,6 +209,24 @@ def spoofed_udp(lab: Lab, f: Fam, dst: str, port: int, receiver: str) -> Outcome
     out = lab[receiver].exec("nft", "-j", "list", "counter", "inet", "netlab_rx", name).stdout
     packets = int(json.loads(out)["nftables"][1]["counter"]["packets"])
     return Outcome(packets > 0, f"{packets} of 3 spoofed packets delivered to {receiver}")
+
+
+def excluded_tcp(lab: Lab, dst: str, port: int) -> Outcome:
+    """`tcp_connect` from a process in Mullvad's split-tunnel cgroup on the machine (an
+    app started with `mullvad-exclude`): a process of its own (agent.py connect), since
+    moving a thread of this one would mark every socket the process holds."""
+    assert lab.excluded_cgroup is not None, "the lab has no split-tunnel cgroup (build)"
+    spec = {
+        "cgroup_procs": str(lab.excluded_cgroup / "cgroup.procs"),
+        "dst": dst,
+        "port": port,
+        "timeout": TIMEOUT,
+    }
+    argv = ["nsenter", f"--net={lab['host'].path}", sys.executable, "-I", str(AGENT)]
+    proc = run([*argv, "connect", json.dumps(spec)], check=False)
+    if proc.returncode != 0:
+        return Outcome(False, f"agent.py connect failed: {proc.stderr.strip()}")
+    return Outcome(**json.loads(proc.stdout))
 
 
 # --- the probes -----------------------------------------------------------------------
@@ -610,7 +635,72 @@ def probes_for(f: Fam) -> list[Probe]:
             tunnel_address=True,
         ),
     ]
-    return dns_probes + works + leaks
+
+    # --- issue 22, forward/output side: what is on the machine but not the cluster's ---
+    # (topology.NON_CLUSTER_BRIDGES). Containers on bridges named like the cluster's are
+    # reached as Mullvad alone decides (its LAN sharing, for their private IPv4; never
+    # their IPv6, outside fc00::/7), whether straight or through a ClusterIP.
+    def as_lan(s: Scenario) -> bool:
+        return f.v == 4 and nd(s) and s.lan
+
+    def excluded(s: Scenario) -> Expect:
+        """A process Mullvad's split tunnel excludes leaves by the LAN, also in the
+        Blocked state (the split-tunnel rules stay); without split tunnelling it is a
+        plain process of the machine: through the tunnel, or nowhere."""
+        if s.mullvad.split:
+            return Expect(True, "lan", "lan")
+        return ok_if(s.connected, "vpn", "tunnel", else_path="nowhere")
+
+    non_cluster = [
+        probe(
+            "pod_svc_docker",
+            "client",
+            "pod -> a ClusterIP whose endpoint is a container on docker0 (not the "
+            "cluster's): as Mullvad alone decides, the exemption ends after DNAT",
+            _tcp("client", DOCKER_SVC[f.v], SVC_WEB_PORT),
+            lambda s: ok_if(as_lan(s), DOCKER0.role),
+            leak=True,
+        ),
+        probe(
+            "pod_br_ctr",
+            "client",
+            "pod -> a container on a br-* bridge (not the cluster's): as Mullvad alone "
+            "decides, a pod is exempted only to the cluster",
+            _tcp("client", BR_NET.ctr[f.v], WEB_PORT),
+            lambda s: ok_if(as_lan(s), BR_NET.role),
+            leak=True,
+        ),
+        probe(
+            "host_svc_off_node",
+            "host",
+            "host -> a ClusterIP whose endpoint is a pod-range address on no node here: "
+            "never onto the LAN (the route after DNAT is the default route)",
+            _tcp("host", OFF_NODE_SVC[f.v], SVC_WEB_PORT),
+            lambda s: Expect(False, path=not_lan(s)),
+            watch="host_svc_off_node",
+            leak=True,
+        ),
+        probe(
+            "host_tunnel_nodeport",
+            "host",
+            "host -> a NodePort on the tunnel's own address (kube-proxy opens NodePorts on "
+            "every local address): never exempted, its replies from the pod stay dropped",
+            _tcp("host", f.tun_host, NODEPORT),
+            lambda s: Expect(False),
+            leak=True,
+            tunnel_address=True,
+        ),
+        probe(
+            "excluded_ext_svc",
+            "host",
+            "a split-tunnel excluded process -> a Service with an external endpoint: "
+            "exactly as Mullvad alone handles it",
+            lambda lab: excluded_tcp(lab, f.ext_svc, EXT_EXCLUDED_PORT),
+            excluded,
+            watch="excluded_ext_svc",
+        ),
+    ]
+    return dns_probes + works + leaks + non_cluster
 
 
 PROBES: list[Probe] = [p for f in FAMILIES for p in probes_for(f)]

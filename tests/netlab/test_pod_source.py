@@ -40,15 +40,26 @@ import pytest
 
 from . import agent
 from .mullvad_emu import MullvadState
-from .nsutil import Netns, create_namespaces
+from .nsutil import Netns
 from .probes import tcp_connect
 from .scenarios import load_bypass
-from .topology import ANSWERS, DNS_ALT_PORT, HOST_SERVICE_PORT, V4, V6, Fam, Lab, counter_rules
+from .topology import (
+    ANSWERS,
+    DNS_ALT_PORT,
+    DOCKER0,
+    HOST_SERVICE_PORT,
+    OFF_NODE,
+    V4,
+    V6,
+    Fam,
+    Lab,
+    counter_rules,
+)
 
-OFF_NODE = {4: "10.244.7.7", 6: "fd00:10:244:7::7"}  # in POD_CIDRS, not on this node
-DOCKER = {"bridge": "docker0", "host": "172.17.0.1", "ctr": "172.17.0.2", "plen": 16}
 NAMES = ("dns", "sshd", "echo")
-SENDERS = {"pod": "client", "docker0": "ctr"}
+# The docker0 container is the lab's (topology.DOCKER0); OFF_NODE is in POD_CIDRS, not
+# on this node.
+SENDERS = {"pod": "client", "docker0": DOCKER0.role}
 # (family, sender, whose source): IPv6 from the pod only (the docker0 stand-in is IPv4).
 CASES = [
     (V4, "pod", "off_node"),
@@ -77,26 +88,6 @@ def _watches(f: Fam, src: str) -> dict[str, str]:
         name: f"{f.nfproto} daddr {src} {proto} sport {port}"
         for name, (_dst, port, proto) in _probes(f).items()
     }
-
-
-def _docker0(lab: Lab) -> Netns:
-    """A container on a bridge named docker0 that is not the cluster's (Docker's default
-    network), its namespace kept with the lab's so that `destroy` removes it."""
-    (ctr,) = create_namespaces([f"{lab.uid}-ctr"])
-    lab.ns["ctr"] = ctr
-    b = DOCKER
-    lab["host"].ip(
-        f"link add {b['bridge']} type bridge\n"
-        f"link add veth-ctr type veth peer name eth0 netns {ctr.name}\n"
-        f"link set veth-ctr master {b['bridge']} up\n"
-        f"addr add {b['host']}/{b['plen']} dev {b['bridge']}\n"
-        f"link set {b['bridge']} up\n"
-    )
-    ctr.ip(
-        "link set lo up\nlink set eth0 up\n"
-        f"addr add {b['ctr']}/{b['plen']} dev eth0\nroute add default via {b['host']}\n"
-    )
-    return ctr
 
 
 def _send(f: Fam, src: str) -> None:
@@ -180,8 +171,7 @@ def run(case: Case, state: str, lan: bool, rp_filter: int, bypass: str) -> dict[
     )
     try:
         lab.build()
-        _docker0(lab)
-        lab["host"].sysctl({"net.ipv4.conf.docker0.rp_filter": rp_filter})
+        lab["host"].sysctl({f"net.ipv4.conf.{DOCKER0.name}.rp_filter": rp_filter})
         load_bypass(lab, bypass)
         if lab.mullvad != final:
             lab.set_mullvad(final)

@@ -36,12 +36,32 @@ from typing import Any
 
 from . import cni, kube_proxy, mullvad_emu
 from .mullvad_emu import MullvadState, Tunnel
-from .nsutil import LabError, Netns, create_namespaces, delete_namespaces, wait_ready
+from .nsutil import (
+    LabError,
+    Netns,
+    create_namespaces,
+    delete_namespaces,
+    remove_cgroup_mount,
+    run,
+    wait_ready,
+)
 
 PREFIX = "nlab"
 # "hostport" is a pod set up by Debian's CNI plugins (bridge, host-local, portmap) as a
 # container runtime sets one up, with a hostPort; the other pods are wired by hand.
-ROLES = ("host", "lan", "lanclient", "vpn", "client", "web", "coredns", "hostport")
+# "docker" and "brctr" are containers that are not the cluster's (NON_CLUSTER_BRIDGES).
+ROLES = (
+    "host",
+    "lan",
+    "lanclient",
+    "vpn",
+    "client",
+    "web",
+    "coredns",
+    "hostport",
+    "docker",
+    "brctr",
+)
 
 NODEPORT = 30080
 WEB_PORT = 8080
@@ -52,6 +72,7 @@ SVC_WEB_PORT = 80
 SVC_API_PORT = 443
 # Ports of the internet server, one per probe so each probe has its own counter.
 INET_HOST, INET_HOST_SPORT, INET_POD, INET_EXT_POD, INET_EXT_HOST = 443, 444, 445, 446, 447
+INET_EXT_EXCLUDED = 448  # the external Service's endpoint for a split-tunnel excluded process
 CLIENT_FIXED_SPORT = 8443  # a non-ephemeral source port for an outgoing host connection
 HOST_EPHEMERAL_PORT = 40000  # a host server inside the ephemeral range: never exempted
 HOSTPORT = 8088  # the hostport pod's hostPort (-> WEB_PORT in the pod), by CNI portmap
@@ -173,6 +194,125 @@ FAMILIES = (V4, V6)
 TUNNEL = Tunnel(ips=(V4.tun_host, V6.tun_host), dns=(V4.tun_gw, V6.tun_gw), relay=RELAY)
 POD_ROLES = {"client": "client_pod", "web": "web_pod", "coredns": "dns_pod"}
 
+
+# --- issue 22, forward/output side: what is on the machine but not the cluster's ------
+# Bridges named like the cluster's (docker0 and br-* are in the default
+# CLUSTER_INTERFACES) with a container each that is not the cluster's, Services that
+# leave the cluster, and Mullvad's split-tunnel cgroup (see Lab).
+
+
+@dataclass(frozen=True)
+class OtherBridge:
+    """A container engine's bridge with one container on it, not the cluster's.
+
+    IPv6 with documentation addresses outside fc00::/7 (Docker's docs use 2001:db8:1::/64
+    for `fixed-cidr-v6`), so that Mullvad's LAN sharing, which accepts fc00::/7, does not
+    decide the IPv6 probes. Neighbours are pinned both ways: Mullvad's input chain takes
+    solicitations from fe80::/10 only, which is not what these probes are about."""
+
+    role: str
+    name: str
+    mac: str  # the bridge's (the container's gateway)
+    gw: dict[int, str]  # the machine's address on it, by family
+    ctr: dict[int, str]  # the container's
+    plen: dict[int, int]
+
+
+DOCKER0 = OtherBridge(
+    "docker",
+    "docker0",
+    "02:42:ac:11:00:01",
+    {4: "172.17.0.1", 6: "2001:db8:1::1"},
+    {4: "172.17.0.2", 6: "2001:db8:1::2"},
+    {4: 16, 6: 64},
+)
+# A user-defined Docker network (br-<id>); 172.19.0.0/16, not kind's 172.18.0.0/16,
+# which test_matrix's NODE_NETWORKS scenarios and bench/rules_per_packet.py use.
+BR_NET = OtherBridge(
+    "brctr",
+    "br-5e1f0c2a9d3b",
+    "02:42:ac:13:00:01",
+    {4: "172.19.0.1", 6: "2001:db8:2::1"},
+    {4: "172.19.0.2", 6: "2001:db8:2::2"},
+    {4: 16, 6: 64},
+)
+NON_CLUSTER_BRIDGES = (DOCKER0, BR_NET)
+
+# ClusterIPs whose endpoints are not the cluster's: a container on docker0 (a Service with
+# a hand-made EndpointSlice, as people point a Service at a Docker container), and a
+# pod-range address on no node here (a pod elsewhere with nothing routing it here).
+DOCKER_SVC = {4: "10.96.0.40", 6: "fd00:10:96::28"}
+OFF_NODE = {4: "10.244.7.7", 6: "fd00:10:244:7::7"}
+OFF_NODE_SVC = {4: "10.96.0.50", 6: "fd00:10:96::32"}
+OFF_NODE_PORT = 8082
+EXT_EXCLUDED_PORT = 82  # the external Service's port whose endpoint is INET_EXT_EXCLUDED
+
+NON_CLUSTER_WATCHES = {
+    "host_svc_off_node": "{ip} daddr {off_node} tcp dport " + str(OFF_NODE_PORT),
+    "excluded_ext_svc": "{ip} daddr {internet} tcp dport " + str(INET_EXT_EXCLUDED),
+}
+
+
+def non_cluster_services(f: Fam) -> list[kube_proxy.Service]:
+    """default/docker-app: http 80 -> the docker0 container's 8080; default/off-node:
+    http 80 -> OFF_NODE:8082; default/external's port 82 (the split-tunnel probe's)."""
+    svc = kube_proxy.Service
+    return [
+        svc(
+            "default",
+            "docker-app",
+            "http",
+            "tcp",
+            DOCKER_SVC[f.v],
+            SVC_WEB_PORT,
+            ((DOCKER0.ctr[f.v], WEB_PORT),),
+        ),
+        svc(
+            "default",
+            "off-node",
+            "http",
+            "tcp",
+            OFF_NODE_SVC[f.v],
+            SVC_WEB_PORT,
+            ((OFF_NODE[f.v], OFF_NODE_PORT),),
+        ),
+        svc(
+            "default",
+            "external",
+            "c",
+            "tcp",
+            f.ext_svc,
+            EXT_EXCLUDED_PORT,
+            ((f.internet, INET_EXT_EXCLUDED),),
+        ),
+    ]
+
+
+def non_cluster_links(host: Netns, spaces: dict[str, Netns]) -> None:
+    """The bridges, their containers, addresses, routes and pinned neighbours."""
+    for b in NON_CLUSTER_BRIDGES:
+        ctr = spaces[b.role]
+        lines = [
+            f"link add {b.name} address {b.mac} type bridge mcast_snooping 0",
+            f"link add veth-{b.role} type veth peer name eth0 netns {ctr.name}",
+            f"link set veth-{b.role} master {b.name} up",
+            f"link set {b.name} up",
+        ]
+        inner = ["link set lo up", "link set eth0 up"]
+        for v in (4, 6):
+            nodad = " nodad" if v == 6 else ""
+            lines.append(f"addr add {b.gw[v]}/{b.plen[v]} dev {b.name}{nodad}")
+            inner += [
+                f"addr add {b.ctr[v]}/{b.plen[v]} dev eth0{nodad}",
+                f"route add default via {b.gw[v]}",
+            ]
+        inner.append(f"neigh replace {b.gw[6]} lladdr {b.mac} dev eth0 nud permanent")
+        host.ip("\n".join(lines) + "\n")
+        ctr.ip("\n".join(inner) + "\n")
+        mac = ctr.exec("cat", "/sys/class/net/eth0/address").stdout.strip()
+        host.ip(f"neigh replace {b.ctr[6]} lladdr {mac} dev {b.name} nud permanent\n")
+
+
 # Packets entering the vpn namespace from the tunnel (tun0) and the LAN router from the
 # host (lan0) are counted per watch: which way did a reply or a connection leave?
 WATCHES: dict[str, str] = {
@@ -192,6 +332,7 @@ WATCHES: dict[str, str] = {
     "pod_other_node": "{ip} daddr {other_node_pod}",
     "pod_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT),
     "host_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT + 1),
+    **NON_CLUSTER_WATCHES,
 }
 
 
@@ -236,6 +377,7 @@ def kube_services(f: Fam) -> list[kube_proxy.Service]:
         svc("default", "kubernetes", "https", "tcp", f.api_svc, SVC_API_PORT, api),
         svc("default", "external", "a", "tcp", f.ext_svc, 80, ((f.internet, INET_EXT_POD),)),
         svc("default", "external", "b", "tcp", f.ext_svc, 81, ((f.internet, INET_EXT_HOST),)),
+        *non_cluster_services(f),
     ]
 
 
@@ -311,7 +453,7 @@ def counter_rules(
     A watch is an nft match with the family's addresses as `{field}` (any Fam field)."""
     counters, rules = [], []
     for f in FAMILIES:
-        fmt = {"ip": f.nfproto, **dataclasses.asdict(f)}
+        fmt = {"ip": f.nfproto, "off_node": OFF_NODE[f.v], **dataclasses.asdict(f)}
         for watch, match in watches.items():
             name = watch_name(watch, f)
             counters.append(f"\tcounter {name} {{ }}\n")
@@ -342,6 +484,7 @@ class Lab:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.uid}-"))
         self.tunnel_up = False
         self.hostport_ips: list[str] = []
+        self.excluded_cgroup: Path | None = None  # Mullvad's split-tunnel cgroup (build)
 
     def __getitem__(self, role: str) -> Netns:
         return self.ns[role]
@@ -383,6 +526,7 @@ class Lab:
                 }
             ns.sysctl({**base, **extra})
         self._links()
+        non_cluster_links(self["host"], self.ns)
         self["host"].nft(cni_masquerade_rules())
         self["vpn"].nft(counter_rules("tun0"))
         self["lan"].nft(counter_rules("lanbr"))
@@ -393,7 +537,23 @@ class Lab:
         self._kube_proxy()  # after portmap: its iptables chains must survive kube-proxy's
         # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
         self._start_agents(extra_agents or {})
+        self._split_tunnel_cgroup()
         self.set_mullvad(self.mullvad, initial=True)
+
+    def _split_tunnel_cgroup(self) -> None:
+        """Mullvad's split-tunnel cgroup as the app makes it without its `cgroup2` feature
+        (notes 1.3-2): the v1 net_cls controller, a cgroup whose net_cls.classid is
+        NET_CLS_CLASSID, which Mullvad's `meta cgroup` rule marks. Mounted in the lab's
+        directory (the hierarchy is the machine's, shared with any other mount of it), one
+        cgroup per lab; removed by `destroy`. A process joins it before it opens a socket
+        (agent.py connect), as `mullvad-exclude` does before it runs the program."""
+        mnt = self.tmp / "net_cls"
+        mnt.mkdir()
+        run(["mount", "-t", "cgroup", "-o", "net_cls", "net_cls", str(mnt)])
+        group = mnt / f"{self.uid}-mullvad-exclusions"
+        group.mkdir()
+        (group / "net_cls.classid").write_text(f"{mullvad_emu.NET_CLS_CLASSID}\n")
+        self.excluded_cgroup = group
 
     def _links(self) -> None:
         host = self["host"]
@@ -518,7 +678,14 @@ class Lab:
         def dns(who: str, addrs: list[str], ports: tuple[int, ...] = (53,)) -> dict[str, Any]:
             return {"addrs": addrs, "ports": list(ports), "answers": ANSWERS[who]}
 
-        inet_ports = (INET_HOST, INET_HOST_SPORT, INET_POD, INET_EXT_POD, INET_EXT_HOST)
+        inet_ports = (
+            INET_HOST,
+            INET_HOST_SPORT,
+            INET_POD,
+            INET_EXT_POD,
+            INET_EXT_HOST,
+            INET_EXT_EXCLUDED,
+        )
         specs: dict[str, dict[str, Any]] = {
             "coredns": {
                 "ident": "coredns",
@@ -541,6 +708,7 @@ class Lab:
                 ],
             },
             "lanclient": {"ident": "lanclient", "tcp": [["::", LAN_SERVICE_PORT]]},
+            **{b.role: {"ident": b.role, "tcp": [["::", WEB_PORT]]} for b in NON_CLUSTER_BRIDGES},
             "vpn": {
                 "ident": "vpn",
                 "tcp": [[f.internet, p] for f in FAMILIES for p in inet_ports],
@@ -616,5 +784,6 @@ class Lab:
 
     def destroy(self) -> list[str]:
         errors = delete_namespaces(list(self.ns.values()))
+        errors += remove_cgroup_mount(self.tmp / "net_cls", lambda n: n.startswith(self.uid))
         shutil.rmtree(self.tmp, ignore_errors=True)
         return errors

@@ -250,8 +250,9 @@ class Cluster:
         if containers:
             try:
                 self.podman("rm", "-f", "-t", "0", *containers)
-            except LabError as exc:
-                errors.append(str(exc))
+            except LabError as exc:  # one that never started is not an error
+                if "no such container" not in str(exc):
+                    errors.append(str(exc))
         for what, name in self.created:
             if what == "network":
                 try:

@@ -61,7 +61,6 @@ import re
 import selectors
 import socket
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -72,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.netlab import agent  # noqa: E402
 from tests.netlab.mullvad_emu import MullvadState  # noqa: E402
-from tests.netlab.nsutil import AGENT, LabError, Netns  # noqa: E402
+from tests.netlab.nsutil import AGENT, LabError, Netns, flush_conntrack  # noqa: E402
 from tests.netlab.scenarios import run_generator  # noqa: E402
 from tests.netlab.topology import DNS_ALT_PORT, IPERF_PORT, ROLES, V4, Lab  # noqa: E402
 
@@ -114,24 +113,6 @@ def set_bypass(lab: Lab, on: bool) -> None:
 
 FLOW_SPORT = 10000  # first source port of a round's flows: below the ephemeral range
 TABLE = "table inet mullvad_allow_k8s\ndelete table inet mullvad_allow_k8s\n"
-
-
-def flush_conntrack(ns: Netns) -> None:
-    """Delete every conntrack entry of the namespace, as `conntrack -F` does (ctnetlink
-    IPCTNL_MSG_CT_DELETE without a tuple, family unspecified)."""
-
-    def flush() -> None:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETFILTER
-            sock.bind((0, 0))
-            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # nfgenmsg
-            msg_type = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE
-            flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
-            sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags, 1, 0) + body)
-            (error,) = struct.unpack_from("=i", sock.recv(4096), 16)
-            if error:
-                raise OSError(-error, f"conntrack flush in {ns.name}: {os.strerror(-error)}")
-
-    ns.call(flush)
 
 
 def udp_flows(lab: Lab, count: int, window: int, first_port: int) -> float:

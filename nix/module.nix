@@ -195,8 +195,9 @@ in
         Node networks of clusters in containers or VMs (kind, k3d, minikube's docker and
         kvm2 drivers) as `"CIDR@INTERFACE"`: the range on the bridge it lives on (an
         interface name or a `NAME*` pattern). This machine may reach the nodes there
-        (kubectl), and connections forwarded to a node (kind's extraPortMappings) are
-        exempted; the nodes' own traffic is not. `null`: the preset's (kind
+        (kubectl), and connections forwarded to a node (kind's extraPortMappings),
+        traffic between the nodes on that bridge and their DNS to its gateway are
+        exempted; the nodes' other traffic is not. `null`: the preset's (kind
         `172.18.0.0/16@br-*`, the subnet Docker gives the first network, and its IPv6
         ULA; none for clusters running on this machine; the default, unless
         `preset = "auto"`); `[ ]`: none.

@@ -133,18 +133,35 @@ def mullvad_allows_lan(table: list[dict[str, Any]]) -> bool:
 
 
 def check_ipv6_lan(settings: Settings, table: list[dict[str, Any]]) -> list[Finding]:
-    """IPv6 pods need Mullvad's LAN sharing: their neighbour discovery cannot be marked."""
-    if not table or not any(n.version == 6 for n in settings.pod_cidrs):
+    """IPv6 pods and nodes need Mullvad's LAN sharing to reach this machine: their
+    neighbour discovery cannot be marked."""
+    pods = any(n.version == 6 for n in settings.pod_cidrs)
+    nodes = any(n.version == 6 for n, _ in settings.node_networks)
+    if not table or not (pods or nodes):
         return []
+    who = " and ".join(w for w, on in (("pods", pods), ("nodes", nodes)) if on)
     if mullvad_allows_lan(table):
-        return [Finding(OK, "Mullvad's local network sharing is on (IPv6 pods can reach the node)")]
+        return [
+            Finding(OK, f"Mullvad's local network sharing is on (IPv6 {who} can reach the node)")
+        ]
+    what = " and ".join(
+        w for w, on in (("pod ranges", pods), ("node networks (NODE_NETWORKS)", nodes)) if on
+    )
+    cannot = []
+    if pods:
+        cannot.append("IPv6 pods cannot reach the node.")
+    if nodes:
+        cannot.append(
+            "IPv6 nodes reach this machine (their gateway's DNS too) only after it spoke to "
+            "them first; between nodes, on their bridge, IPv6 works."
+        )
     return [
         Finding(
             WARN,
-            "IPv6 pod ranges are set but Mullvad's local network sharing is off: pods send "
+            f"IPv6 {what} are set but Mullvad's local network sharing is off: {who} send "
             "neighbour discovery from their ULA addresses, Mullvad's input chain accepts it "
             "only from fe80::/10, and neighbour discovery is not conntracked, so no mark can "
-            "exempt it. IPv6 pods cannot reach the node.",
+            "exempt it. " + " ".join(cannot),
             "mullvad lan set allow",
         )
     ]
@@ -171,7 +188,7 @@ def check_kernel(settings: Settings, facts: MachineFacts) -> list[Finding]:
             )
         )
     else:
-        out.append(Finding(OK, "br_netfilter passes bridged pod traffic to nftables"))
+        out.append(Finding(OK, "br_netfilter passes bridged pod and node traffic to nftables"))
     if settings.bridge_table and not nft.bridge_conntrack_supported():
         out.append(
             Finding(

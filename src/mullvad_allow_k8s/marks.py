@@ -115,6 +115,14 @@ LOCAL_FLOW_LABEL = Constant(
     "prerouting, where a parked mark is given back)",
     hex=False,
 )
+NODE_LINK_LABEL = Constant(
+    125,
+    "ours (conntrack label bit): set, with the cluster flow label, on a flow whose first "
+    "packet entered and left by the same node network bridge (NODE_NETWORKS: node to node, "
+    "pod to pod across nodes, bridged with br_netfilter); `nat_park` parks it, so the "
+    "nodes and pods see each other's real addresses",
+    hex=False,
+)
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows; "
@@ -186,6 +194,7 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("parked ct mark", PARKED_CT_MARK),
     ("cluster flow ct label", CLUSTER_FLOW_LABEL),
     ("local flow ct label", LOCAL_FLOW_LABEL),
+    ("node link ct label", NODE_LINK_LABEL),
     ("nat park priority", NAT_PARK_PRIORITY),
 )
 

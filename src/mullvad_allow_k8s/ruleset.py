@@ -23,6 +23,7 @@ PARKED = marks.PARKED_CT_MARK.nft
 TENTATIVE = marks.TENTATIVE_CT_MARK.nft
 LABEL = marks.CLUSTER_FLOW_LABEL.nft
 LOCAL = marks.LOCAL_FLOW_LABEL.nft
+NODE_LINK = marks.NODE_LINK_LABEL.nft
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -272,6 +273,7 @@ def _prerouting(settings: Settings) -> list[str]:
                         "exception they are configured as.",
                         [rule(f"fib daddr . iif type != local fib daddr type local{public}")],
                     ),
+                    *([_gateway_dns(ip, v)] if settings.node_networks else []),
                     (
                         "Every other new connection from outside (not the tunnel, not a cluster "
                         "interface) is a candidate, marked tentatively: the fwmark lets "
@@ -464,6 +466,8 @@ def _guard(hook: str, settings: Settings) -> list[str]:
             "drop the answers.",
             [_by_family("ct state new ct mark 0x00000000", "output_new")],
         )
+    elif settings.node_networks:
+        dispatch = _forward_dispatch()
     else:
         dispatch = (
             "Only the first packet of an exempted flow is judged.",
@@ -643,6 +647,8 @@ def _nat_park(settings: Settings) -> list[str]:
                 [f"ct label {LOCAL} return"],
             )
         )
+        if settings.node_networks:
+            rules.append(_node_link_park())
         rules.append(
             (
                 "Pod-to-pod flows (after DNAT) hide their ct mark from Mullvad's nat chain, "
@@ -656,6 +662,93 @@ def _nat_park(settings: Settings) -> list[str]:
             _regular(f"nat_park_new_{v}", f"An exempted flow's first packet, IPv{v[1]}.", rules)
         )
     return [base, *parks]
+
+
+# Node networks (NODE_NETWORKS): what never leaves a node network's bridge is the
+# cluster's (issue 23): node <-> node, pod <-> pod across nodes, and a node's DNS to the
+# engine's resolver on its own network's gateway.
+
+
+def _node_link_sets(nodes: Iterable[tuple[Network, str]]) -> list[str]:
+    """The node networks' bridges, and the set `forward_node` compares iif and oif with."""
+    bridges = minimal_patterns(iface for _, iface in nodes)
+    links = (
+        "\t# Filled by `forward_node` (one element per node bridge packets arrive on, "
+        "never\n\t# anything else): iif . iif.\n"
+        "\tset node_links {\n\t\ttype iface_index . iface_index\n\t\tsize 65535\n"
+        "\t\tflags dynamic\n\t}\n"
+    )
+    return [
+        _set("node_bridges", "ifname", [f'"{b}"' for b in bridges], "The NODE_NETWORKS bridges."),
+        links,
+    ]
+
+
+def _forward_dispatch() -> Rule:
+    """forward_guard's first rule with NODE_NETWORKS: one lookup sends a flow's first
+    packet on, by its ct mark and family; established packets fail on `ct state`."""
+    targets = [
+        (CT, "ipv4", "forward_guard_new_v4"),
+        (CT, "ipv6", "forward_guard_new_v6"),
+        ("0x00000000", "ipv4", "forward_node"),
+        ("0x00000000", "ipv6", "forward_node"),
+    ]
+    vmap = ", ".join(f"{mark} . {fam} : goto {chain}" for mark, fam, chain in targets)
+    return (
+        "The first packet of a flow: an exempted one is judged (`forward_guard_new_v4`/`_v6`); "
+        "one that is not may be a flow between nodes on their bridge (`forward_node`).",
+        [f"ct state new ct mark . meta nfproto vmap {{ {vmap} }}"],
+    )
+
+
+def _forward_node() -> list[str]:
+    rule = (
+        "It enters and leaves by the same node network bridge (NODE_NETWORKS): bridged "
+        "between two nodes, or their pods (kindnet routes each node's pod range via that "
+        "node; flannel's VXLAN, UDP 8472, between k3d's nodes), which br_netfilter hands to "
+        "Mullvad's forward chain (policy drop) with the bridge as iif and oif. Decided by "
+        "the interfaces, not by addresses (pod ranges inside nodes are not this machine's "
+        "to know): nothing from the LAN or the tunnel, nothing that leaves by another "
+        "interface, also not routed from one bridge to another that the same pattern "
+        "(br-*) names. nft compares a packet's fields with constants and sets only, not "
+        "with each other: `node_links` learns `iif . iif` for each node bridge a packet "
+        "arrives on, so `iif . oif` is in it exactly when the packet leaves by the "
+        "interface it came in on. Mullvad's forward chain accepts the ct mark. The labels: "
+        f"{LABEL}, a packet of the flow arriving anywhere else is forged (`forward_guard`); "
+        f"{NODE_LINK}, `nat_park` keeps Mullvad's masquerade off the flow, so nodes and "
+        "pods see each other's real addresses.",
+        [
+            "iifname @node_bridges update @node_links { iif . iif } iif . oif @node_links "
+            f"ct mark set {CT} ct label set {LABEL} ct label set {NODE_LINK}"
+        ],
+    )
+    why = "The first packet of a forwarded flow that is not exempted."
+    return [_regular("forward_node", why, [rule])]
+
+
+def _gateway_dns(ip: str, v: str) -> Rule:
+    return (
+        "A node's DNS query to its own network's gateway: the bridge address, on the "
+        "bridge the node is on, where Podman's aardvark-dns (netavark) or dnsname's "
+        "dnsmasq (CNI), and libvirt's dnsmasq, answer. Mullvad's input chain accepts the "
+        "ct mark. Their own upstream queries are this machine's traffic, under Mullvad's "
+        "rules. A query to another network's gateway or to any other resolver is not "
+        "exempted. The port first: one comparison for every other packet.",
+        [
+            f"th dport 53 meta l4proto {{ tcp, udp }} {ip} saddr . iifname @node_{v} "
+            f"{ip} daddr . iifname @node_{v} fib daddr . iif type local "
+            f"ct mark set {CT} ct label set {LABEL} return"
+        ],
+    )
+
+
+def _node_link_park() -> Rule:
+    return (
+        f"Flows between nodes on their bridge (ct label {NODE_LINK}, see `forward_node`) "
+        "are parked as pod-to-pod flows are: Mullvad's nat chain would masquerade them to "
+        "the bridge address, and a worker would join its control plane as the gateway.",
+        [f"ct label {NODE_LINK} ct mark set {PARKED} return"],
+    )
 
 
 def _inet_body(settings: Settings, comment: str) -> str:
@@ -686,6 +779,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
         ]
     nodes = settings.node_networks
     node_nets = [net for net, _ in nodes]
+    bridges = [iface for _, iface in nodes]
     served = _merge(tuple(pods) + tuple(node_nets))
     sets += [
         _set(
@@ -715,6 +809,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
             _set("nodeaddr_v6", "ipv6_addr", _family(_merge(node_nets), 6), "Their ranges, IPv6."),
             _reach_map(cluster, node_nets, 4),
             _reach_map(cluster, node_nets, 6),
+            *_node_link_sets(nodes),
         ]
     sets += [
         _set(
@@ -726,8 +821,9 @@ def _inet_body(settings: Settings, comment: str) -> str:
         _set(
             "cluster_interfaces",
             "ifname",
-            [f'"{name}"' for name in minimal_patterns(("lo", *settings.cluster_interfaces))],
-            "CLUSTER_INTERFACES and loopback: where exempted cluster flows may go.",
+            [f'"{n}"' for n in minimal_patterns(("lo", *settings.cluster_interfaces, *bridges))],
+            "Where exempted cluster flows may go: CLUSTER_INTERFACES, the NODE_NETWORKS "
+            "bridges, lo.",
         ),
     ]
     chains = [
@@ -736,6 +832,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
         *_output(settings),
         *_input_guard(),
         *_guard("forward", settings),
+        *(_forward_node() if nodes else []),
         *_guard("output", settings),
         *_postrouting_guard(),
         *_nat_park(settings),

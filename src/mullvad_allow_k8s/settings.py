@@ -113,7 +113,8 @@ SCHEMA: tuple[Field, ...] = (
         "Node networks of clusters in containers or VMs (kind, k3d, minikube's docker and "
         "kvm2 drivers), as CIDR@INTERFACE (the bridge, or a NAME* pattern). This machine "
         "may reach the nodes there (kubectl), and connections forwarded to a node (kind's "
-        "extraPortMappings) are exempted; the nodes' own traffic is not. "
+        "extraPortMappings), traffic between the nodes on that bridge and their DNS to "
+        "its gateway are exempted; the nodes' other traffic is not. "
         f"'{AUTO}': the networks found (each bound to its own bridge), else the preset's "
         f"first-choice subnet; '{NONE}': none.",
         asked=True,

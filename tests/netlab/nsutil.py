@@ -11,6 +11,8 @@ import contextlib
 import ctypes
 import os
 import selectors
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -157,6 +159,24 @@ class Netns:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=5)
         self._procs.clear()
+
+
+def flush_conntrack(ns: Netns) -> None:
+    """Delete every conntrack entry of the namespace, as `conntrack -F` does (ctnetlink
+    IPCTNL_MSG_CT_DELETE without a tuple, family unspecified)."""
+
+    def flush() -> None:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETFILTER
+            sock.bind((0, 0))
+            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # nfgenmsg
+            msg_type = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE
+            flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+            sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags, 1, 0) + body)
+            (error,) = struct.unpack_from("=i", sock.recv(4096), 16)
+            if error:
+                raise OSError(-error, f"conntrack flush in {ns.name}: {os.strerror(-error)}")
+
+    ns.call(flush)
 
 
 def wait_ready(procs: Sequence[subprocess.Popen[str]], timeout: float = 10.0) -> None:

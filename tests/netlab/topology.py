@@ -88,6 +88,7 @@ ANSWERS: dict[str, dict[str, str]] = {
     "tunnel": {"A": "192.0.2.2", "AAAA": "2001:db8::2"},
     "outside-lan": {"A": "192.0.2.3", "AAAA": "2001:db8::3"},
     "outside-vpn": {"A": "192.0.2.4", "AAAA": "2001:db8::4"},
+    "aardvark": {"A": "192.0.2.5", "AAAA": "2001:db8::5"},  # a container engine's, on a bridge
 }
 IDENT_BY_ANSWER = {addr: who for who, a in ANSWERS.items() for addr in a.values()}
 

@@ -117,6 +117,11 @@ def test_ipv6_pods_without_lan_sharing_get_a_warning() -> None:
     assert warn.level == doctor.WARN and warn.fix == "mullvad lan set allow"
     assert doctor.check_ipv6_lan(v6, [*table, lan])[0].level == doctor.OK
     assert doctor.check_ipv6_lan(resolve([]), table) == []
+    nodes = resolve([{"PRESET": "kind", "NODE_NETWORKS": "fc00:f853:ccd:e793::/64@br-*"}])
+    (warn,) = doctor.check_ipv6_lan(nodes, table)
+    assert warn.level == doctor.WARN and "IPv6 nodes reach this machine" in warn.message
+    assert "IPv6 pods" not in warn.message
+    assert doctor.check_ipv6_lan(nodes, [*table, lan])[0].level == doctor.OK
 
 
 def test_doctor_shows_what_auto_found_and_warns_of_gone_bridges_and_mullvads_pool(

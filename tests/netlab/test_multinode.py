@@ -1,0 +1,414 @@
+"""A multi-node kind cluster on Podman beside Mullvad (issue 23, items 1 and 2): what
+never leaves the node network's bridge is the cluster's, and a node's DNS to its own
+network's gateway is exempted; everything else of the nodes stays Mullvad's.
+
+The lab's machine (Mullvad connected, br_netfilter on, as Docker turns it on) gets, from
+the real Podman, the kind network (a `br-<id>` bridge, 172.18.0.0/16 and kind's ULA)
+with two nodes, and a second network with a container that is not the cluster's
+(`multinode.py` says what is real and what is by hand). Each node has a pod; kindnet
+routes the other node's pod range via that node (IPv4, IPv6), flannel's VXLAN (k3d's
+k3s, UDP 8472) carries a second pod range between them. A DNS responder on the
+gateway addresses stands for Podman's aardvark-dns.
+
+One lab, five cells, switched inside it (Mullvad's table reloaded, ours or the leaky
+control loaded or removed, conntrack flushed, the counters reset): Mullvad alone with
+LAN sharing off and on, our table (`--preset kind --node-networks "172.18.0.0/16@br-*
+fc00:f853:ccd:e793::/64@br-*"`, the preset's own bridge pattern, which also names the
+other network's bridge) with LAN sharing off, and on with CLUSTER_INTERFACES not naming
+the node bridge, and a leaky control (the kind bridge and network exempted by
+address and interface pattern). The cluster's probes
+(host -> node, node <-> node bridged, pod -> pod across nodes by kindnet and by VXLAN,
+IPv6 between the nodes and their pods, node -> gateway :53 UDP and TCP) work with LAN
+sharing or our table, each server seeing the client's own address. The rest stays as
+Mullvad alone has it: node -> an outside resolver (0 packets on the LAN and in the
+tunnel), node -> internet (by the tunnel only), node -> the other network's gateway :53
+and its container (routed from one br-* bridge to another), that container -> a node,
+LAN and off-link clients -> an unpublished node port (no reply on the LAN), node -> the
+machine's sshd; and the leaky control fails exactly the probes in CAUGHT.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from . import kind, mullvad_emu, multinode
+from .mullvad_emu import MullvadState
+from .multinode import API_PORT, KUBELET_PORT, POD_PORT, Cluster
+from .nsutil import LabError, flush_conntrack
+from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
+from .scenarios import run_generator, run_probes
+from .topology import HOST_SERVICE_PORT, INET_POD, V4, V6, Lab, counter_rules
+
+PODMAN_MISSING = kind.unavailable()
+TABLE = "netlab_nodes"
+OUR_TABLE = "table inet mullvad_allow_k8s\ndelete table inet mullvad_allow_k8s\n"
+LEAKY_TABLE = "netlab_leaky_multinode"
+WATCHES = {
+    "node_dns": "{ip} daddr {outside_dns_pod} meta l4proto {{ tcp, udp }} th dport 53",
+    "node_inet": "{ip} daddr {internet} tcp dport " + str(INET_POD),
+    "remote_node": "{ip} daddr {remote} tcp sport " + str(KUBELET_PORT),
+}
+NODE_NETWORKS = f"{multinode.SUBNET}@br-* {kind.ULA_SUBNET}@br-*"
+SETTINGS = {
+    "PRESET": "kind",
+    "NODE_NETWORKS": NODE_NETWORKS,
+    "POD_CIDRS": "",
+    "SERVICE_CIDRS": "",
+    "HOST_PORTS": "",
+}
+LAN_OFF, LAN_ON = MullvadState("connected", allow_lan=False), MullvadState("connected", True)
+# name -> (scenario, settings added to SETTINGS). LAN sharing off first: a cell with it
+# on lets replies into the tunnel that a later cell must not count.
+CELLS: dict[str, tuple[Scenario, dict[str, str]]] = {
+    "alone_lan_off": (Scenario(LAN_OFF, "none"), {}),
+    "ours_lan_off": (Scenario(LAN_OFF, "generated"), {}),
+    "leaky": (Scenario(LAN_OFF, "leaky"), {}),
+    "alone_lan_on": (Scenario(LAN_ON, "none"), {}),
+    # Also CLUSTER_INTERFACES naming only CNI bridges, not the node network's: its
+    # bridge counts as a cluster interface anyway (else the guards would drop the flows,
+    # LAN sharing or not).
+    "ours_lan_on_cni": (Scenario(LAN_ON, "generated"), {"CLUSTER_INTERFACES": "cni*"}),
+}
+# The cluster's own traffic: fails with Mullvad alone and LAN sharing off, works with
+# our table (and with LAN sharing).
+CLUSTER = {
+    "host_node_v4",
+    "node_node_api_v4",
+    "node_node_kubelet_v4",
+    "pod_pod_v4",
+    "pod_pod_vxlan_v4",
+    "node_gateway_dns_udp_v4",
+    "node_gateway_dns_tcp_v4",
+    "node_node_api_v6",
+    "pod_pod_v6",
+    "node_gateway_dns_udp_v6",
+    "node_gateway_dns_tcp_v6",
+}
+# What the leaky control must fail: the nodes' own traffic leaves by the LAN, reaches
+# the other network and this machine's sshd, the LAN reaches an unpublished node port,
+# the in-tunnel resolver breaks (Mullvad's nat chain drops ct-marked flows into the
+# tunnel), and Mullvad's masquerade hides the nodes' and pods' addresses from each
+# other (flannel's inner addresses survive it).
+CAUGHT = {
+    "node_node_api_v4",
+    "node_node_kubelet_v4",
+    "pod_pod_v4",
+    "node_node_api_v6",
+    "pod_pod_v6",
+    "node_outside_dns_udp_v4",
+    "node_outside_dns_tcp_v4",
+    "node_inet_v4",
+    "node_tunnel_dns_v4",
+    "node_other_gateway_dns_v4",
+    "node_other_v4",
+    "other_node_v4",
+    "lan_node_v4",
+    "remote_node_v4",
+    "node_sshd_gateway_v4",
+    "node_sshd_lan_v4",
+}
+
+
+def cluster_works(s: Scenario) -> bool:
+    return s.effective or s.lan
+
+
+def probes(c: Cluster) -> list[Probe]:
+    n1, n2, other = c.node(1), c.node(2), c.nodes["other"]
+    gw = dict(zip((4, 6), c.kind_network.gateways, strict=True))
+    (other_gw,) = c.networks["other"].gateways
+    m = multinode
+
+    def works(ident: str, peer: str | None = None) -> Callable[[Scenario], Expect]:
+        return lambda s: ok_if(cluster_works(s), ident, peer=peer)
+
+    def as_mullvad(ident: str) -> Callable[[Scenario], Expect]:
+        """Open only by Mullvad's LAN sharing, as without our table."""
+        return lambda s: ok_if(s.lan, ident)
+
+    cluster = [
+        Probe(
+            "host_node",
+            V4,
+            "host",
+            "kubectl: the machine -> node1's API server on the kind bridge",
+            _tcp("host", n1.ip4, API_PORT),
+            works("node1"),
+        ),
+        Probe(
+            "node_node_api",
+            V4,
+            "node2",
+            "a worker joins: node2 -> node1:6443, bridged; node1 sees node2's address",
+            _tcp("node2", n1.ip4, API_PORT),
+            works("node1", n2.ip4),
+        ),
+        Probe(
+            "node_node_kubelet",
+            V4,
+            "node1",
+            "the control plane -> node2's kubelet :10250, bridged",
+            _tcp("node1", n2.ip4, KUBELET_PORT),
+            works("node2", n1.ip4),
+        ),
+        Probe(
+            "pod_pod",
+            V4,
+            "pod2",
+            "pod on node2 -> pod on node1 (kindnet: node1's pod range via node1), bridged",
+            _tcp("pod2", m.pod_addr(1, 4), POD_PORT),
+            works("pod1", m.pod_addr(2, 4)),
+        ),
+        Probe(
+            "pod_pod_vxlan",
+            V4,
+            "pod2",
+            "pod on node2 -> pod on node1 by flannel's VXLAN (UDP 8472 between the nodes)",
+            _tcp("pod2", m.flannel_addr(1), POD_PORT, src=m.flannel_addr(2)),
+            works("pod1", m.flannel_addr(2)),
+        ),
+        Probe(
+            "node_node_api",
+            V6,
+            "node2",
+            "node2 -> node1:6443 over IPv6 (the kind network's ULA), bridged",
+            _tcp("node2", n1.ip6, API_PORT),
+            works("node1", n2.ip6),
+        ),
+        Probe(
+            "pod_pod",
+            V6,
+            "pod2",
+            "pod on node2 -> pod on node1 over IPv6 (kindnet's route via node1's ULA)",
+            _tcp("pod2", m.pod_addr(1, 6), POD_PORT),
+            works("pod1", m.pod_addr(2, 6)),
+        ),
+        *(
+            Probe(
+                f"node_gateway_dns_{proto}",
+                f,
+                "node1",
+                "node1 -> its network's gateway :53 (Podman's aardvark-dns)",
+                _dns("node1", gw[f.v], proto),
+                works("aardvark"),
+            )
+            for f in (V4, V6)
+            for proto in ("udp", "tcp")
+        ),
+    ]
+    stays = [
+        *(
+            Probe(
+                f"node_outside_dns_{proto}",
+                V4,
+                "node1",
+                "node1 -> an outside resolver: rejected, neither LAN nor tunnel",
+                _dns("node1", V4.outside_dns_pod, proto),
+                lambda s: Expect(False, path="nowhere"),
+                "node_dns",
+            )
+            for proto in ("udp", "tcp")
+        ),
+        Probe(
+            "node_inet",
+            V4,
+            "node1",
+            "node1 -> the internet: through the tunnel only",
+            _tcp("node1", V4.internet, INET_POD),
+            lambda s: Expect(True, "vpn", "tunnel"),
+            "node_inet",
+        ),
+        Probe(
+            "node_tunnel_dns",
+            V4,
+            "node1",
+            "node1 -> Mullvad's in-tunnel resolver: works",
+            _dns("node1", V4.tun_gw, "udp"),
+            lambda s: Expect(True, "tunnel"),
+        ),
+        Probe(
+            "node_other_gateway_dns",
+            V4,
+            "node1",
+            "node1 -> the other network's gateway :53: not its own network's",
+            _dns("node1", other_gw, "udp"),
+            as_mullvad("aardvark"),
+        ),
+        Probe(
+            "node_other",
+            V4,
+            "node1",
+            "node1 -> a container on the other network (routed between two br-* bridges)",
+            _tcp("node1", other.ip4, API_PORT),
+            as_mullvad("other"),
+        ),
+        Probe(
+            "other_node",
+            V4,
+            "other",
+            "a container on the other network -> node1 (routed between two br-* bridges)",
+            _tcp("other", n1.ip4, API_PORT),
+            as_mullvad("node1"),
+        ),
+        Probe(
+            "lan_node",
+            V4,
+            "lanclient",
+            "a LAN client -> node1's unpublished kubelet port",
+            _tcp("lanclient", n1.ip4, KUBELET_PORT),
+            as_mullvad("node1"),
+        ),
+        Probe(
+            "remote_node",
+            V4,
+            "lan",
+            "an off-link client -> node1's unpublished kubelet port: blocked, no reply on "
+            "the LAN (with LAN sharing, Mullvad lets it in and routes the reply into the "
+            "tunnel)",
+            _tcp("lan", n1.ip4, KUBELET_PORT, src=V4.remote),
+            lambda s: Expect(False, path="tunnel" if s.lan else "nowhere"),
+            "remote_node",
+        ),
+        Probe(
+            "node_sshd_gateway",
+            V4,
+            "node1",
+            "node1 -> the machine's sshd on the gateway address",
+            _tcp("node1", gw[4], HOST_SERVICE_PORT),
+            as_mullvad("host"),
+        ),
+        Probe(
+            "node_sshd_lan",
+            V4,
+            "node1",
+            "node1 -> the machine's sshd on its LAN address",
+            _tcp("node1", V4.host_lan, HOST_SERVICE_PORT),
+            as_mullvad("host"),
+        ),
+    ]
+    return cluster + stays
+
+
+def leaky_ruleset() -> str:
+    """What a hurried user might write to make the nodes work: whatever arrives on a
+    kind-like bridge, and whatever goes to the node network, exempted (both marks)."""
+    mark = f"ct mark set {mullvad_emu.CT_MARK} meta mark set {mullvad_emu.FWMARK}"
+    v4, v6 = multinode.SUBNET, kind.ULA_SUBNET
+    return (
+        f"table inet {LEAKY_TABLE} {{\n"
+        "\tchain prerouting {\n\t\ttype filter hook prerouting priority -90; policy accept;\n"
+        f'\t\tiifname "br-*" {mark}\n\t\tip daddr {v4} {mark}\n\t\tip6 daddr {v6} {mark}\n\t}}\n'
+        "\tchain output {\n\t\ttype route hook output priority -90; policy accept;\n"
+        f"\t\tip daddr {v4} {mark}\n\t\tip6 daddr {v6} {mark}\n\t}}\n"
+        "}\n"
+    )
+
+
+@dataclass
+class Cell:
+    scenario: Scenario
+    settings: dict[str, str]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)
+    loader: str = ""
+
+    def problems(self, probes: list[Probe]) -> dict[str, list[str]]:
+        found = {
+            p.id: check(p, self.outcomes[p.id], self.counters, p.expect(self.scenario))
+            for p in probes
+        }
+        return {pid: problems for pid, problems in found.items() if problems}
+
+
+@dataclass
+class Run:
+    cluster: Cluster
+    probes: list[Probe]
+    cells: dict[str, Cell]
+    seconds: float
+
+
+def switch(lab: Lab, cell: Cell) -> str:
+    """Put the lab into the cell's state; what the loader printed."""
+    host, scn = lab["host"], cell.scenario
+    lab.set_mullvad(scn.mullvad)
+    host.nft(OUR_TABLE + f"table inet {LEAKY_TABLE}\ndelete table inet {LEAKY_TABLE}\n")
+    loader = ""
+    if scn.bypass == "generated":
+        proc = run_generator(lab, "apply", **SETTINGS, **cell.settings)
+        loader = proc.stdout + proc.stderr
+    elif scn.bypass == "leaky":
+        host.nft(leaky_ruleset())
+    flush_conntrack(host)  # the earlier cells' flows, and their marks, forgotten
+    for role in ("vpn", "lan"):
+        lab[role].exec("nft", "reset", "counters", "table", "inet", TABLE)
+    return loader
+
+
+def run_cells() -> Run:
+    start = time.monotonic()
+    lab = Lab(LAN_OFF)
+    cluster = Cluster(lab)
+    cells = {name: Cell(scn, settings) for name, (scn, settings) in CELLS.items()}
+    try:
+        lab.build()
+        for role, ifname in (("vpn", "tun0"), ("lan", "lanbr")):
+            lab[role].nft(counter_rules(ifname, WATCHES, TABLE))
+        cluster.build()
+        for role in ("lanclient", "lan"):
+            lab[role].ip(f"route add {multinode.SUBNET} via {V4.host_lan}\n")
+        found = probes(cluster)
+        for cell in cells.values():
+            cell.loader = switch(lab, cell)
+            cell.outcomes = run_probes(lab, found)
+            time.sleep(0.05)  # the last in-flight packets reach the counters
+            cell.counters = lab.counters(TABLE)
+    finally:
+        errors = cluster.destroy()
+        errors += lab.destroy()
+        if errors:
+            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
+    return Run(cluster, found, cells, time.monotonic() - start)
+
+
+@pytest.fixture(scope="module")
+def result() -> Iterator[Run]:
+    if PODMAN_MISSING:
+        pytest.skip(PODMAN_MISSING)
+    yield run_cells()
+
+
+def test_podman_made_the_networks(result: Run) -> None:
+    nets = result.cluster.networks
+    assert nets["kind"].bridge.startswith("br-") and nets["other"].bridge.startswith("br-")
+    assert nets["kind"].subnets == (multinode.SUBNET, kind.ULA_SUBNET)
+    nodes = result.cluster.nodes
+    assert [n.ip4 for n in nodes.values()] == ["172.18.0.2", "172.18.0.3", "172.19.0.2"]
+
+
+@pytest.mark.parametrize("cell", ["alone_lan_off", "alone_lan_on"])
+def test_mullvad_alone(result: Run, cell: str) -> None:
+    """The control: with LAN sharing off, Mullvad cuts the nodes off each other, their
+    pods and their DNS; with it on, everything works (and the LAN reaches them)."""
+    got = result.cells[cell]
+    if cell == "alone_lan_off":
+        for pid in CLUSTER:
+            assert not got.outcomes[pid].ok, (pid, got.outcomes[pid])
+    assert got.problems(result.probes) == {}
+
+
+@pytest.mark.parametrize("cell", ["ours_lan_off", "ours_lan_on_cni"])
+def test_our_table(result: Run, cell: str) -> None:
+    got = result.cells[cell]
+    failed = {pid: got.outcomes[pid].detail for pid in sorted(CLUSTER) if not got.outcomes[pid].ok}
+    assert failed == {}, (failed, got.loader)
+    assert got.problems(result.probes) == {}, (got.problems(result.probes), got.loader)
+
+
+def test_the_probes_catch_a_leaky_table(result: Run) -> None:
+    got = result.cells["leaky"]
+    assert set(got.problems(result.probes)) == CAUGHT, got.problems(result.probes)

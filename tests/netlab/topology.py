@@ -673,6 +673,11 @@ class Lab:
         tun, lan = read_counters(self["vpn"], table), read_counters(self["lan"], table)
         return {name: (tun[name], lan.get(name, 0)) for name in tun}
 
+    def reset_counters(self, table: str = "netlab_counters") -> None:
+        """The relay's and the LAN router's counters of `table` back to 0 (a new cell)."""
+        for role in ("vpn", "lan"):
+            self[role].exec("nft", "reset", "counters", "table", "inet", table)
+
     def barrier(self, hops: int = 2) -> None:
         """Return once every packet the lab's namespaces handed to the kernel before
         the call has gone `hops` namespaces further, or was dropped: instead of a sleep

@@ -261,7 +261,9 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
         if lab.mullvad != scn.mullvad:
             lab.set_mullvad(scn.mullvad)
         result.outcomes = run_probes(lab, probes if probes is not None else PROBES)
-        time.sleep(0.05)  # let the last in-flight packets reach the counters
+        # The last in-flight packets reach the counters: an off-link client's last SYN
+        # to a pod, and the pod's answer back out
+        lab.barrier(hops=4)
         result.counters = lab.counters()
         result.snapshot = lab.snapshot()
     finally:

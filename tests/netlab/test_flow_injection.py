@@ -18,8 +18,8 @@ machine's bridge address (delivered here; with br_netfilter and without it: the 
 is routed, so it meets the inet hooks either way).
 
 The matrix, in one lab (scenarios.Cells): Mullvad Connected and Blocked (our table
-applied while connected), LAN sharing off and on, rp_filter 0 and 2, br_netfilter on
-and off, three arms, each attack asserting what the pod's socket got and how many
+applied while connected), LAN sharing off and on, rp_filter 0, 2 and 1, br_netfilter
+on and off, three arms, each attack asserting what the pod's socket got and how many
 spoofed queries reached the server:
 
 * "none", Mullvad alone: the pod's query to the ClusterIP is rejected (port 53), so
@@ -34,12 +34,16 @@ spoofed queries reached the server:
   this finding): the spoofed query arrives, the forged answer and the ICMP error reach
   the pod's socket, in every cell. The probes see the injection they guard against.
 
-Not run: strict rp_filter (1), which drops the spoofed and forged packets (the pod's
-and CoreDNS's addresses do not route back by the LAN) and leaves only the ICMP error;
-IPv6 with LAN sharing off (the pod cannot resolve its gateway: it solicits from its
-ULA address, which Mullvad's input chain drops); the ClusterIP flow without
+Strict rp_filter (1) runs too: it drops the spoofed query and the forged answer (the
+pod's and CoreDNS's addresses route back by `cni0`, not the LAN), but not the ICMP
+error, which comes from the router's own address: the control's and Mullvad's cells
+still show it reaching the pod's socket, our table's do not. The rp_filter sysctl is
+IPv4's: its IPv6 cells differ only in name.
+
+Not run: IPv6 with LAN sharing off (the pod cannot resolve its gateway: it solicits
+from its ULA address, which Mullvad's input chain drops); the ClusterIP flow without
 br_netfilter (CoreDNS's bridged answers are not un-DNAT-ed: the lab's DNS does not
-work, with any table). The rp_filter sysctl is IPv4's.
+work, with any table).
 """
 
 from __future__ import annotations
@@ -263,18 +267,21 @@ def expected(attack: Attack, cell: Cell) -> tuple[str, set[str], bool]:
     )
     if cell.arm == "generated":
         return answer, set(), False
+    # Strict rp_filter (IPv4) drops the spoofed query and the forged answer: their
+    # sources route back by cni0, not the LAN. Only the ICMP error is left.
+    spoofing = not (cell.rp_filter == 1 and attack.f.v == 4)
     # A forged answer from the machine's own address is a martian to IPv4.
-    forged = set() if (attack.flow, attack.f.v) == ("node", 4) else {"forged"}
+    forged = {"forged"} if spoofing and (attack.flow, attack.f.v) != ("node", 4) else set()
     if cell.arm == "control":  # every injected packet is a packet of the flow
-        return answer, forged | {"refused"}, True
+        return answer, forged | {"refused"}, spoofing
     # Mullvad alone
     if attack.flow == "clusterip":  # port 53 rejected: no flow to inject into; with
         # LAN sharing, the reject of the spoofed query reaches the pod's port
-        refused = {"refused"} if cell.lan else set()
+        refused = {"refused"} if cell.lan and spoofing else set()
         return ("refused" if cell.lan else "nothing"), refused, False
     if not cell.lan:
         return "nothing", set(), False
-    return answer, forged | {"refused"}, True
+    return answer, forged | {"refused"}, spoofing
 
 
 def _cells() -> list[Cell]:
@@ -283,7 +290,7 @@ def _cells() -> list[Cell]:
         Cell(state, lan, arm, rp_filter, br_nf)
         for state in ("connected", "blocked")
         for lan in (False, True)
-        for rp_filter in (0, 2)
+        for rp_filter in (0, 2, 1)
         for br_nf in (True, False)
         for arm in ("none", "generated", "control")
     ]

@@ -390,6 +390,7 @@ class MinikubeVm:
     node_ip: str = "192.168.39.2"
     gateway: str = "192.168.39.1"
     subnets: tuple[str, ...] = ("192.168.39.0/24",)
+    nat_subnet: str = "192.168.122.0/24"
     nat_gateway: str = "192.168.122.1"
     nat_ip: str = "192.168.122.2"
     api_port: int = 8443  # minikube's --apiserver-port default, in the VM
@@ -414,7 +415,7 @@ class MinikubeVm:
             f"addr add {self.nat_ip}/24 dev eth0\naddr add {self.node_ip}/24 dev eth1\n"
             f"route add default via {self.nat_gateway}\n"
         )
-        net = "192.168.122.0/24"
+        net = self.nat_subnet
         host.nft(  # libvirt's NAT network: its masquerade (not its forward filter rules)
             "table ip netlab_libvirt {\n\tchain postrouting {\n"
             "\t\ttype nat hook postrouting priority 100; policy accept;\n"

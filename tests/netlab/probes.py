@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -204,7 +203,7 @@ def spoofed_udp(lab: Lab, f: Fam, dst: str, port: int, receiver: str) -> Outcome
                 sock.sendto(SPOOF_PAYLOAD, (dst, port))
 
     lab["lan"].call(send)
-    time.sleep(0.3)
+    lab.barrier()  # LAN router -> machine -> pod
     name = watch_name(SPOOF_RECEIVERS[receiver], f)
     out = lab[receiver].exec("nft", "-j", "list", "counter", "inet", "netlab_rx", name).stdout
     packets = int(json.loads(out)["nftables"][1]["counter"]["packets"])

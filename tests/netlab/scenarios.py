@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import mullvad_emu
+from . import agent, mullvad_emu
 from .mullvad_emu import MullvadState
 from .nsutil import LabError
 from .probes import PROBES, Outcome, Probe, Scenario
@@ -46,11 +46,12 @@ def settings_text(lab: Lab, **overrides: str) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
-def generator_command() -> tuple[list[str], dict[str, str]]:
-    """argv prefix and environment to run the generator with."""
+def generator_command(*, own: bool = False) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment to run the generator with: NETLAB_GENERATOR's, or
+    (`own`, for the tests' controls) this checkout's."""
     env = dict(os.environ)
     custom = env.get("NETLAB_GENERATOR")
-    if custom:
+    if custom and not own:
         return shlex.split(custom), env
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     return [sys.executable, "-m", "mullvad_allow_k8s"], env
@@ -62,14 +63,16 @@ def run_generator(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     wrap: Sequence[str] = (),
+    own: bool = False,
     **overrides: str,
 ) -> subprocess.CompletedProcess[str]:
     """`mullvad-allow-k8s <args> --settings FILE` inside the machine's namespace, with
     `env` added to its environment (e.g. what a user's shell exports for kind), under
-    `wrap` (tests.rootview: what root sees)."""
+    `wrap` (tests.rootview: what root sees); `own`: this checkout's, whatever
+    NETLAB_GENERATOR says."""
     path = lab.tmp / "settings"
     path.write_text(settings_text(lab, **overrides))
-    argv, run_env = generator_command()
+    argv, run_env = generator_command(own=own)
     run_env.update(env or {})
     return lab["host"].exec(*wrap, *argv, *args, "--settings", str(path), check=check, env=run_env)
 
@@ -114,6 +117,117 @@ def load_bypass(lab: Lab, bypass: str, node_networks: str = "") -> str:
     raise ValueError(f"unknown bypass {bypass!r}")
 
 
+# --- a matrix in one lab ---------------------------------------------------------------
+
+# The tables an arm of a Cells matrix may load; each cell starts without any of them.
+ARM_TABLES = ("inet mullvad_allow_k8s", "inet netlab_naive")
+# Rules of our table the tests' controls leave out, as `generate` prints them (issue 21):
+# postrouting_guard's drop of an exempted flow's packets leaving by a non-cluster
+# interface; input_guard's and forward_guard's of those arriving on one; input_guard's
+# unmarking of a pod's flow to a local address in Mullvad's tunnel pool.
+LEAVING_DROP = "ct mark 0x00000f41 ct label 127 oifname != @cluster_interfaces drop"
+ARRIVING_DROP = "ct mark 0x00000f41 ct label 127 iifname != @cluster_interfaces drop"
+POOL_UNMARK = (
+    "ct state new ct mark 0x00000f41 ip daddr 10.64.0.0/10 fib daddr . iif type != local "
+    "ct mark set 0x00000000"
+)
+
+
+def weakened(text: str, *, delete: Sequence[str] = (), strip: Sequence[str] = ()) -> str:
+    """A leaky control made of our table: the rules `delete` names (their whole text)
+    taken out, and the matches in `strip` cut out of every rule that has them. Each
+    must change the text, so a control cannot quietly become our table again."""
+    lines = text.split("\n")
+    for rule in delete:
+        kept = [line for line in lines if line.strip() != rule]
+        if len(kept) == len(lines):
+            raise LabError(f"no rule {rule!r} in our table")
+        lines = kept
+    for match in strip:
+        cut = [line.replace(f" {match} ", " ") for line in lines]
+        if cut == lines:
+            raise LabError(f"no match {match!r} in our table")
+        lines = cut
+    return "\n".join(lines)
+
+
+def arm_tables(lab: Lab, **controls: str) -> dict[str, str | None]:
+    """The arms of a matrix: "none" (Mullvad alone), "generated" (our table as `apply`
+    loads it while Mullvad is connected, the tunnel's addresses included, as listed
+    then) and the controls given (nft text)."""
+    if lab.mullvad.state != "connected":
+        raise LabError("our table is applied while Mullvad is connected")
+    run_generator(lab, "apply")
+    listed = lab["host"].exec("nft", "list", "table", *ARM_TABLES[0].split()).stdout
+    return {"none": None, "generated": listed, **controls}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a matrix: Mullvad's state and LAN sharing, the table (arm), the
+    machine's rp_filter and br_netfilter."""
+
+    state: str
+    lan: bool
+    arm: str
+    rp_filter: int = 2
+    br_nf: bool = True
+
+    @property
+    def mullvad(self) -> MullvadState:
+        return MullvadState(self.state, self.lan, True)
+
+    @property
+    def id(self) -> str:
+        parts = [self.mullvad.label, f"rp_filter{self.rp_filter}", self.arm]
+        return "-".join(parts + ([] if self.br_nf else ["no_br_nf"]))
+
+
+class Cells:
+    """A module's matrix in one lab, each cell switched in place: Mullvad's state (to
+    Blocked and back, as the app does), LAN sharing, rp_filter, br_netfilter, and the
+    arm's table, replaced in one transaction. In a Blocked cell the generated arm is the
+    table `apply` loaded while connected (arm_tables), so Blocked cells see our table as
+    a machine whose tunnel went down sees it. Probes use flows of their own (fresh
+    source ports, or addresses numbered by `entered`), so conntrack entries and
+    retransmissions of earlier cells are never theirs."""
+
+    def __init__(self, lab: Lab, arms: Mapping[str, str | None]) -> None:
+        self.lab = lab
+        self.arms = dict(arms)
+        self.arm: str | None = None
+        self.entered = 0  # cells entered so far, this one included
+
+    def enter(self, cell: Cell) -> None:
+        lab = self.lab
+        self.entered += 1
+        if lab.mullvad != cell.mullvad:
+            lab.set_mullvad(cell.mullvad)
+        if lab.rp_filter != cell.rp_filter:
+            lab.set_rp_filter(cell.rp_filter)
+        if lab.br_nf != cell.br_nf:
+            lab.set_br_nf(cell.br_nf)
+        if self.arm != cell.arm:
+            self.load(self.arms[cell.arm])
+            self.arm = cell.arm
+
+    def load(self, text: str | None) -> None:
+        """Our table (or a control) in place of whichever arm was loaded."""
+        gone = "".join(f"table {t}\ndelete table {t}\n" for t in ARM_TABLES)
+        self.lab["host"].nft(gone + (text or ""))
+        self.arm = None
+
+
+def answered_locally(lab: Lab, role: str, server: str, port: int) -> None:
+    """A query to the lab's DNS server (`server`:`port` in `role`'s namespace) from its
+    own namespace, answered: the server has answered every query that reached it
+    before (it serves a socket's queries in order). What a sleep stood for when a
+    server's answers are counted (then Lab.barrier for their way out)."""
+    qtype = agent.QTYPE_A if ":" not in server else agent.QTYPE_AAAA
+    query = agent.build_query(4242, "marker.cluster.local", qtype)
+    lab[role].call(lambda: agent.query_udp(server, port, query, 5.0))
+
+
 @dataclass
 class ScenarioResult:
     scenario: Scenario
@@ -147,7 +261,9 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
         if lab.mullvad != scn.mullvad:
             lab.set_mullvad(scn.mullvad)
         result.outcomes = run_probes(lab, probes if probes is not None else PROBES)
-        time.sleep(0.05)  # let the last in-flight packets reach the counters
+        # The last in-flight packets reach the counters: an off-link client's last SYN
+        # to a pod, and the pod's answer back out
+        lab.barrier(hops=4)
         result.counters = lab.counters()
         result.snapshot = lab.snapshot()
     finally:

@@ -12,8 +12,6 @@ back without br_netfilter and so never un-DNAT-ed (why Kubernetes requires it).
 
 from __future__ import annotations
 
-import time
-
 from .mullvad_emu import MullvadState
 from .probes import PROBE_BY_ID, Scenario, check
 from .scenarios import load_bypass, run_probes
@@ -36,7 +34,7 @@ def test_without_br_netfilter_pods_work_and_spoofed_sources_get_nothing() -> Non
         assert lab["host"].read_sysctl("net.bridge.bridge-nf-call-iptables") == "0"
         load_bypass(lab, "generated")
         outcomes = run_probes(lab, PROBES)
-        time.sleep(0.05)
+        lab.barrier(hops=4)
         counters = lab.counters()
     finally:
         lab.destroy()

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import pytest
 
 from .mullvad_emu import MullvadState
 from .probes import PROBE_BY_ID, tcp_connect
-from .scenarios import run_generator
+from .scenarios import LEAVING_DROP, run_generator
 from .topology import V6, WATCHES, Lab, watch_name
 
 GUARD = "oifname != @cluster_interfaces ct mark set 0x00000000"
-LEAVING = "ct mark 0x00000f41 ct label 127 oifname != @cluster_interfaces drop"
 PROBES = [PROBE_BY_ID["pod_other_node_v6"], PROBE_BY_ID["pod_unassigned_svc_v6"]]
 
 
@@ -63,7 +61,7 @@ def lan_packets(without_guard: bool) -> tuple[dict[str, int], dict[str, int]]:
         lab.build()
         if without_guard:
             text = run_generator(lab, "generate").stdout
-            for rule in (GUARD, LEAVING):
+            for rule in (GUARD, LEAVING_DROP):
                 assert f"\t\t{rule}\n" in text
                 text = text.replace(f"\t\t{rule}\n", "")
             lab["host"].nft(text)
@@ -76,7 +74,7 @@ def lan_packets(without_guard: bool) -> tuple[dict[str, int], dict[str, int]]:
         lab["host"].call(lambda: tcp_connect(V6.client_pod, 9))
         for probe in PROBES:
             probe.run(lab)
-        time.sleep(0.05)
+        lab.barrier()  # pod -> machine -> LAN router
         counters = lab.counters()
         lan = {p.id: counters[watch_name(p.watch or "", V6)][1] for p in PROBES}
         return arrived(lab), lan

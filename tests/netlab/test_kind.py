@@ -18,8 +18,8 @@ control) they fail. Either way, pod DNS inside the kind node works, the node's (
 pods') own internet traffic leaves only through the tunnel, the node's DNS to an
 outside resolver is rejected (0 packets on the LAN, none in the tunnel), the in-tunnel
 resolver answers, and the machine's sshd stays unreachable from the node. A leaky
-hand-written table (the kind network exempted both ways) shows that those probes fail
-when they should. The kind network is dual-stack, as kind makes it; kind publishes
+hand-written table for each shape (the node's networks exempted both ways) shows that
+those probes fail when they should. The kind network is dual-stack, as kind makes it; kind publishes
 ports on IPv4 addresses, so IPv6 is probed only host -> node (see kind_probes).
 """
 
@@ -54,19 +54,31 @@ NEEDS_TABLE = {
     "kind": {"host_api_v4", "host_node_v4", "host_node_v6", "remote_mapped_v4", "lan_mapped_v4"},
     "kvm2": {"host_node_v4"},
 }
-# Probes that must catch the leaky kind table below (the node's own traffic exempted):
-# its internet traffic and outside DNS leave by the LAN, sshd answers it, and its
-# in-tunnel DNS breaks (Mullvad's nat chain drops ct-marked flows leaving by the tunnel),
-# and the mapped port answers through the tunnel (it marks whatever goes to the node).
+# Probes that must catch the leaky tables below (the node's own traffic exempted): its
+# internet traffic and outside DNS leave by the LAN, sshd answers it; kind: its in-tunnel
+# DNS breaks (Mullvad's nat chain drops ct-marked flows leaving by the tunnel), and the
+# mapped port answers through the tunnel (it marks whatever goes to the node); kvm2: the
+# VM's in-tunnel DNS still works (libvirt's masquerade), and the VM reaches sshd on all
+# three addresses.
 CAUGHT = {
-    "tunnel_mapped_v4",
-    "node_inet_v4",
-    "pod_inet_v4",
-    "node_outside_dns_udp_v4",
-    "node_outside_dns_tcp_v4",
-    "node_tunnel_dns_v4",
-    "node_host_service_gw_v4",
-    "node_host_service_lan_v4",
+    "kind": {
+        "tunnel_mapped_v4",
+        "node_inet_v4",
+        "pod_inet_v4",
+        "node_outside_dns_udp_v4",
+        "node_outside_dns_tcp_v4",
+        "node_tunnel_dns_v4",
+        "node_host_service_gw_v4",
+        "node_host_service_lan_v4",
+    },
+    "kvm2": {
+        "node_inet_v4",
+        "node_outside_dns_udp_v4",
+        "node_outside_dns_tcp_v4",
+        "node_host_service_gw_v4",
+        "node_host_service_lan_v4",
+        "node_host_service_nat_v4",
+    },
 }
 
 
@@ -219,12 +231,14 @@ def vm_probes(vm: kind.MinikubeVm) -> list[Probe]:
 
 
 def leaky_ruleset(node: Node) -> str:
-    """What a hurried user might write: everything to or from the node network exempted
-    (after DNAT, so 127.0.0.1:<port> and the mapped port are covered too). It makes kind
-    work, and lets the node's own traffic out by the LAN, its DNS to any resolver, and
-    the node into the machine's sshd; the in-tunnel resolver breaks."""
+    """What a hurried user might write: everything to or from the node's networks
+    exempted (after DNAT, so 127.0.0.1:<port> and the mapped port are covered too; for
+    kvm2 both libvirt networks, as exempting its `virbr*` bridges would). It makes the
+    cluster work, and lets the node's own traffic out by the LAN, its DNS to any
+    resolver, and the node into the machine's sshd; the in-tunnel resolver breaks."""
     mark = f"ct mark set {mullvad_emu.CT_MARK} meta mark set {mullvad_emu.FWMARK}"
-    ip = {net: "ip6" if ":" in net else "ip" for net in node.subnets}
+    nets = node.subnets if isinstance(node, kind.KindNode) else (*node.subnets, node.nat_subnet)
+    ip = {net: "ip6" if ":" in net else "ip" for net in nets}
     pre = "".join(f"\t\t{ip[n]} saddr {n} {mark}\n\t\t{ip[n]} daddr {n} {mark}\n" for n in ip)
     out = "".join(f"\t\t{ip[n]} daddr {n} {mark}\n" for n in ip)
     return (
@@ -291,7 +305,7 @@ def run_shape(shape: str, bypass: str) -> NodeResult:
         else:
             result.probes += vm_probes(node)
         result.outcomes = run_probes(lab, result.probes)
-        time.sleep(0.05)  # the last in-flight packets reach the counters
+        lab.barrier(hops=4)  # the last in-flight packets reach the counters
         result.counters = lab.counters(TABLE)
     finally:
         errors = node.destroy()
@@ -355,9 +369,12 @@ def test_with_our_table_the_cluster_works_and_leaks_nothing(
     assert res.problems() == {}, (res.problems(), res.loader)
 
 
-def test_the_probes_catch_a_leaky_kind_table(results: Callable[[str, str], NodeResult]) -> None:
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_probes_catch_a_leaky_table(
+    results: Callable[[str, str], NodeResult], shape: str
+) -> None:
     """The node-traffic probes are not vacuous: with the expectations of a correct
     table, they fail on one that exempts the node's own traffic (and the probes that
     need a table pass with it)."""
-    res = results("kind", "leaky")
-    assert set(res.problems()) == CAUGHT, res.problems()
+    res = results(shape, "leaky")
+    assert set(res.problems()) == CAUGHT[shape], res.problems()

@@ -16,7 +16,6 @@ client's packets pass too: with our tentative fwmark (-151) they route back by t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -74,7 +73,7 @@ def test_lan_clients_reach_the_api_server_through_nixos_firewall_only_when_opene
         load_bypass(lab, "generated")
         assert "table inet nixos-fw" in lab["host"].exec("nft", "list", "tables").stdout
         outcomes = run_probes(lab, API + CONTROL)
-        time.sleep(0.05)
+        lab.barrier(hops=4)
         counters = lab.counters()
         doctor = run_generator(lab, "doctor", check=False).stdout
     finally:

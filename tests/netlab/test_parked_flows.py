@@ -8,59 +8,122 @@ a client that sends several datagrams first (a stream, DNS retransmissions) send
 with the parked mark: with LAN sharing off, Mullvad's forward chain drops all but the
 first unless the mark is restored. Counted at the receiving pod, by payload.
 
-This machine's own flows to pods are not parked (issue 21): their source, the bridge
-address, lies in the pod range too, and a parked mark on the host's next datagram
-(it leaves by the output hook, where no rule of ours restores it) met Mullvad's
-output reject: EPERM on the second datagram, ECONNREFUSED on the third.
+This machine's own flows to pods are not parked (issue 21's functional defect): their
+source, the bridge address, lies in the pod range too, and a parked mark on the host's
+next datagram (it leaves by the output hook, where no rule of ours restores it) met
+Mullvad's output reject: EPERM.
+
+The matrix, in one lab (scenarios.Cells): Mullvad Connected and Blocked (our table
+applied while connected), LAN sharing off and on, and the arms:
+
+* "none", Mullvad alone: with LAN sharing off nothing gets through (pod to pod: its
+  forward chain; the machine: its output chain, EPERM); with it on, all of it;
+* "generated", our table: every datagram arrives, no error;
+* a control each, our table without the rule the test depends on: "unrestored" (pod to
+  pod: prerouting does not give the parked mark back: only the first datagram arrives)
+  and "host_parked" (the machine's flow: nat_park without `ct label 126 return`, issue
+  21's fix: the second datagram meets Mullvad's reject, EPERM).
+
+Not run: the controls with LAN sharing on, where Mullvad accepts the parked datagrams
+as it accepts any to a private address (nothing to tell apart); rp_filter, which sees
+neither flow (bridged, and sent by this machine).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import socket
-import time
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
 
 from .mullvad_emu import MullvadState
-from .scenarios import load_bypass
-from .topology import SPOOF_PAYLOAD, SPOOF_PORT, SPOOF_RECEIVERS, V4, Lab, watch_name
+from .nsutil import LabError
+from .scenarios import Cell, Cells, arm_tables, run_generator, weakened
+from .topology import SPOOF_PAYLOAD, SPOOF_PORT, SPOOF_RECEIVERS, V4, Lab, read_counters, watch_name
 
 SENT = 5
+RESTORE = "ct mark set 0x00000f41"  # prerouting's restore of a parked mark
+RESTORING = "ct mark & 0x7fffffff == 0x00000f41"
+NOT_PARKED = "ct label 126 return"  # nat_park: the machine's own flows
 
 
-def delivered(sender: str) -> tuple[int, list[str]]:
-    """(datagrams counted at the web pod, errors the sender's socket reported)."""
+@pytest.fixture(scope="module")
+def cells() -> Iterator[Cells]:
     lab = Lab(MullvadState("connected", False, True))
+    server = None
     try:
         lab.build()
-        load_bypass(lab, "generated")
-        errors: list[str] = []
-        # A server that has not answered yet (bound, so the pod sends no ICMP error,
-        # which would be a reply of the flow).
-        server = lab["web"].call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-        lab["web"].call(lambda: server.bind(("0.0.0.0", SPOOF_PORT)))
-
-        def send() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                for _ in range(SENT):  # one flow (same socket), no reply comes
-                    try:
-                        sock.sendto(SPOOF_PAYLOAD, (V4.web_pod, SPOOF_PORT))
-                    except OSError as exc:
-                        errors.append(repr(exc))
-                    time.sleep(0.02)
-
-        lab[sender].call(send)
-        time.sleep(0.2)
-        name = watch_name(SPOOF_RECEIVERS["web"], V4)
-        out = lab["web"].exec("nft", "-j", "list", "counter", "inet", "netlab_rx", name).stdout
-        server.close()
-        return int(json.loads(out)["nftables"][1]["counter"]["packets"]), errors
+        # A server that never answers (bound, so the pod sends no ICMP error, which
+        # would be a reply of the flow).
+        server = lab["web"].call(partial(socket.socket, socket.AF_INET, socket.SOCK_DGRAM))
+        server.bind(("0.0.0.0", SPOOF_PORT))
+        ours = run_generator(lab, "generate", own=True).stdout
+        restoring = [line for line in ours.split("\n") if RESTORING in line]
+        if len(restoring) != 1 or f" {RESTORE} " not in restoring[0]:
+            raise LabError(f"no rule restoring a parked mark in our table: {restoring}")
+        unrestored = ours.replace(restoring[0], restoring[0].replace(f" {RESTORE} ", " "))
+        controls = {"unrestored": unrestored, "host_parked": weakened(ours, delete=[NOT_PARKED])}
+        yield Cells(lab, arm_tables(lab, **controls))
     finally:
-        lab.destroy()
+        if server is not None:
+            server.close()
+        errors = lab.destroy()
+        if errors:
+            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
-def test_every_datagram_of_a_parked_flow_reaches_the_pod() -> None:
-    assert delivered("client") == (SENT, [])
+def _send() -> list[str]:
+    """One flow (one socket), SENT datagrams before any reply (none comes), in order on
+    one CPU; the errors the socket reported."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # this thread only (Netns.call)
+    errors = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(SENT):
+            try:
+                sock.sendto(SPOOF_PAYLOAD, (V4.web_pod, SPOOF_PORT))
+            except OSError as exc:
+                errors.append(type(exc).__name__)
+    return errors
 
 
-def test_every_datagram_this_machine_sends_to_a_pod_before_a_reply_arrives() -> None:
-    assert delivered("host") == (SENT, [])
+def delivered(cells: Cells, cell: Cell, sender: str) -> tuple[int, list[str]]:
+    """(datagrams counted at the web pod, errors the sender's socket reported)."""
+    lab = cells.lab
+    cells.enter(cell)
+    lab["web"].exec("nft", "reset", "counters", "table", "inet", "netlab_rx")
+    errors = lab[sender].call(_send)
+    lab.barrier()  # pod -> machine's bridge -> web pod
+    name = watch_name(SPOOF_RECEIVERS["web"], V4)
+    return read_counters(lab["web"], "netlab_rx")[name], errors
+
+
+def _cells(control: str) -> list[Cell]:
+    return [
+        Cell(state, lan, arm)
+        for state in ("connected", "blocked")
+        for lan in (False, True)
+        for arm in ("none", "generated", control)
+        if not (arm == control and lan)
+    ]
+
+
+@pytest.mark.parametrize("cell", _cells("unrestored"), ids=lambda c: c.id)
+def test_every_datagram_of_a_parked_flow_reaches_the_pod(cells: Cells, cell: Cell) -> None:
+    want = {"none": SENT if cell.lan else 0, "generated": SENT, "unrestored": 1}[cell.arm]
+    assert delivered(cells, cell, "client") == (want, [])
+
+
+@pytest.mark.parametrize("cell", _cells("host_parked"), ids=lambda c: c.id)
+def test_every_datagram_this_machine_sends_to_a_pod_before_a_reply_arrives(
+    cells: Cells, cell: Cell
+) -> None:
+    count, errors = delivered(cells, cell, "host")
+    if cell.arm == "generated" or cell.lan:
+        assert (count, errors) == (SENT, [])
+    elif cell.arm == "none":  # Mullvad's output reject, every datagram
+        assert (count, errors) == (0, ["PermissionError"] * SENT)
+    else:  # parked after the first: Mullvad's reject (its ICMP error, a packet of the
+        # flow, gives the mark back in prerouting: the later datagrams pass)
+        assert count < SENT and "PermissionError" in errors, (count, errors)

@@ -7,8 +7,8 @@ sockets (IP_TRANSPARENT, a non-local bind):
   (10.244.7.7: in POD_CIDRS 10.244.0.0/16, this node's pods are 10.244.0.0/24) - finding
   1: the table exempted it, and the replies, fwmarked, left by `eth0`;
 * from a container on a bridge named `docker0` (in the default CLUSTER_INTERFACES) that
-  is not the cluster's, the same source and one of this node's pod addresses (the
-  client pod's own) - finding 2.
+  is not the cluster's, another such source (10.244.8.8) and one of this node's pod
+  addresses (the client pod's own) - finding 2.
 
 Each sends three things whose answers are counted where they leave the machine:
 
@@ -16,111 +16,195 @@ Each sends three things whose answers are counted where they leave the machine:
 * a SYN to the machine's sshd on the bridge address, answer a SYN-ACK from :22;
 * a datagram to the CoreDNS pod's responder on :5300 (a UDP echo of the query).
 
-What must hold, with our table and with Mullvad alone (the control: the expectation
-below is Mullvad's, checked against it): the requests are delivered exactly as Mullvad
-alone delivers them (never the DNS query, port 53; the others only with its LAN sharing
-on, which accepts any private source), and no answer reaches the LAN link except where
-Mullvad alone sends it there (Blocked with LAN sharing on: no tunnel, and a 10/8
-destination is "LAN" to Mullvad). rp_filter 0 and 2 (strict, 1, hides both findings).
-The client pod's queries from its own address are answered (the lab can tell).
-IPv4 from both senders; IPv6 (fd00:10:244:7::7) from the pod, with LAN sharing on only
-(IPv6 pods need it for neighbour discovery; the rp_filter sysctl is IPv4's, so the
-IPv6 cases differ only in name there).
+The matrix, in one lab (scenarios.Cells): Mullvad Connected and Blocked (our table
+applied while connected), LAN sharing off and on, rp_filter 0 and 2, and three arms:
+
+* "none", Mullvad alone: the requests are delivered only where its LAN sharing lets
+  private sources in (never the DNS query: port 53), and the answers reach the LAN link
+  only in Blocked with LAN sharing on (no tunnel; a 10/8 destination is "LAN" to it);
+* "generated", our table: exactly what Mullvad alone does, and the client pod's own
+  queries are answered (the lab can tell an exempted pod);
+* "control", our table without the two guards issue 21 added for these findings (the
+  pod rules' reverse-path test `fib saddr . iif oif exists`, and postrouting_guard's
+  drop of exempted packets leaving by a non-cluster interface; either alone stops the
+  answers of 1): every request is delivered and every answer to an off-node source
+  leaves by the LAN link, in every cell. The probes see the leaks they guard against.
+
+Not run: strict rp_filter (1), which drops these sources before any table decides
+(nothing to tell apart); IPv6 (fd00:10:244:7::7 from the pod) with LAN sharing off,
+where the pod cannot resolve its gateway (it solicits from its ULA address, which
+Mullvad's input chain drops), so it runs with LAN sharing on only; the rp_filter
+sysctl is IPv4's, so its IPv6 cells differ only in name. The docker0 container is
+IPv4 only, as Docker's default network is.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
-import time
-from typing import Any
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
 
 import pytest
 
 from . import agent
 from .mullvad_emu import MullvadState
-from .nsutil import Netns
+from .nsutil import LabError
 from .probes import tcp_connect
-from .scenarios import load_bypass
+from .scenarios import (
+    LEAVING_DROP,
+    Cell,
+    Cells,
+    answered_locally,
+    arm_tables,
+    run_generator,
+    weakened,
+)
 from .topology import (
     ANSWERS,
     DNS_ALT_PORT,
     DOCKER0,
     HOST_SERVICE_PORT,
-    OFF_NODE,
     V4,
     V6,
     Fam,
     Lab,
-    counter_rules,
+    named_counters,
+    read_counters,
 )
 
 NAMES = ("dns", "sshd", "echo")
-# The docker0 container is the lab's (topology.DOCKER0); OFF_NODE is in POD_CIDRS, not
-# on this node.
+# The docker0 container is the lab's (topology.DOCKER0).
 SENDERS = {"pod": "client", "docker0": DOCKER0.role}
-# (family, sender, whose source): IPv6 from the pod only (the docker0 stand-in is IPv4).
+# In POD_CIDRS, on no interface of this node: one range per sender, so all run at once;
+# one address per cell, so the machine's SYN-ACK retransmissions to earlier cells'
+# sources (its sshd retries half-open connections for a minute) are never this cell's.
+OFF_NODE = {("pod", 4): "10.244.7.", ("pod", 6): "fd00:10:244:7::", ("docker0", 4): "10.244.8."}
+# The guards the control leaves out (issue 21, findings 1 and 2).
+REVERSE_PATH = "fib saddr . iif oif exists"
+QID = 7  # the probes' DNS id
+
+
+@dataclass(frozen=True)
+class Case:
+    f: Fam
+    sender: str  # "pod" or "docker0"
+    whose: str  # "off_node" or "on_node" (the client pod's own address)
+    n: int = 7  # the off-node address's last part
+
+    @property
+    def src(self) -> str:
+        if self.whose == "on_node":
+            return self.f.client_pod
+        return OFF_NODE[self.sender, self.f.v] + (str(self.n) if self.f.v == 4 else f"{self.n:x}")
+
+    @property
+    def key(self) -> str:
+        return f"v{self.f.v}_{self.sender}_{self.whose}"
+
+    def probes(self) -> dict[str, tuple[str, int, str]]:
+        """name -> (destination, port, protocol)"""
+        f = self.f
+        return {
+            "dns": (f.kube_dns, 53, "udp"),
+            "sshd": (f.cni_gw, HOST_SERVICE_PORT, "tcp"),
+            "echo": (f.dns_pod, DNS_ALT_PORT, "udp"),
+        }
+
+
 CASES = [
-    (V4, "pod", "off_node"),
-    (V4, "docker0", "off_node"),
-    (V4, "docker0", "on_node"),
-    (V6, "pod", "off_node"),
+    Case(V4, "pod", "off_node"),
+    Case(V4, "docker0", "off_node"),
+    Case(V4, "docker0", "on_node"),
+    Case(V6, "pod", "off_node"),
 ]
 
 
-def _probes(f: Fam) -> dict[str, tuple[str, int, str]]:
-    """name -> (destination, port, protocol)"""
+def _answers(cases: list[Case]) -> dict[str, str]:
+    """Answers to each case's source, by the port they come from: counter -> match."""
     return {
-        "dns": (f.kube_dns, 53, "udp"),
-        "sshd": (f.cni_gw, HOST_SERVICE_PORT, "tcp"),
-        "echo": (f.dns_pod, DNS_ALT_PORT, "udp"),
+        f"{c.key}_{name}": f"{c.f.nfproto} daddr {c.src} {proto} sport {port}"
+        for c in cases
+        for name, (_dst, port, proto) in c.probes().items()
     }
 
 
-def _source(f: Fam, whose: str) -> str:
-    return OFF_NODE[f.v] if whose == "off_node" else f.client_pod
-
-
-def _watches(f: Fam, src: str) -> dict[str, str]:
-    """Answers to `src`, by the port they come from."""
+def _requests(cases: list[Case], names: tuple[str, ...]) -> dict[str, str]:
+    """The requests named, from each case's source, where they are received; queries by
+    their DNS id (the client pod's own queries come from the on-node source too)."""
+    qid = {"udp": f" @th,64,16 {QID}", "tcp": ""}
     return {
-        name: f"{f.nfproto} daddr {src} {proto} sport {port}"
-        for name, (_dst, port, proto) in _probes(f).items()
+        f"{c.key}_{name}": f"{c.f.nfproto} saddr {c.src} {proto} dport {port}{qid[proto]}"
+        for c in cases
+        for name, (_dst, port, proto) in c.probes().items()
+        if name in names
     }
 
 
-def _send(f: Fam, src: str) -> None:
-    """In the sender's namespace: each probe three times from `src`."""
-    query = agent.build_query(7, "probe.cluster.local", agent.QTYPE_A)
-    family = socket.AF_INET if f.v == 4 else socket.AF_INET6
-    # IP_TRANSPARENT / IPV6_TRANSPARENT: bind a non-local source
-    level, opt = (socket.SOL_IP, 19) if f.v == 4 else (socket.IPPROTO_IPV6, 75)
+def _counters(cases: list[Case]) -> dict[str, tuple[str, str]]:
+    """namespace -> (table, its text): answers on the LAN link and in the tunnel (before
+    anything else there), requests received in the CoreDNS pod and, after Mullvad's
+    input chain, in the machine."""
+    tables = {
+        "lan": ("netlab_f1_lan", "prerouting priority -400", 'iifname "lanbr" ', _answers(cases)),
+        "vpn": ("netlab_f1_tun", "prerouting priority -400", 'iifname "tun0" ', _answers(cases)),
+        "coredns": ("netlab_f1_rx", "input priority 0", "", _requests(cases, ("dns", "echo"))),
+        "host": ("netlab_f1_rx", "input priority 100", "", _requests(cases, ("sshd",))),
+    }
+    out = {}
+    for role, (table, hook, iif, matches) in tables.items():
+        head = f"type filter hook {hook}; policy accept;"
+        out[role] = (table, named_counters(table, head, {n: iif + m for n, m in matches.items()}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cells() -> Iterator[Cells]:
+    lab = Lab(MullvadState("connected", False, True))
+    try:
+        lab.build()
+        ours = run_generator(lab, "generate", own=True).stdout
+        control = weakened(ours, strip=[REVERSE_PATH], delete=[LEAVING_DROP])
+        yield Cells(lab, arm_tables(lab, control=control))
+    finally:
+        errors = lab.destroy()
+        if errors:
+            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
+
+
+def _send(cases: list[Case]) -> list[socket.socket]:
+    """In the sender's namespace: each probe of each case (three datagrams, or a SYN)
+    from the case's source; the sockets stay open until the counters are read."""
+    query = agent.build_query(QID, "probe.cluster.local", agent.QTYPE_A)
     socks = []
-    for dst, port, proto in _probes(f).values():
-        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-        sock = socket.socket(family, kind)
-        sock.setsockopt(level, opt, 1)
-        sock.bind((src, 0))
-        sock.setblocking(False)
-        if proto == "udp":
-            for _ in range(3):
-                sock.sendto(query, (dst, port))
-        else:
-            with contextlib.suppress(BlockingIOError):
-                sock.connect((dst, port))  # the SYN; retransmitted while we wait
-        socks.append(sock)
-    time.sleep(1.2)
-    for sock in socks:
-        sock.close()
+    for case in cases:
+        family = socket.AF_INET if case.f.v == 4 else socket.AF_INET6
+        # IP_TRANSPARENT / IPV6_TRANSPARENT: bind a non-local source
+        level, opt = (socket.SOL_IP, 19) if case.f.v == 4 else (socket.IPPROTO_IPV6, 75)
+        for dst, port, proto in case.probes().values():
+            sock = socket.socket(
+                family, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+            )
+            socks.append(sock)
+            sock.setsockopt(level, opt, 1)
+            sock.bind((case.src, 0))
+            sock.setblocking(False)
+            if proto == "udp":
+                for _ in range(3):
+                    sock.sendto(query, (dst, port))
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect((dst, port))  # the SYN
+    return socks
 
 
 def _own_answer(f: Fam) -> str:
-    """The client pod's query from its own address to the kube-dns ClusterIP; the first
-    may wait for neighbour discovery (IPv6)."""
+    """The client pod's query from its own address to the kube-dns ClusterIP."""
     qtype = agent.QTYPE_A if f.v == 4 else agent.QTYPE_AAAA
     answer = ""
-    for qid in (9, 10, 11):
+    for qid in (9, 10, 11):  # the first may wait for neighbour discovery (IPv6)
         try:
             msg = agent.build_query(qid, "own.cluster.local", qtype)
             return agent.parse_answer(agent.query_udp(f.kube_dns, 53, msg, 1.0), qid)
@@ -129,115 +213,80 @@ def _own_answer(f: Fam) -> str:
     return answer
 
 
-def _counts(ns: Netns, table: str, f: Fam) -> dict[str, int]:
-    """Counters of `f`'s family (counter_rules makes both; ours match one family)."""
-    data = json.loads(ns.exec("nft", "-j", "list", "counters", "table", "inet", table).stdout)
-    suffix = f"_v{f.v}"
-    return {
-        item["counter"]["name"].removesuffix(suffix): int(item["counter"]["packets"])
-        for item in data["nftables"]
-        if "counter" in item and item["counter"]["name"].endswith(suffix)
-    }
-
-
-def _delivered_rules(f: Fam, src: str) -> dict[str, tuple[str, str]]:
-    """Requests from `src` counted where they are received: namespace -> (table, rules),
-    after Mullvad's input chain (priority 0) in the machine."""
-    rules = {}
-    probes = _probes(f)
-    for role, priority, names in (("coredns", 0, ("dns", "echo")), ("host", 100, ("sshd",))):
-        counters = "".join(f"\tcounter {n}_v{f.v} {{ }}\n" for n in names)
-        body = "".join(
-            f"\t\t{f.nfproto} saddr {src} {probes[n][2]} dport {probes[n][1]} "
-            f'counter name "{n}_v{f.v}"\n'
-            for n in names
-        )
-        rules[role] = (
-            "table inet netlab_f1rx {\n" + counters + "\tchain rx {\n"
-            f"\t\ttype filter hook input priority {priority}; policy accept;\n" + body + "\t}\n}\n"
-        )
-    return {role: ("netlab_f1rx", text) for role, text in rules.items()}
-
-
-Case = tuple[Fam, str, str]
-
-
-def run(case: Case, state: str, lan: bool, rp_filter: int, bypass: str) -> dict[str, Any]:
-    f, sender, whose = case
-    src = _source(f, whose)
-    final = MullvadState(state, lan, True)
-    lab = Lab(
-        MullvadState("connected", lan, True) if bypass != "none" else final, rp_filter=rp_filter
-    )
+def run(cells: Cells, cell: Cell) -> dict[str, dict[str, dict[str, int]]]:
+    """Per case: packets delivered, answers on the LAN link and in the tunnel, by probe."""
+    lab = cells.lab
+    cells.enter(cell)
+    cases = [replace(c, n=cells.entered) for c in CASES if c.f.v == 4 or cell.lan]
+    counters = _counters(cases)
+    for role, (_table, text) in counters.items():
+        lab[role].nft(text)
+    if cell.lan:  # the host solicits the pods: their IPv6 answers need the neighbours
+        for pod in (V6.client_pod, V6.dns_pod):
+            lab["host"].call(partial(tcp_connect, pod, 9))
+    senders = {s: [c for c in cases if c.sender == s] for s in SENDERS}
+    with ThreadPoolExecutor(len(senders)) as pool:
+        futures = [
+            pool.submit(lab[SENDERS[s]].call, partial(_send, cs)) for s, cs in senders.items()
+        ]
+        socks = [sock for fut in futures for sock in fut.result()]
     try:
-        lab.build()
-        lab["host"].sysctl({f"net.ipv4.conf.{DOCKER0.name}.rp_filter": rp_filter})
-        load_bypass(lab, bypass)
-        if lab.mullvad != final:
-            lab.set_mullvad(final)
-        lab["lan"].nft(counter_rules("lanbr", _watches(f, src), table="netlab_f1"))
-        lab["vpn"].nft(counter_rules("tun0", _watches(f, src), table="netlab_f1"))
-        for role, (_table, text) in _delivered_rules(f, src).items():
-            lab[role].nft(text)
-        if f.v == 6:  # as in test_guard_v6: the host solicits the pods first
-            for pod in (f.client_pod, f.dns_pod):
-                lab["host"].call(lambda pod=pod: tcp_connect(pod, 9))
-        lab[SENDERS[sender]].call(lambda: _send(f, src))
-        time.sleep(0.1)
-        delivered = {
-            **_counts(lab["coredns"], "netlab_f1rx", f),
-            **_counts(lab["host"], "netlab_f1rx", f),
-        }
-        # Then (its source is the on-node case's): the real pod is answered.
-        own = lab["client"].call(lambda: _own_answer(f)) if bypass != "none" else ""
-        return {
-            "delivered": delivered,
-            "lan": _counts(lab["lan"], "netlab_f1", f),
-            "tunnel": _counts(lab["vpn"], "netlab_f1", f),
-            "own": own,
-        }
+        lab.barrier()  # the requests delivered or dropped, the machine's SYN-ACKs out
+        for f in {c.f for c in cases}:
+            for port in (53, DNS_ALT_PORT):
+                answered_locally(lab, "coredns", f.dns_pod, port)
+        lab.barrier()  # and CoreDNS's answers on their way out
+        counts = {role: read_counters(lab[role], table) for role, (table, _) in counters.items()}
     finally:
-        lab.destroy()
-
-
-def expected(whose: str, state: str, lan: bool) -> tuple[dict[str, bool], dict[str, bool]]:
-    """Mullvad alone: (delivered?, answered on the LAN link?) per probe."""
-    delivered = {"dns": False, "sshd": lan, "echo": lan}
-    on_lan = {n: d and whose == "off_node" and state == "blocked" for n, d in delivered.items()}
-    return delivered, on_lan
-
-
-def _combinations() -> list[Any]:
-    """Each case in each state, LAN sharing and rp_filter, with our table and with Mullvad
-    alone (once per state: rp_filter does not change Mullvad); IPv6 pods only with LAN
-    sharing on (their neighbour discovery needs it, see tests/netlab)."""
-    out = []
-    for case in CASES:
-        f, sender, whose = case
-        for state in ("connected", "blocked"):
-            for lan in (False, True):
-                if f.v == 6 and not lan:
-                    continue
-                for rp_filter, bypass in ((0, "generated"), (2, "generated"), (2, "none")):
-                    ident = (
-                        f"v{f.v}-{sender}-{whose}-{state}-{'lan_on' if lan else 'lan_off'}-"
-                        f"rp_filter{rp_filter}-{bypass}"
-                    )
-                    out.append(pytest.param(case, state, lan, rp_filter, bypass, id=ident))
-    return out
-
-
-@pytest.mark.parametrize(("case", "state", "lan", "rp_filter", "bypass"), _combinations())
-def test_a_pod_source_that_does_not_route_back_is_not_a_pod(
-    case: Case, state: str, lan: bool, rp_filter: int, bypass: str
-) -> None:
-    f, _sender, whose = case
-    got = run(case, state, lan, rp_filter, bypass)
-    want_delivered, want_lan = expected(whose, state, lan)
-    seen = {
-        "delivered": {n: got["delivered"][n] > 0 for n in NAMES},
-        "lan": {n: got["lan"][n] > 0 for n in NAMES},
+        for sock in socks:
+            sock.close()
+    delivered = {**counts["coredns"], **counts["host"]}
+    return {
+        c.key: {
+            "delivered": {n: delivered[f"{c.key}_{n}"] for n in NAMES},
+            "lan": {n: counts["lan"][f"{c.key}_{n}"] for n in NAMES},
+            "tunnel": {n: counts["vpn"][f"{c.key}_{n}"] for n in NAMES},
+        }
+        for c in cases
     }
-    assert seen == {"delivered": want_delivered, "lan": want_lan}, got
-    if bypass == "generated":  # CoreDNS answers the real pod
-        assert got["own"] == ANSWERS["coredns"]["A" if f.v == 4 else "AAAA"], got
+
+
+def expected(case: Case, cell: Cell) -> dict[str, dict[str, bool]]:
+    """Per arm: delivered? answered on the LAN link? by probe."""
+    if cell.arm == "control":  # exempted: all in, and answers fwmarked to the LAN
+        delivered = dict.fromkeys(NAMES, True)
+        return {"delivered": delivered, "lan": dict.fromkeys(NAMES, case.whose == "off_node")}
+    # Mullvad alone, and so our table
+    delivered = {"dns": False, "sshd": cell.lan, "echo": cell.lan}
+    blocked_lan = case.whose == "off_node" and cell.state == "blocked"
+    return {"delivered": delivered, "lan": {n: d and blocked_lan for n, d in delivered.items()}}
+
+
+def _cells() -> list[Cell]:
+    """Connected first: going Blocked and back costs a reconnect."""
+    return [
+        Cell(state, lan, arm, rp_filter)
+        for state in ("connected", "blocked")
+        for lan in (False, True)
+        for rp_filter in (0, 2)
+        for arm in ("none", "generated", "control")
+    ]
+
+
+@pytest.mark.parametrize("cell", _cells(), ids=lambda c: c.id)
+def test_a_pod_source_that_does_not_route_back_is_not_a_pod(cells: Cells, cell: Cell) -> None:
+    got = run(cells, cell)
+    seen = {
+        key: {
+            what: {n: count > 0 for n, count in by.items()}
+            for what, by in r.items()
+            if what != "tunnel"
+        }
+        for key, r in got.items()
+    }
+    want = {c.key: expected(c, cell) for c in CASES if c.key in got}
+    assert seen == want, got
+    if cell.arm != "none":  # CoreDNS answers the real pod
+        for f in (V4, V6) if cell.lan else (V4,):
+            answer = cells.lab["client"].call(partial(_own_answer, f))
+            assert answer == ANSWERS["coredns"]["A" if f.v == 4 else "AAAA"], answer

@@ -23,13 +23,19 @@ packets entering it can still be counted on the far side.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
+import select
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +87,17 @@ LB_PORT = 80  # the web Service's port on its LoadBalancer IP
 SPOOF_PORT = 9999  # UDP port spoofed pod-source packets are sent to (counted, no server)
 HOST_ETH0_MAC = "02:00:00:00:01:00"  # pinned in the router's neighbour table (spoof probes)
 LAN_SERVICE_PORT = 8081  # a server on the LAN client (a NAS, a printer)
+# Lab.barrier's marker datagrams: a DHCP server's answer (udp 67 -> 68), which Mullvad's
+# forward chain accepts from any address to any address in every state (dhcp_client).
+# Untracked in the machine: a conntrack entry would be masqueraded (the CNI's rule) to
+# the way the first marker left, and the kernel drops a masqueraded flow's packet when
+# Mullvad's routing sends it another way (tunnel <-> LAN) after a state change.
+MARKER_SPORT, MARKER_DPORT = 67, 68
+MARKER_TABLE = (
+    "table inet netlab_markers {\n\tchain raw {\n"
+    "\t\ttype filter hook prerouting priority raw; policy accept;\n"
+    f"\t\tudp sport {MARKER_SPORT} udp dport {MARKER_DPORT} notrack\n\t}}\n}}\n"
+)
 
 # Which resolver answered: each answers every A/AAAA question with its own address.
 ANSWERS: dict[str, dict[str, str]] = {
@@ -463,6 +480,29 @@ def counter_rules(
     return f"table inet {table} {{\n" + "".join(counters) + _chain("watch", head, rules) + "}\n"
 
 
+def named_counters(table: str, head: str, matches: dict[str, str]) -> str:
+    """Table `inet table` afresh (counters at 0): one chain with `head`, and for each
+    name a rule `match counter name "name"`."""
+    counters = "".join(f"\tcounter {name} {{ }}\n" for name in matches)
+    rules = [f'{match} counter name "{name}"' for name, match in matches.items()]
+    return (
+        f"table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n"
+        + counters
+        + _chain("count", head, rules)
+        + "}\n"
+    )
+
+
+def read_counters(ns: Netns, table: str) -> dict[str, int]:
+    """Counter name -> packets, of table `inet table` in `ns`."""
+    data = json.loads(ns.exec("nft", "-j", "list", "counters", "table", "inet", table).stdout)
+    return {
+        item["counter"]["name"]: int(item["counter"]["packets"])
+        for item in data["nftables"]
+        if "counter" in item
+    }
+
+
 class Lab:
     """One scenario's namespaces. `build()` then `destroy()` (always, also on failure)."""
 
@@ -484,8 +524,12 @@ class Lab:
         self.ns: dict[str, Netns] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.uid}-"))
         self.tunnel_up = False
+        self.tunnel = TUNNEL  # the addresses Mullvad's table is built for
         self.hostport_ips: list[str] = []
         self.excluded_cgroup: Path | None = None  # Mullvad's split-tunnel cgroup (build)
+        self._markers: list[socket.socket] = []
+        self._barrier_lock = threading.Lock()
+        self._barrier_count = 0
 
     def __getitem__(self, role: str) -> Netns:
         return self.ns[role]
@@ -539,6 +583,8 @@ class Lab:
         # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
         self._start_agents(extra_agents or {})
         self._split_tunnel_cgroup()
+        self["host"].nft(MARKER_TABLE)
+        self._markers = [self[role].call(_marker_receiver) for role in ("lan", "vpn")]
         self.set_mullvad(self.mullvad, initial=True)
 
     def _split_tunnel_cgroup(self) -> None:
@@ -558,7 +604,6 @@ class Lab:
 
     def _links(self) -> None:
         host = self["host"]
-        mac = "02:00:6d:6f:6c:65"
         lines = [
             "link set lo up",
             # A fixed MAC: a bridge takes its lowest port MAC otherwise, and the CNI
@@ -566,14 +611,11 @@ class Lab:
             "link add cni0 address 02:00:00:00:0c:00 type bridge mcast_snooping 0",
             f"link add eth0 address {HOST_ETH0_MAC} type veth"
             f" peer name lan0 netns {self['lan'].name}",
-            f"link add {mullvad_emu.TUNNEL} address {mac} type veth"
-            f" peer name tun0 address {mac} netns {self['vpn'].name}",
         ]
         for role in POD_ROLES:
             lines.append(f"link add veth-{role} type veth peer name eth0 netns {self[role].name}")
             lines.append(f"link set veth-{role} master cni0 up")
         lines += [
-            f"link set {mullvad_emu.TUNNEL} arp off up",
             "link set eth0 up",
             "link set cni0 up",
         ]
@@ -584,12 +626,9 @@ class Lab:
                 else f"addr add {f.host_lan}/{f.plen_lan} dev eth0",
                 f"addr add {f.cni_gw}/{f.pod_cidr.split('/')[1]} dev cni0"
                 + (" nodad" if f.v == 6 else ""),
-                f"addr add {f.tun_host}/{32 if f.v == 4 else 128} dev {mullvad_emu.TUNNEL}"
-                + (" nodad" if f.v == 6 else ""),
                 f"route add default via {f.router} dev eth0",
             ]
         host.ip("\n".join(lines) + "\n")
-        self.tunnel_up = True
 
         lan = [
             "link set lo up",
@@ -600,7 +639,7 @@ class Lab:
             "link set lanbr up",
         ]
         lanclient = ["link set lo up", "link set eth0 up"]
-        vpn = ["link set lo up", "link set tun0 arp off up"]
+        vpn = ["link set lo up"]
         for f in FAMILIES:
             nodad = " nodad" if f.v == 6 else ""
             host_plen = 32 if f.v == 4 else 128
@@ -625,8 +664,6 @@ class Lab:
                 f"route add {f.tun_host} via {f.host_lan}",
             ]
             vpn += [
-                f"addr add {f.tun_gw}/{host_plen} dev tun0{nodad}",
-                f"route add {f.tun_host} dev tun0",
                 f"addr add {f.internet}/{host_plen} dev lo{nodad}",
                 f"addr add {f.outside_dns_pod}/{host_plen} dev lo{nodad}",
                 f"addr add {f.outside_dns_host}/{host_plen} dev lo{nodad}",
@@ -634,6 +671,7 @@ class Lab:
         self["lan"].ip("\n".join(lan) + "\n")
         self["lanclient"].ip("\n".join(lanclient) + "\n")
         self["vpn"].ip("\n".join(vpn) + "\n")
+        self._tunnel()
         for role, attr in POD_ROLES.items():
             pod = ["link set lo up", "link set eth0 up"]
             for f in FAMILIES:
@@ -643,6 +681,26 @@ class Lab:
                     f"route add default via {f.cni_gw}",
                 ]
             self[role].ip("\n".join(pod) + "\n")
+
+    def _tunnel(self) -> None:
+        """The tunnel device with its addresses (`self.tunnel`), and the relay side's
+        end: made when the lab is built and again when Mullvad reconnects."""
+        mac = "02:00:6d:6f:6c:65"
+        host = [
+            f"link add {mullvad_emu.TUNNEL} address {mac} type veth"
+            f" peer name tun0 address {mac} netns {self['vpn'].name}",
+            f"link set {mullvad_emu.TUNNEL} arp off up",
+        ]
+        vpn = ["link set tun0 arp off up"]
+        for f in FAMILIES:
+            nodad = " nodad" if f.v == 6 else ""
+            plen = 32 if f.v == 4 else 128
+            tun_host = self.tunnel.ips[0 if f.v == 4 else 1]
+            host.append(f"addr add {tun_host}/{plen} dev {mullvad_emu.TUNNEL}{nodad}")
+            vpn += [f"addr add {f.tun_gw}/{plen} dev tun0{nodad}", f"route add {tun_host} dev tun0"]
+        self["host"].ip("\n".join(host) + "\n")
+        self["vpn"].ip("\n".join(vpn) + "\n")
+        self.tunnel_up = True
 
     def _hostport_pod(self) -> None:
         """ADD the hostport pod through bridge -> host-local -> portmap, as a runtime does."""
@@ -732,15 +790,16 @@ class Lab:
     def set_mullvad(self, st: MullvadState, *, initial: bool = False) -> None:
         """Put the emulated app into state `st`, as the app does on a state change.
 
-        Leaving Connected removes both policy-routing rules and the tunnel device, then
-        the table is replaced atomically. Only connected -> blocked is supported.
+        Leaving Connected removes both policy-routing rules and the tunnel device;
+        coming back (a reconnect) makes the tunnel again, with `self.tunnel`'s
+        addresses, and its routes and rules. Then the table is replaced atomically.
         """
         host = self["host"]
         if st.state == "connected":
-            if not initial and self.mullvad.state != "connected":
-                raise LabError("blocked -> connected is not emulated")
-            if initial:
-                v4, v6 = mullvad_emu.routing_up(TUNNEL.dns)
+            if initial or self.mullvad.state != "connected":
+                if not self.tunnel_up:
+                    self._tunnel()
+                v4, v6 = mullvad_emu.routing_up(self.tunnel.dns)
                 host.ip(v4, family="-4")
                 host.ip(v6, family="-6")
         elif initial or self.mullvad.state == "connected":
@@ -752,26 +811,77 @@ class Lab:
         cfg = mullvad_emu.kernel_config(st)
         if cfg:
             host.sysctl(cfg)
-        host.nft(mullvad_emu.ruleset(st, TUNNEL))
+        host.nft(mullvad_emu.ruleset(st, self.tunnel))
         self.mullvad = st
+
+    def set_rp_filter(self, value: int) -> None:
+        """The machine's rp_filter on every interface it has now and on new ones (the
+        kernel applies the larger of `all` and the interface's own value)."""
+
+        def write() -> None:
+            for conf in Path("/proc/sys/net/ipv4/conf").iterdir():
+                (conf / "rp_filter").write_text(f"{value}\n")
+
+        self["host"].call(write)
+        self.rp_filter = value
+
+    def set_br_nf(self, on: bool) -> None:
+        """br_netfilter's calls of the inet hooks for bridged IPv4 and IPv6 on or off."""
+        self["host"].sysctl(
+            {
+                "net.bridge.bridge-nf-call-iptables": int(on),
+                "net.bridge.bridge-nf-call-ip6tables": int(on),
+            }
+        )
+        self.br_nf = on
 
     # --- observation -----------------------------------------------------------------
 
     def counters(self, table: str = "netlab_counters") -> dict[str, tuple[int, int]]:
         """watch name -> (packets into the tunnel, packets onto the LAN)."""
-
-        def read(ns: Netns) -> dict[str, int]:
-            data = json.loads(
-                ns.exec("nft", "-j", "list", "counters", "table", "inet", table).stdout
-            )
-            return {
-                item["counter"]["name"]: int(item["counter"]["packets"])
-                for item in data["nftables"]
-                if "counter" in item
-            }
-
-        tun, lan = read(self["vpn"]), read(self["lan"])
+        tun, lan = read_counters(self["vpn"], table), read_counters(self["lan"], table)
         return {name: (tun[name], lan.get(name, 0)) for name in tun}
+
+    def reset_counters(self, table: str = "netlab_counters") -> None:
+        """The relay's and the LAN router's counters of `table` back to 0 (a new cell)."""
+        for role in ("vpn", "lan"):
+            self[role].exec("nft", "reset", "counters", "table", "inet", table)
+
+    def barrier(self, hops: int = 2) -> None:
+        """Return once every packet the lab's namespaces handed to the kernel before
+        the call has gone `hops` namespaces further, or was dropped: instead of a sleep
+        before counters are read.
+
+        veth hands a packet to the next namespace through the backlog of the CPU that
+        sends it, and each CPU works its backlog in order, packets and whatever they
+        make (a forwarded copy, a SYN-ACK, an ICMP error) queued behind. So a marker
+        datagram sent on each CPU in turn after the call is handled after what that CPU
+        had queued, and its next hop after their next one: one round, client pod ->
+        machine -> LAN router or relay, covers two hops. A marker is a DHCP server's
+        answer (MARKER_SPORT -> MARKER_DPORT), which Mullvad's forward chain accepts in
+        every state and no table of ours or the tests' touches; it goes to the internet
+        server's address, which both the LAN router and the relay have (Mullvad's
+        routing picks the way), and is taken there by a socket of `build`. Userland
+        senders (the lab's servers) are not covered: wait for their answers first.
+        """
+        with self._barrier_lock:
+            for _ in range(max(1, -(-hops // 2))):
+                self._barrier_count += 1
+                want = set()
+                for cpu in sorted(os.sched_getaffinity(0)):
+                    token = f"{self.uid}-{self._barrier_count}-{cpu}".encode()
+                    self["client"].call(functools.partial(_send_marker, cpu, token))
+                    want.add(token)
+                deadline = time.monotonic() + 10
+                while want:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise LabError(f"barrier markers {sorted(want)} never arrived")
+                    ready, _, _ = select.select(self._markers, [], [], left)
+                    for sock in ready:
+                        with contextlib.suppress(BlockingIOError):
+                            while True:
+                                want.discard(sock.recv(256))
 
     def snapshot(self) -> str:
         """Host ruleset, rules and routes, kept for failure messages."""
@@ -784,7 +894,27 @@ class Lab:
         return "\n".join(parts)
 
     def destroy(self) -> list[str]:
+        for sock in self._markers:
+            sock.close()
         errors = delete_namespaces(list(self.ns.values()))
         errors += remove_cgroup_mount(self.tmp / "net_cls", lambda n: n.startswith(self.uid))
         shutil.rmtree(self.tmp, ignore_errors=True)
         return errors
+
+
+def _marker_receiver() -> socket.socket:
+    """In the LAN router's or the relay's namespace: the socket Lab.barrier's markers
+    arrive at."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((V4.internet, MARKER_DPORT))
+    sock.setblocking(False)
+    return sock
+
+
+def _send_marker(cpu: int, token: bytes) -> None:
+    """In the client pod's namespace, on CPU `cpu`: one marker of Lab.barrier."""
+    os.sched_setaffinity(0, {cpu})  # this thread only: Netns.call made it for us
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((V4.client_pod, MARKER_SPORT))
+        sock.sendto(token, (V4.internet, MARKER_DPORT))

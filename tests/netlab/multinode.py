@@ -39,7 +39,7 @@ from .nsutil import LabError, Netns, create_namespaces, run, wait_ready
 from .topology import ANSWERS, Lab
 
 SUBNET = "172.18.0.0/16"  # Docker's first free pool, as kind gets it
-OTHER_SUBNET = "172.19.0.0/16"  # the next one: another project's containers
+OTHER_SUBNET = "172.20.0.0/16"  # another project's containers (the lab has 172.19.0.0/16)
 API_PORT, KUBELET_PORT, POD_PORT = 6443, 10250, 8080
 VXLAN_PORT = 8472  # flannel's vxlan backend (k3s, k3d)
 

@@ -387,7 +387,7 @@ def test_podman_made_the_networks(result: Run) -> None:
     assert nets["kind"].bridge.startswith("br-") and nets["other"].bridge.startswith("br-")
     assert nets["kind"].subnets == (multinode.SUBNET, kind.ULA_SUBNET)
     nodes = result.cluster.nodes
-    assert [n.ip4 for n in nodes.values()] == ["172.18.0.2", "172.18.0.3", "172.19.0.2"]
+    assert [n.ip4 for n in nodes.values()] == ["172.18.0.2", "172.18.0.3", "172.20.0.2"]
 
 
 @pytest.mark.parametrize("cell", ["alone_lan_off", "alone_lan_on"])

@@ -17,18 +17,23 @@ fc00:f853:ccd:e793::/64@br-*"`, the preset's own bridge pattern, which also name
 other network's bridge) with LAN sharing off, and on with CLUSTER_INTERFACES not naming
 the node bridge, and a leaky control (the kind bridge and network exempted by
 address and interface pattern). The cluster's probes
-(host -> node, node <-> node bridged, pod -> pod across nodes by kindnet and by VXLAN,
-IPv6 between the nodes and their pods, node -> gateway :53 UDP and TCP) work with LAN
-sharing or our table, each server seeing the client's own address. The rest stays as
-Mullvad alone has it: node -> an outside resolver (0 packets on the LAN and in the
+(host -> node and its published ports, node <-> node bridged, pod -> pod across nodes
+by kindnet and by VXLAN, IPv6 between the nodes and their pods, node -> gateway :53 UDP
+and TCP) work with LAN sharing or our table, each server seeing the client's own
+address (but where the CNI portmap plugin masquerades the machine's own connections).
+The rest stays as Mullvad alone has it: node -> an outside resolver (0 packets on the LAN and in the
 tunnel), node -> internet (by the tunnel only), node -> the other network's gateway :53
 and its container (routed from one br-* bridge to another), that container -> a node,
 LAN and off-link clients -> an unpublished node port (no reply on the LAN), node -> the
-machine's sshd; and the leaky control fails exactly the probes in CAUGHT.
+machine's sshd, a pod -> another pod on cni0 (bridged, not on a node bridge), the machine
+and a LAN client -> a port published to a node-range address on docker0 (multinode.STALE);
+and the leaky control fails exactly the probes in CAUGHT.
 """
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +46,17 @@ from .multinode import API_PORT, KUBELET_PORT, POD_PORT, Cluster
 from .nsutil import LabError, flush_conntrack
 from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
 from .scenarios import run_generator, run_probes
-from .topology import HOST_SERVICE_PORT, INET_POD, V4, V6, Lab, counter_rules
+from .topology import (
+    DOCKER0,
+    HOST_SERVICE_PORT,
+    INET_POD,
+    V4,
+    V6,
+    WEB_PORT,
+    Fam,
+    Lab,
+    counter_rules,
+)
 
 PODMAN_MISSING = kind.unavailable()
 TABLE = "netlab_nodes"
@@ -77,6 +92,9 @@ CELLS: dict[str, tuple[Scenario, dict[str, str]]] = {
 # our table (and with LAN sharing).
 CLUSTER = {
     "host_node_v4",
+    "host_published_v4",
+    "host_node_v6",
+    "host_published_v6",
     "node_node_api_v4",
     "node_node_kubelet_v4",
     "pod_pod_v4",
@@ -91,9 +109,16 @@ CLUSTER = {
 # What the leaky control must fail: the nodes' own traffic leaves by the LAN, reaches
 # the other network and this machine's sshd, the LAN reaches an unpublished node port,
 # the in-tunnel resolver breaks (Mullvad's nat chain drops ct-marked flows into the
-# tunnel), and Mullvad's masquerade hides the nodes' and pods' addresses from each
-# other (flannel's inner addresses survive it).
+# tunnel), Mullvad's masquerade hides the nodes' and pods' addresses from each
+# other (flannel's inner addresses survive it), and the machine and the LAN reach the
+# node-range address on docker0 (exempted by address).
 CAUGHT = {
+    "lan_stale_udp_v4",
+    "lan_stale_udp_v6",
+    "host_stale_v4",
+    "host_stale_v6",
+    "lan_stale_v4",
+    "lan_stale_v6",
     "node_node_api_v4",
     "node_node_kubelet_v4",
     "pod_pod_v4",
@@ -111,6 +136,34 @@ CAUGHT = {
     "node_sshd_gateway_v4",
     "node_sshd_lan_v4",
 }
+
+
+def _datagrams(client: str, f: Fam, dst: str, port: int) -> Callable[[Lab], Outcome]:
+    """Three datagrams from `client` to dst:port; delivered when the docker0 container's
+    counter of them grew (multinode.STALE_RX: the published UDP port's destination)."""
+    ctr = DOCKER0.role
+
+    def count(lab: Lab) -> int:
+        out = lab[ctr].exec(
+            "nft", "-j", "list", "counter", "inet", multinode.STALE_RX, f"stale_v{f.v}"
+        )
+        return int(json.loads(out.stdout)["nftables"][1]["counter"]["packets"])
+
+    def send() -> None:
+        with socket.socket(
+            socket.AF_INET6 if f.v == 6 else socket.AF_INET, socket.SOCK_DGRAM
+        ) as sock:
+            for _ in range(3):
+                sock.sendto(b"stale", (dst, port))
+
+    def probe(lab: Lab) -> Outcome:
+        before = count(lab)
+        lab[client].call(send)
+        time.sleep(0.3)
+        got = count(lab) - before
+        return Outcome(got > 0, f"{got} of 3 datagrams delivered", ctr if got else None)
+
+    return probe
 
 
 def cluster_works(s: Scenario) -> bool:
@@ -137,6 +190,31 @@ def probes(c: Cluster) -> list[Probe]:
             "host",
             "kubectl: the machine -> node1's API server on the kind bridge",
             _tcp("host", n1.ip4, API_PORT),
+            works("node1"),
+        ),
+        Probe(
+            "host_published",
+            V4,
+            "host",
+            "kubectl: the machine -> 127.0.0.1:<port> published to node1's API server",
+            _tcp("host", "127.0.0.1", m.KUBECTL_PORT),
+            works("node1"),
+        ),
+        Probe(
+            "host_node",
+            V6,
+            "host",
+            "the machine -> node1's API server over IPv6",
+            _tcp("host", n1.ip6, API_PORT),
+            works("node1", gw[6]),
+        ),
+        Probe(
+            "host_published",
+            V6,
+            "host",
+            "the machine -> its own LAN address's port published to node1 (all addresses), "
+            "over IPv6 (the CNI portmap plugin masquerades it: node1 sees the gateway)",
+            _tcp("host", V6.host_lan, m.PUBLISHED_PORT),
             works("node1"),
         ),
         Probe(
@@ -253,6 +331,50 @@ def probes(c: Cluster) -> list[Probe]:
             "a container on the other network -> node1 (routed between two br-* bridges)",
             _tcp("other", n1.ip4, API_PORT),
             as_mullvad("node1"),
+        ),
+        Probe(
+            "pod_cni",
+            V4,
+            "client",
+            "a pod -> another pod on cni0 (bridged on a bridge that is no node network's; "
+            "no POD_CIDRS here)",
+            _tcp("client", V4.web_pod, WEB_PORT),
+            as_mullvad("web"),
+        ),
+        *(
+            Probe(
+                "host_stale",
+                f,
+                "host",
+                "the machine -> its LAN address's port published to a container on docker0 "
+                "whose address lies in the node network's range: not the node network's bridge",
+                _tcp("host", f.host_lan, m.STALE_PORT),
+                as_mullvad("docker"),
+            )
+            for f in (V4, V6)
+        ),
+        *(
+            Probe(
+                "lan_stale",
+                f,
+                "lanclient",
+                "a LAN client -> that port: not the node network's bridge",
+                _tcp("lanclient", f.host_lan, m.STALE_PORT),
+                as_mullvad("docker"),
+            )
+            for f in (V4, V6)
+        ),
+        *(
+            Probe(
+                "lan_stale_udp",
+                f,
+                "lanclient",
+                "a LAN client's datagrams to that port (UDP): counted at the container, "
+                "since a one-way packet is what it takes to reach it",
+                _datagrams("lanclient", f, f.host_lan, m.STALE_PORT),
+                as_mullvad("docker"),
+            )
+            for f in (V4, V6)
         ),
         Probe(
             "lan_node",

@@ -35,6 +35,11 @@ mutant and passes with our table kills it. About 25 s per mutant; not in CI. Wit
 --killers FILE (CI: tests/netlab/test_mutation.py's KILLED_BY_TESTS), only the
 survivors FILE names, each against only the tests named for it (a few seconds each).
 
+The rules only a NODE_NETWORKS table has (this lab has no node network) are checked by
+tests/netlab/test_multinode.py in its lab of Podman nodes, with this script's
+machinery (node_mutants, NODE_WEAKENINGS, try_mutants); `make mutation` does not build
+that lab: `pytest tests/netlab/test_multinode.py -s` prints its table.
+
     bench/mutation.py                 # every mutant (make mutation)
     bench/mutation.py --suites        # and the survivors against SUITE_FILES
     bench/mutation.py --killers FILE  # and named survivors against just their tests

@@ -28,23 +28,31 @@ LAN and off-link clients -> an unpublished node port (no reply on the LAN), node
 machine's sshd, a pod -> another pod on cni0 (bridged, not on a node bridge), the machine
 and a LAN client -> a port published to a node-range address on docker0 (multinode.STALE);
 and the leaky control fails exactly the probes in CAUGHT.
+
+And each rule of our table here that the main lab's lacks is decided by traffic: its
+mutants (bench/mutation.py) loaded in place of our table in the lab's cells of our
+table, the probes run against each (test_every_node_rule_is_decided_by_traffic).
 """
+
+# ruff: noqa: E501 (NODE_SURVIVORS_WITH_REASON: the rules as they are, one a line)
 
 from __future__ import annotations
 
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from bench import mutation
 
 from . import kind, mullvad_emu, multinode
 from .mullvad_emu import MullvadState
 from .multinode import API_PORT, KUBELET_PORT, POD_PORT, Cluster
 from .nsutil import LabError, flush_conntrack
 from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
+from .probes import timeout as probes_timeout
 from .scenarios import run_generator, run_probes
 from .topology import (
     DOCKER0,
@@ -135,6 +143,38 @@ CAUGHT = {
     "remote_node_v4",
     "node_sshd_gateway_v4",
     "node_sshd_lan_v4",
+}
+
+
+# The mutation check of the node table (issue 22 items 1 and 2 for issue 23's rules):
+# bench/mutation.py's mutants of every rule of our table here that the sweep of the
+# main lab's table (test_mutation) does not make, its NODE_WEAKENINGS of the same-bridge
+# test, and the node bridge taken out of cluster_interfaces, each loaded in place of our
+# table in the cells named here, in order (a mutant stops at the first whose probes kill
+# it). The bridge's removal is that mutation only where CLUSTER_INTERFACES does not name
+# the bridge itself: tried in those cells only.
+MUTATION_CELLS = ("ours_lan_off", "ours_lan_on_cni")
+MUTANT_TIMEOUT = 0.5  # s, the probes' timeout in mutants (an answer takes milliseconds)
+NODE_BRIDGE_OUT = ("cluster_interfaces", '"br-*"')
+# Mutants of the node table no probe here kills, each with the reason (as test_mutation's
+# SURVIVORS_WITH_REASON); the test fails when one is killed or a survivor is not here.
+_SHORTCUT = (
+    "returns only flows that the rules after it leave marked (its comment: 'passes every "
+    "test below too'): to an address and bridge of {node}, by a cluster interface, not "
+    "from a ClusterIP, where rule 3 needs a ClusterIP origin, rule 4 an address and bridge "
+    "outside {node} and rule 5 an interface outside cluster_interfaces. Deleted, no "
+    "verdict changes; a forwarded node flow's first packet meets 2 rules more. "
+)
+NODE_SURVIVORS_WITH_REASON: dict[str, str] = {
+    "delete forward_guard_new_v4[2]: ip daddr . oifname @node_v4 oifname @cluster_interfaces ct original ip daddr != @cluster_v4 return": (
+        _SHORTCUT.format(node="node_v4")
+        + "test_rules_per_packet's baseline catches that (forward: 5 rules where it allows "
+        "3, 'off-link client->port published to the node'; shown by hand with "
+        "bench/mutant_cli.py as its generator)"
+    ),
+    "delete forward_guard_new_v6[2]: ip6 daddr . oifname @node_v6 oifname @cluster_interfaces ct original ip6 daddr != @cluster_v6 return": (
+        _SHORTCUT.format(node="node_v6") + "No rules-per-packet row has IPv6 node traffic"
+    ),
 }
 
 
@@ -447,11 +487,103 @@ class Cell:
 
 
 @dataclass
+class NodeMutation:
+    """The node table's mutants tried in the lab's MUTATION_CELLS in turn (`cell`)."""
+
+    reference: str = ""  # the main lab's table (bench/mutation.py sweeps its mutants)
+    keys: list[str] = field(default_factory=list)  # every mutant, in order
+    killed: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # cell, probes
+    noise: dict[str, list[str]] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def survivors(self) -> list[str]:
+        return [k for k in self.keys if k not in self.killed]
+
+    def cell(self, lab: Lab, name: str, cell: Cell, found: list[Probe]) -> None:
+        """In the cell's state, with our table loaded by `apply`: the mutants of the table
+        it wrote (OUTPUT) that no earlier cell killed, against the probes."""
+        start = time.monotonic()
+        host = lab["host"]
+        if not self.reference:  # the settings of the main lab (scenarios.settings_text)
+            self.reference = run_generator(lab, "generate").stdout
+        table = (lab.tmp / "mullvad-allow-k8s.nft").read_text()
+        removals = [NODE_BRIDGE_OUT] if "CLUSTER_INTERFACES" in cell.settings else []
+        todo, stale = mutation.node_mutants(table, self.reference, removals)
+        self.stale += [f"{name}: {what}" for what in stale]
+        self.keys += [m.key for m in todo if m.key not in self.keys]
+        todo = [m for m in todo if m.key not in self.killed]
+
+        def load(text: str) -> None:
+            host.nft(text)
+            flush_conntrack(host)  # no flow of an earlier table rides on its marks
+
+        def run(probes: Sequence[Probe], expect: bool = False) -> dict[str, mutation.Seen]:
+            for role in ("vpn", "lan"):
+                lab[role].exec("nft", "reset", "counters", "table", "inet", TABLE)
+            outcomes = run_probes(lab, list(probes))
+            time.sleep(0.05)  # the last in-flight packets reach the counters
+            counters = lab.counters(TABLE)
+            for p in probes if expect else ():
+                if bad := check(p, outcomes[p.id], counters, p.expect(cell.scenario)):
+                    self.problems.append(f"{name}: unmutated table: {p.id}: {'; '.join(bad)}")
+            return {
+                p.id: mutation.Seen(mutation.signature(p, outcomes[p.id], counters), outcomes[p.id])
+                for p in probes
+            }
+
+        # Our table's outcomes: the cell's own run (loaded by `apply`), and once more
+        # as the mutants are loaded (the file it wrote, by nft) and with their timeout.
+        seen = cell.outcomes
+        base = {
+            p.id: mutation.Seen(mutation.signature(p, seen[p.id], cell.counters), seen[p.id])
+            for p in found
+        }
+        with probes_timeout(MUTANT_TIMEOUT):
+            load(table)
+            twice = run(found, expect=True)
+            unstable = {pid for pid in base if base[pid].sig != twice[pid].sig}
+            stable = [p for p in found if p.id not in unstable]
+            judged = mutation.try_mutants(
+                table, todo, stable, base, load=load, run=run, pair_families=True
+            )
+            after = run(found, expect=True)
+        for key, (killers, noise) in judged.items():
+            self.noise[key] = self.noise.get(key, []) + noise
+            if killers:
+                self.killed[key] = (name, killers)
+        drift = {pid for pid in after if after[pid].sig != base[pid].sig} - unstable
+        if unstable or drift:
+            self.problems.append(
+                f"{name}: unstable without mutation (left out): {sorted(unstable)}; "
+                f"changed after the mutants: {sorted(drift)}"
+            )
+        self.seconds[name] = time.monotonic() - start
+
+    def report(self) -> str:
+        lines = []
+        for key in self.keys:
+            if key in self.killed:
+                cell, killers = self.killed[key]
+                lines.append(f"killed    {key}\n          in {cell} by {', '.join(killers)}")
+            else:
+                lines.append(f"SURVIVES  {key}")
+            if self.noise.get(key):
+                lines.append(f"          (changed once, not on the re-run: {self.noise[key]})")
+        times = ", ".join(f"{c} {t:.1f} s" for c, t in self.seconds.items())
+        lines.append(f"{len(self.killed)} of {len(self.keys)} mutants killed; {times}")
+        return "\n".join(lines)
+
+
+@dataclass
 class Run:
     cluster: Cluster
     probes: list[Probe]
     cells: dict[str, Cell]
     seconds: float
+    mutation: NodeMutation
 
 
 def switch(lab: Lab, cell: Cell) -> str:
@@ -476,6 +608,7 @@ def run_cells() -> Run:
     lab = Lab(LAN_OFF)
     cluster = Cluster(lab)
     cells = {name: Cell(scn, settings) for name, (scn, settings) in CELLS.items()}
+    mutants = NodeMutation()
     try:
         lab.build()
         for role, ifname in (("vpn", "tun0"), ("lan", "lanbr")):
@@ -484,17 +617,19 @@ def run_cells() -> Run:
         for role in ("lanclient", "lan"):
             lab[role].ip(f"route add {multinode.SUBNET} via {V4.host_lan}\n")
         found = probes(cluster)
-        for cell in cells.values():
+        for name, cell in cells.items():
             cell.loader = switch(lab, cell)
             cell.outcomes = run_probes(lab, found)
             time.sleep(0.05)  # the last in-flight packets reach the counters
             cell.counters = lab.counters(TABLE)
+            if name in MUTATION_CELLS:
+                mutants.cell(lab, name, cell, found)
     finally:
         errors = cluster.destroy()
         errors += lab.destroy()
         if errors:
             raise LabError(f"cleanup of {lab.uid} failed: {errors}")
-    return Run(cluster, found, cells, time.monotonic() - start)
+    return Run(cluster, found, cells, time.monotonic() - start, mutants)
 
 
 @pytest.fixture(scope="module")
@@ -534,3 +669,18 @@ def test_our_table(result: Run, cell: str) -> None:
 def test_the_probes_catch_a_leaky_table(result: Run) -> None:
     got = result.cells["leaky"]
     assert set(got.problems(result.probes)) == CAUGHT, got.problems(result.probes)
+
+
+def test_every_node_rule_is_decided_by_traffic(result: Run) -> None:
+    """Each mutant of the node table changes what some probe shows in a cell (the
+    probes that killed it are printed, with -s), or is listed with the reason."""
+    got = result.mutation
+    print(got.report())
+    assert got.keys, "no mutants: the node table has no rule the main lab's lacks"
+    assert not got.stale, f"no longer in the node table: {got.stale}"
+    assert not got.problems, got.problems
+    survivors = set(got.survivors)
+    new = sorted(survivors - set(NODE_SURVIVORS_WITH_REASON))
+    killed = sorted(set(NODE_SURVIVORS_WITH_REASON) - survivors)
+    assert not new, "mutants nothing kills, in no list:\n" + "\n".join(new)
+    assert not killed, "now killed: remove from NODE_SURVIVORS_WITH_REASON:\n" + "\n".join(killed)

@@ -35,6 +35,11 @@ mutant and passes with our table kills it. About 25 s per mutant; not in CI. Wit
 --killers FILE (CI: tests/netlab/test_mutation.py's KILLED_BY_TESTS), only the
 survivors FILE names, each against only the tests named for it (a few seconds each).
 
+The rules only a NODE_NETWORKS table has (this lab has no node network) are checked by
+tests/netlab/test_multinode.py in its lab of Podman nodes, with this script's
+machinery (node_mutants, NODE_WEAKENINGS, try_mutants); `make mutation` does not build
+that lab: `pytest tests/netlab/test_multinode.py -s` prints its table.
+
     bench/mutation.py                 # every mutant (make mutation)
     bench/mutation.py --suites        # and the survivors against SUITE_FILES
     bench/mutation.py --killers FILE  # and named survivors against just their tests
@@ -55,6 +60,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -146,6 +152,24 @@ WEAKENINGS = [
 # Set elements whose removal must be seen by traffic (issue 22: "lo").
 ELEMENT_REMOVALS = [("cluster_interfaces", '"lo"')]
 
+# The same-bridge test of NODE_NETWORKS tables (chain forward_node, issue 23), weakened:
+# for tests/netlab/test_multinode.py (`node_mutants`), which has the bridges it needs; the
+# lab of this script has no node network, so they are not in WEAKENINGS.
+NODE_WEAKENINGS = [
+    Weakening(
+        "forward_node: leaves by any node bridge (a name match), not by the one it entered",
+        r"forward_node",
+        r"update @node_links \{ iif \. iif \} iif \. oif @node_links",
+        "oifname @node_bridges",
+    ),
+    Weakening(
+        "forward_node: learns every interface, not only node bridges",
+        r"forward_node",
+        r"^iifname @node_bridges (update @node_links)",
+        r"\1",
+    ),
+]
+
 
 CHAIN_RE = re.compile(r"^\tchain (\S+) \{$")
 
@@ -184,7 +208,7 @@ def apply_spec(text: str, spec: dict[str, list[str]]) -> str:
         drop = {r.line for r in rules_of(text) if r.chain == chain and r.text == rule}
         return "".join(line for n, line in enumerate(lines) if n not in drop)
     if "weaken" in spec:
-        (w,) = [w for w in WEAKENINGS if w.name == spec["weaken"][0]]
+        (w,) = [w for w in WEAKENINGS + NODE_WEAKENINGS if w.name == spec["weaken"][0]]
         for r in rules_of(text):
             if re.fullmatch(w.chains, r.chain) and re.search(w.pattern, r.text):
                 indent = lines[r.line][: len(lines[r.line]) - len(lines[r.line].lstrip())]
@@ -194,8 +218,13 @@ def apply_spec(text: str, spec: dict[str, list[str]]) -> str:
     return _remove_element(text, set_name, element)[0]
 
 
-def mutants(text: str) -> tuple[list[Mutant], list[str]]:
-    """All mutants of the generated text, and the weakenings that matched nothing."""
+def mutants(
+    text: str,
+    weakenings: Sequence[Weakening] = WEAKENINGS,
+    removals: Sequence[tuple[str, str]] = ELEMENT_REMOVALS,
+) -> tuple[list[Mutant], list[str]]:
+    """All mutants of the generated text (every rule deleted, the weakenings and element
+    removals given), and the weakenings and removals that matched nothing."""
     out: list[Mutant] = []
     rules = rules_of(text)
 
@@ -210,7 +239,7 @@ def mutants(text: str) -> tuple[list[Mutant], list[str]]:
             {"delete": [r.chain, r.text]},
         )
     stale: list[str] = []
-    for w in WEAKENINGS:
+    for w in weakenings:
         changed = [r for r in rules if re.fullmatch(w.chains, r.chain)]
         changed = [r for r in changed if re.search(w.pattern, r.text)]
         if not changed:
@@ -224,7 +253,7 @@ def mutants(text: str) -> tuple[list[Mutant], list[str]]:
             fams.pop() if len(fams) == 1 else None,
             {"weaken": [w.name]},
         )
-    for set_name, element in ELEMENT_REMOVALS:
+    for set_name, element in removals:
         if not _remove_element(text, set_name, element)[1]:
             stale.append(f"{set_name} without {element}")
             continue
@@ -238,6 +267,19 @@ def mutants(text: str) -> tuple[list[Mutant], list[str]]:
         if m.text == text:
             raise ValueError(f"mutant {m.key!r} changes nothing")
     return out, stale
+
+
+def node_mutants(
+    table: str, reference: str, removals: Sequence[tuple[str, str]] = ()
+) -> tuple[list[Mutant], list[str]]:
+    """The mutants of a NODE_NETWORKS table (`table`) that the sweep of this script's lab
+    (whose table is `reference`) does not make: each rule whose text no rule of
+    `reference` has (in any chain: a rule moved to another chain is the same test)
+    deleted, NODE_WEAKENINGS, and the element `removals`; and what of these matched
+    nothing."""
+    known = {r.text for r in rules_of(reference)}
+    todo, stale = mutants(table, NODE_WEAKENINGS, removals)
+    return [m for m in todo if m.spec.get("delete", ["", ""])[1] not in known], stale
 
 
 def _remove_element(text: str, set_name: str, element: str) -> tuple[str, int]:
@@ -396,27 +438,15 @@ def sweep(
             twice = ml.run(ml.probes, expect=True)
             unstable = {pid for pid in base if base[pid].sig != twice[pid].sig}
             problems += [f"{ls.name}: unmutated table: {u}" for u in sorted(set(ml.unexpected))]
+            stable = [p for p in ml.probes if p.id not in unstable]
+            judged = try_mutants(table, alive, stable, base, load=ml.load, run=ml.run)
             survivors = []
             for m in alive:
-                chosen = [
-                    p
-                    for p in ml.probes
-                    if (m.family is None or p.fam.v == m.family) and p.id not in unstable
-                ]
-                ml.load(m.text)
-                try:
-                    got = ml.run(chosen)
-                    changed = [p for p in chosen if got[p.id].sig != base[p.id].sig]
-                    again = ml.run(changed) if changed else {}
-                finally:
-                    ml.load(table)
-                confirmed = [p.id for p in changed if again[p.id].sig != base[p.id].sig]
-                results[m.key].noise += [p.id for p in changed if p.id not in confirmed]
-                if confirmed:
+                killers, noise = judged[m.key]
+                results[m.key].noise += noise
+                if killers:
                     results[m.key].killed_in = ls.name
-                    results[m.key].killers = [
-                        _describe(pid, base[pid], got[pid]) for pid in confirmed
-                    ]
+                    results[m.key].killers = killers
                 else:
                     survivors.append(m)
             ml.unexpected.clear()
@@ -433,6 +463,57 @@ def sweep(
         )
         alive = survivors
     return list(results.values()), problems
+
+
+def try_mutants(
+    table: str,
+    todo: Sequence[Mutant],
+    probes: Sequence[Probe],
+    base: dict[str, Seen],
+    *,
+    load: Callable[[str], None],
+    run: Callable[[Sequence[Probe]], dict[str, Seen]],
+    pair_families: bool = False,
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Each mutant of `table` loaded in place of it (`load`: one nft transaction) and
+    the `probes` of the families it can see run (`run`: all at once); a probe kills it
+    when what it shows differs from `base` (our table's) twice, on the run and on a
+    re-run of the probes that changed. Returns, per mutant key, the killing probes
+    (described: before -> with the mutant) and those that changed only once (noise).
+    `table` is loaded again at the end.
+
+    With `pair_families`, a mutant that only IPv4 packets can see and one that only
+    IPv6 packets can see are loaded together (one table with both mutations), each
+    judged by its family's probes: a rule no packet of a family matches changes nothing
+    for that family's probes, deleted or weakened. Half the loads and probe timeouts."""
+    trials: list[list[Mutant]] = [[m] for m in todo if not pair_families or m.family is None]
+    if pair_families:
+        v4 = [m for m in todo if m.family == 4]
+        v6 = [m for m in todo if m.family == 6]
+        trials += [[m for m in pair if m] for pair in zip_longest(v4, v6)]
+    judged: dict[str, tuple[list[str], list[str]]] = {}
+    try:
+        for trial in trials:
+            text = trial[0].text
+            for m in trial[1:]:
+                text = apply_spec(text, m.spec)
+            chosen = {
+                m.key: [p for p in probes if m.family is None or p.fam.v == m.family] for m in trial
+            }
+            load(text)
+            got = run([p for ps in chosen.values() for p in ps])
+            changed = [p for ps in chosen.values() for p in ps if got[p.id].sig != base[p.id].sig]
+            again = run(changed) if changed else {}
+            for m in trial:
+                moved = [p.id for p in chosen[m.key] if got[p.id].sig != base[p.id].sig]
+                confirmed = [pid for pid in moved if again[pid].sig != base[pid].sig]
+                judged[m.key] = (
+                    [_describe(pid, base[pid], got[pid]) for pid in confirmed],
+                    [pid for pid in moved if pid not in confirmed],
+                )
+    finally:
+        load(table)
+    return judged
 
 
 def _rules_and_sets(text: str) -> list[str]:

@@ -36,12 +36,23 @@ from pathlib import Path
 
 from . import kind
 from .nsutil import LabError, Netns, create_namespaces, run, wait_ready
-from .topology import ANSWERS, Lab
+from .topology import ANSWERS, DOCKER0, HOST_ETH0_MAC, V6, WEB_PORT, Lab
 
 SUBNET = "172.18.0.0/16"  # Docker's first free pool, as kind gets it
 OTHER_SUBNET = "172.20.0.0/16"  # another project's containers (172.19: the lab's BR_NET)
 API_PORT, KUBELET_PORT, POD_PORT = 6443, 10250, 8080
+# node1's API server published as kind publishes it for kubectl (127.0.0.1:<random>),
+# and on every address as kind's extraPortMappings do (listenAddress 0.0.0.0).
+KUBECTL_PORT, PUBLISHED_PORT = 36443, 36080
 VXLAN_PORT = 8472  # flannel's vxlan backend (k3s, k3d)
+# An address of the kind network's range that is not on its bridge: given to the lab's
+# container on docker0 (a range NODE_NETWORKS names that another engine's network now has,
+# or a range given too wide), with a port of every local address published to it (DNAT
+# in prerouting and output, as Docker publishes) on its server.
+STALE = {4: "172.18.250.7", 6: "fc00:f853:ccd:e793::fa7"}
+STALE_PORT = 36081  # TCP to its server (WEB_PORT) and UDP, counted there (STALE_RX)
+STALE_UDP_PORT = 9999  # where the published UDP port goes: no server, a counter
+STALE_RX = "netlab_stale_rx"  # the container's table of counters, stale_v4 and stale_v6
 
 
 def pod_range(n: int, v: int) -> str:
@@ -128,12 +139,20 @@ class Cluster:
             "other": Node("other", f"{base}-other", self.networks["other"].name),
         }
         # One after the other: podman's CNI backend gives addresses in this order.
+        published = {
+            "node1": [
+                "-p",
+                f"127.0.0.1:{KUBECTL_PORT}:{API_PORT}",
+                "-p",
+                f"{PUBLISHED_PORT}:{API_PORT}",
+            ]
+        }
         for node in self.nodes.values():
             self.created.append(("container", node.container))
             self.podman(
                 "run", "-d", "--name", node.container, "--hostname", node.container,
-                "--network", node.network, *volumes, "--rootfs", str(lab.tmp / "rootfs"),
-                "sleep", "infinity",
+                "--network", node.network, *published.get(node.role, []), *volumes,
+                "--rootfs", str(lab.tmp / "rootfs"), "sleep", "infinity",
             )  # fmt: skip
         names = [n.container for n in self.nodes.values()]
         states = json.loads(self.podman("inspect", *names))
@@ -147,6 +166,7 @@ class Cluster:
             info = json.loads(self.podman("network", "inspect", net.name))[0]
             net.gateways = tuple(str(s["gateway"]) for s in info["subnets"])
         self._inside()
+        self._stale()
 
     def _network(self, key: str, name: str, *options: str) -> None:
         self.podman("network", "create", "-d=bridge", *options, name)
@@ -242,6 +262,45 @@ class Cluster:
         dns = {"addrs": gateways, "ports": [53], "answers": ANSWERS["aardvark"]}
         agents.append(lab["host"].spawn_agent(json.dumps({"ident": "aardvark", "dns": [dns]})))
         wait_ready(agents)
+
+    def _stale(self) -> None:
+        """STALE on the docker0 container, routed there, a port published to it; the LAN
+        client and the machine know each other's IPv6 link-layer address (as the nodes
+        know the gateway's: with LAN sharing off Mullvad drops their solicitations). The
+        container asks for its gateway's link-layer address from its eth0 address
+        (arp_announce 2), not from STALE: Mullvad's arp_ignore 2 answers only a sender
+        on the interface's subnet."""
+        host, ctr, client = self.lab["host"], self.lab[DOCKER0.role], self.lab["lanclient"]
+        ctr.sysctl({"net.ipv4.conf.all.arp_announce": 2})
+        ctr.ip("".join(f"addr add {STALE[v]}/{32 if v == 4 else 128} dev lo\n" for v in (4, 6)))
+        host.ip(
+            "".join(
+                f"route add {STALE[v]} via {DOCKER0.ctr[v]} dev {DOCKER0.name}\n" for v in (4, 6)
+            )
+        )
+        to = {4: f"ip to {STALE[4]}", 6: f"ip6 to [{STALE[6]}]"}
+        dnat = "".join(
+            f"\t\tmeta nfproto ipv{v} fib daddr type local {proto} dport {STALE_PORT} "
+            f"dnat {to[v]}:{port}\n"
+            for v in (4, 6)
+            for proto, port in (("tcp", WEB_PORT), ("udp", STALE_UDP_PORT))
+        )
+        host.nft(
+            "table inet netlab_stale {\n"
+            f"\tchain pre {{\n\t\ttype nat hook prerouting priority -100;\n{dnat}\t}}\n"
+            f"\tchain out {{\n\t\ttype nat hook output priority -100;\n{dnat}\t}}\n"
+            "}\n"
+        )
+        ctr.nft(
+            f"table inet {STALE_RX} {{\n\tcounter stale_v4 {{ }}\n\tcounter stale_v6 {{ }}\n"
+            "\tchain rx {\n\t\ttype filter hook prerouting priority -400;\n"
+            f"\t\tip daddr {STALE[4]} udp dport {STALE_UDP_PORT} counter name stale_v4\n"
+            f"\t\tip6 daddr {STALE[6]} udp dport {STALE_UDP_PORT} counter name stale_v6\n"
+            "\t}\n}\n"
+        )
+        mac = client.exec("cat", "/sys/class/net/eth0/address").stdout.strip()
+        host.ip(f"neigh replace {V6.lan_client} lladdr {mac} dev eth0 nud permanent\n")
+        client.ip(f"neigh replace {V6.host_lan} lladdr {HOST_ETH0_MAC} dev eth0 nud permanent\n")
 
     def destroy(self) -> list[str]:
         """Remove the containers, then the networks (each only if made); return errors."""

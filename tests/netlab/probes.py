@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import agent
@@ -52,6 +53,19 @@ from .topology import (
 )
 
 TIMEOUT = 1.0  # client timeout: a blocked flow costs this much, once per scenario
+
+
+@contextmanager
+def timeout(seconds: float) -> Iterator[None]:
+    """Clients started inside give up after `seconds` instead of TIMEOUT: for mutation
+    checks, which run the same probes many times in a lab where an answer takes
+    milliseconds (a probe slower than that in our table's runs is reported unstable)."""
+    global TIMEOUT  # noqa: PLW0603 (read by every client at its start)
+    saved, TIMEOUT = TIMEOUT, seconds
+    try:
+        yield
+    finally:
+        TIMEOUT = saved
 
 
 @dataclass(frozen=True)

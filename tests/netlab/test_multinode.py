@@ -17,31 +17,54 @@ fc00:f853:ccd:e793::/64@br-*"`, the preset's own bridge pattern, which also name
 other network's bridge) with LAN sharing off, and on with CLUSTER_INTERFACES not naming
 the node bridge, and a leaky control (the kind bridge and network exempted by
 address and interface pattern). The cluster's probes
-(host -> node, node <-> node bridged, pod -> pod across nodes by kindnet and by VXLAN,
-IPv6 between the nodes and their pods, node -> gateway :53 UDP and TCP) work with LAN
-sharing or our table, each server seeing the client's own address. The rest stays as
-Mullvad alone has it: node -> an outside resolver (0 packets on the LAN and in the
+(host -> node and its published ports, node <-> node bridged, pod -> pod across nodes
+by kindnet and by VXLAN, IPv6 between the nodes and their pods, node -> gateway :53 UDP
+and TCP) work with LAN sharing or our table, each server seeing the client's own
+address (but where the CNI portmap plugin masquerades the machine's own connections).
+The rest stays as Mullvad alone has it: node -> an outside resolver (0 packets on the LAN and in the
 tunnel), node -> internet (by the tunnel only), node -> the other network's gateway :53
 and its container (routed from one br-* bridge to another), that container -> a node,
 LAN and off-link clients -> an unpublished node port (no reply on the LAN), node -> the
-machine's sshd; and the leaky control fails exactly the probes in CAUGHT.
+machine's sshd, a pod -> another pod on cni0 (bridged, not on a node bridge), the machine
+and a LAN client -> a port published to a node-range address on docker0 (multinode.STALE);
+and the leaky control fails exactly the probes in CAUGHT.
+
+And each rule of our table here that the main lab's lacks is decided by traffic: its
+mutants (bench/mutation.py) loaded in place of our table in the lab's cells of our
+table, the probes run against each (test_every_node_rule_is_decided_by_traffic).
 """
+
+# ruff: noqa: E501 (NODE_SURVIVORS_WITH_REASON: the rules as they are, one a line)
 
 from __future__ import annotations
 
+import json
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from bench import mutation
 
 from . import kind, mullvad_emu, multinode
 from .mullvad_emu import MullvadState
 from .multinode import API_PORT, KUBELET_PORT, POD_PORT, Cluster
 from .nsutil import LabError, flush_conntrack
 from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
+from .probes import timeout as probes_timeout
 from .scenarios import run_generator, run_probes
-from .topology import HOST_SERVICE_PORT, INET_POD, V4, V6, Lab, counter_rules
+from .topology import (
+    DOCKER0,
+    HOST_SERVICE_PORT,
+    INET_POD,
+    V4,
+    V6,
+    WEB_PORT,
+    Fam,
+    Lab,
+    counter_rules,
+)
 
 PODMAN_MISSING = kind.unavailable()
 TABLE = "netlab_nodes"
@@ -77,6 +100,9 @@ CELLS: dict[str, tuple[Scenario, dict[str, str]]] = {
 # our table (and with LAN sharing).
 CLUSTER = {
     "host_node_v4",
+    "host_published_v4",
+    "host_node_v6",
+    "host_published_v6",
     "node_node_api_v4",
     "node_node_kubelet_v4",
     "pod_pod_v4",
@@ -91,9 +117,16 @@ CLUSTER = {
 # What the leaky control must fail: the nodes' own traffic leaves by the LAN, reaches
 # the other network and this machine's sshd, the LAN reaches an unpublished node port,
 # the in-tunnel resolver breaks (Mullvad's nat chain drops ct-marked flows into the
-# tunnel), and Mullvad's masquerade hides the nodes' and pods' addresses from each
-# other (flannel's inner addresses survive it).
+# tunnel), Mullvad's masquerade hides the nodes' and pods' addresses from each
+# other (flannel's inner addresses survive it), and the machine and the LAN reach the
+# node-range address on docker0 (exempted by address).
 CAUGHT = {
+    "lan_stale_udp_v4",
+    "lan_stale_udp_v6",
+    "host_stale_v4",
+    "host_stale_v6",
+    "lan_stale_v4",
+    "lan_stale_v6",
     "node_node_api_v4",
     "node_node_kubelet_v4",
     "pod_pod_v4",
@@ -111,6 +144,66 @@ CAUGHT = {
     "node_sshd_gateway_v4",
     "node_sshd_lan_v4",
 }
+
+
+# The mutation check of the node table (issue 22 items 1 and 2 for issue 23's rules):
+# bench/mutation.py's mutants of every rule of our table here that the sweep of the
+# main lab's table (test_mutation) does not make, its NODE_WEAKENINGS of the same-bridge
+# test, and the node bridge taken out of cluster_interfaces, each loaded in place of our
+# table in the cells named here, in order (a mutant stops at the first whose probes kill
+# it). The bridge's removal is that mutation only where CLUSTER_INTERFACES does not name
+# the bridge itself: tried in those cells only.
+MUTATION_CELLS = ("ours_lan_off", "ours_lan_on_cni")
+MUTANT_TIMEOUT = 0.5  # s, the probes' timeout in mutants (an answer takes milliseconds)
+NODE_BRIDGE_OUT = ("cluster_interfaces", '"br-*"')
+# Mutants of the node table no probe here kills, each with the reason (as test_mutation's
+# SURVIVORS_WITH_REASON); the test fails when one is killed or a survivor is not here.
+_SHORTCUT = (
+    "returns only flows that the rules after it leave marked (its comment: 'passes every "
+    "test below too'): to an address and bridge of {node}, by a cluster interface, not "
+    "from a ClusterIP, where rule 3 needs a ClusterIP origin, rule 4 an address and bridge "
+    "outside {node} and rule 5 an interface outside cluster_interfaces. Deleted, no "
+    "verdict changes; a forwarded node flow's first packet meets 2 rules more. "
+)
+NODE_SURVIVORS_WITH_REASON: dict[str, str] = {
+    "delete forward_guard_new_v4[2]: ip daddr . oifname @node_v4 oifname @cluster_interfaces ct original ip daddr != @cluster_v4 return": (
+        _SHORTCUT.format(node="node_v4")
+        + "test_rules_per_packet's baseline catches that (forward: 5 rules where it allows "
+        "3, 'off-link client->port published to the node'; shown by hand with "
+        "bench/mutant_cli.py as its generator)"
+    ),
+    "delete forward_guard_new_v6[2]: ip6 daddr . oifname @node_v6 oifname @cluster_interfaces ct original ip6 daddr != @cluster_v6 return": (
+        _SHORTCUT.format(node="node_v6") + "No rules-per-packet row has IPv6 node traffic"
+    ),
+}
+
+
+def _datagrams(client: str, f: Fam, dst: str, port: int) -> Callable[[Lab], Outcome]:
+    """Three datagrams from `client` to dst:port; delivered when the docker0 container's
+    counter of them grew (multinode.STALE_RX: the published UDP port's destination)."""
+    ctr = DOCKER0.role
+
+    def count(lab: Lab) -> int:
+        out = lab[ctr].exec(
+            "nft", "-j", "list", "counter", "inet", multinode.STALE_RX, f"stale_v{f.v}"
+        )
+        return int(json.loads(out.stdout)["nftables"][1]["counter"]["packets"])
+
+    def send() -> None:
+        with socket.socket(
+            socket.AF_INET6 if f.v == 6 else socket.AF_INET, socket.SOCK_DGRAM
+        ) as sock:
+            for _ in range(3):
+                sock.sendto(b"stale", (dst, port))
+
+    def probe(lab: Lab) -> Outcome:
+        before = count(lab)
+        lab[client].call(send)
+        time.sleep(0.3)
+        got = count(lab) - before
+        return Outcome(got > 0, f"{got} of 3 datagrams delivered", ctr if got else None)
+
+    return probe
 
 
 def cluster_works(s: Scenario) -> bool:
@@ -137,6 +230,31 @@ def probes(c: Cluster) -> list[Probe]:
             "host",
             "kubectl: the machine -> node1's API server on the kind bridge",
             _tcp("host", n1.ip4, API_PORT),
+            works("node1"),
+        ),
+        Probe(
+            "host_published",
+            V4,
+            "host",
+            "kubectl: the machine -> 127.0.0.1:<port> published to node1's API server",
+            _tcp("host", "127.0.0.1", m.KUBECTL_PORT),
+            works("node1"),
+        ),
+        Probe(
+            "host_node",
+            V6,
+            "host",
+            "the machine -> node1's API server over IPv6",
+            _tcp("host", n1.ip6, API_PORT),
+            works("node1", gw[6]),
+        ),
+        Probe(
+            "host_published",
+            V6,
+            "host",
+            "the machine -> its own LAN address's port published to node1 (all addresses), "
+            "over IPv6 (the CNI portmap plugin masquerades it: node1 sees the gateway)",
+            _tcp("host", V6.host_lan, m.PUBLISHED_PORT),
             works("node1"),
         ),
         Probe(
@@ -255,6 +373,50 @@ def probes(c: Cluster) -> list[Probe]:
             as_mullvad("node1"),
         ),
         Probe(
+            "pod_cni",
+            V4,
+            "client",
+            "a pod -> another pod on cni0 (bridged on a bridge that is no node network's; "
+            "no POD_CIDRS here)",
+            _tcp("client", V4.web_pod, WEB_PORT),
+            as_mullvad("web"),
+        ),
+        *(
+            Probe(
+                "host_stale",
+                f,
+                "host",
+                "the machine -> its LAN address's port published to a container on docker0 "
+                "whose address lies in the node network's range: not the node network's bridge",
+                _tcp("host", f.host_lan, m.STALE_PORT),
+                as_mullvad("docker"),
+            )
+            for f in (V4, V6)
+        ),
+        *(
+            Probe(
+                "lan_stale",
+                f,
+                "lanclient",
+                "a LAN client -> that port: not the node network's bridge",
+                _tcp("lanclient", f.host_lan, m.STALE_PORT),
+                as_mullvad("docker"),
+            )
+            for f in (V4, V6)
+        ),
+        *(
+            Probe(
+                "lan_stale_udp",
+                f,
+                "lanclient",
+                "a LAN client's datagrams to that port (UDP): counted at the container, "
+                "since a one-way packet is what it takes to reach it",
+                _datagrams("lanclient", f, f.host_lan, m.STALE_PORT),
+                as_mullvad("docker"),
+            )
+            for f in (V4, V6)
+        ),
+        Probe(
             "lan_node",
             V4,
             "lanclient",
@@ -325,11 +487,103 @@ class Cell:
 
 
 @dataclass
+class NodeMutation:
+    """The node table's mutants tried in the lab's MUTATION_CELLS in turn (`cell`)."""
+
+    reference: str = ""  # the main lab's table (bench/mutation.py sweeps its mutants)
+    keys: list[str] = field(default_factory=list)  # every mutant, in order
+    killed: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # cell, probes
+    noise: dict[str, list[str]] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def survivors(self) -> list[str]:
+        return [k for k in self.keys if k not in self.killed]
+
+    def cell(self, lab: Lab, name: str, cell: Cell, found: list[Probe]) -> None:
+        """In the cell's state, with our table loaded by `apply`: the mutants of the table
+        it wrote (OUTPUT) that no earlier cell killed, against the probes."""
+        start = time.monotonic()
+        host = lab["host"]
+        if not self.reference:  # the settings of the main lab (scenarios.settings_text)
+            self.reference = run_generator(lab, "generate").stdout
+        table = (lab.tmp / "mullvad-allow-k8s.nft").read_text()
+        removals = [NODE_BRIDGE_OUT] if "CLUSTER_INTERFACES" in cell.settings else []
+        todo, stale = mutation.node_mutants(table, self.reference, removals)
+        self.stale += [f"{name}: {what}" for what in stale]
+        self.keys += [m.key for m in todo if m.key not in self.keys]
+        todo = [m for m in todo if m.key not in self.killed]
+
+        def load(text: str) -> None:
+            host.nft(text)
+            flush_conntrack(host)  # no flow of an earlier table rides on its marks
+
+        def run(probes: Sequence[Probe], expect: bool = False) -> dict[str, mutation.Seen]:
+            for role in ("vpn", "lan"):
+                lab[role].exec("nft", "reset", "counters", "table", "inet", TABLE)
+            outcomes = run_probes(lab, list(probes))
+            time.sleep(0.05)  # the last in-flight packets reach the counters
+            counters = lab.counters(TABLE)
+            for p in probes if expect else ():
+                if bad := check(p, outcomes[p.id], counters, p.expect(cell.scenario)):
+                    self.problems.append(f"{name}: unmutated table: {p.id}: {'; '.join(bad)}")
+            return {
+                p.id: mutation.Seen(mutation.signature(p, outcomes[p.id], counters), outcomes[p.id])
+                for p in probes
+            }
+
+        # Our table's outcomes: the cell's own run (loaded by `apply`), and once more
+        # as the mutants are loaded (the file it wrote, by nft) and with their timeout.
+        seen = cell.outcomes
+        base = {
+            p.id: mutation.Seen(mutation.signature(p, seen[p.id], cell.counters), seen[p.id])
+            for p in found
+        }
+        with probes_timeout(MUTANT_TIMEOUT):
+            load(table)
+            twice = run(found, expect=True)
+            unstable = {pid for pid in base if base[pid].sig != twice[pid].sig}
+            stable = [p for p in found if p.id not in unstable]
+            judged = mutation.try_mutants(
+                table, todo, stable, base, load=load, run=run, pair_families=True
+            )
+            after = run(found, expect=True)
+        for key, (killers, noise) in judged.items():
+            self.noise[key] = self.noise.get(key, []) + noise
+            if killers:
+                self.killed[key] = (name, killers)
+        drift = {pid for pid in after if after[pid].sig != base[pid].sig} - unstable
+        if unstable or drift:
+            self.problems.append(
+                f"{name}: unstable without mutation (left out): {sorted(unstable)}; "
+                f"changed after the mutants: {sorted(drift)}"
+            )
+        self.seconds[name] = time.monotonic() - start
+
+    def report(self) -> str:
+        lines = []
+        for key in self.keys:
+            if key in self.killed:
+                cell, killers = self.killed[key]
+                lines.append(f"killed    {key}\n          in {cell} by {', '.join(killers)}")
+            else:
+                lines.append(f"SURVIVES  {key}")
+            if self.noise.get(key):
+                lines.append(f"          (changed once, not on the re-run: {self.noise[key]})")
+        times = ", ".join(f"{c} {t:.1f} s" for c, t in self.seconds.items())
+        lines.append(f"{len(self.killed)} of {len(self.keys)} mutants killed; {times}")
+        return "\n".join(lines)
+
+
+@dataclass
 class Run:
     cluster: Cluster
     probes: list[Probe]
     cells: dict[str, Cell]
     seconds: float
+    mutation: NodeMutation
 
 
 def switch(lab: Lab, cell: Cell) -> str:
@@ -354,6 +608,7 @@ def run_cells() -> Run:
     lab = Lab(LAN_OFF)
     cluster = Cluster(lab)
     cells = {name: Cell(scn, settings) for name, (scn, settings) in CELLS.items()}
+    mutants = NodeMutation()
     try:
         lab.build()
         for role, ifname in (("vpn", "tun0"), ("lan", "lanbr")):
@@ -362,17 +617,19 @@ def run_cells() -> Run:
         for role in ("lanclient", "lan"):
             lab[role].ip(f"route add {multinode.SUBNET} via {V4.host_lan}\n")
         found = probes(cluster)
-        for cell in cells.values():
+        for name, cell in cells.items():
             cell.loader = switch(lab, cell)
             cell.outcomes = run_probes(lab, found)
             time.sleep(0.05)  # the last in-flight packets reach the counters
             cell.counters = lab.counters(TABLE)
+            if name in MUTATION_CELLS:
+                mutants.cell(lab, name, cell, found)
     finally:
         errors = cluster.destroy()
         errors += lab.destroy()
         if errors:
             raise LabError(f"cleanup of {lab.uid} failed: {errors}")
-    return Run(cluster, found, cells, time.monotonic() - start)
+    return Run(cluster, found, cells, time.monotonic() - start, mutants)
 
 
 @pytest.fixture(scope="module")
@@ -412,3 +669,18 @@ def test_our_table(result: Run, cell: str) -> None:
 def test_the_probes_catch_a_leaky_table(result: Run) -> None:
     got = result.cells["leaky"]
     assert set(got.problems(result.probes)) == CAUGHT, got.problems(result.probes)
+
+
+def test_every_node_rule_is_decided_by_traffic(result: Run) -> None:
+    """Each mutant of the node table changes what some probe shows in a cell (the
+    probes that killed it are printed, with -s), or is listed with the reason."""
+    got = result.mutation
+    print(got.report())
+    assert got.keys, "no mutants: the node table has no rule the main lab's lacks"
+    assert not got.stale, f"no longer in the node table: {got.stale}"
+    assert not got.problems, got.problems
+    survivors = set(got.survivors)
+    new = sorted(survivors - set(NODE_SURVIVORS_WITH_REASON))
+    killed = sorted(set(NODE_SURVIVORS_WITH_REASON) - survivors)
+    assert not new, "mutants nothing kills, in no list:\n" + "\n".join(new)
+    assert not killed, "now killed: remove from NODE_SURVIVORS_WITH_REASON:\n" + "\n".join(killed)

@@ -73,10 +73,10 @@ KILLED_BY_TESTS: dict[str, list[str]] = {
     ],
     # The drops of forged packets of a flow the cluster started (a LAN host injecting).
     "delete forward_guard[2]: ct mark 0x00000f41 ct label 127 iifname != @cluster_interfaces drop": [
-        f"{_INJECT}[v4-lan_off-clusterip-br_nf]"
+        f"{_INJECT}[connected-lan_off-rp_filter0-generated]"
     ],
     "delete input_guard[2]: ct mark 0x00000f41 ct label 127 iifname != @cluster_interfaces drop": [
-        f"{_INJECT}[v4-lan_off-node-br_nf]"
+        f"{_INJECT}[connected-lan_off-rp_filter0-generated-no_br_nf]"
     ],
     # Reached only when the tunnel's address lies in a cluster range (apply protects it).
     "delete output_new_v4[3]: ct original ip daddr @protected_v4 return": [

@@ -38,6 +38,7 @@ table, the probes run against each (test_every_node_rule_is_decided_by_traffic).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -51,7 +52,7 @@ from . import kind, mullvad_emu, multinode
 from .mullvad_emu import MullvadState
 from .multinode import API_PORT, KUBELET_PORT, POD_PORT, Cluster
 from .nsutil import LabError, flush_conntrack
-from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if
+from .probes import Expect, Outcome, Probe, Scenario, _dns, _tcp, check, ok_if, tcp_connect
 from .probes import timeout as probes_timeout
 from .scenarios import run_generator, run_probes
 from .topology import (
@@ -64,6 +65,8 @@ from .topology import (
     Fam,
     Lab,
     counter_rules,
+    named_counters,
+    read_counters,
 )
 
 PODMAN_MISSING = kind.unavailable()
@@ -96,6 +99,10 @@ CELLS: dict[str, tuple[Scenario, dict[str, str]]] = {
     # LAN sharing or not).
     "ours_lan_on_cni": (Scenario(LAN_ON, "generated"), {"CLUSTER_INTERFACES": "cni*"}),
 }
+# The stale node address gone in Mullvad's Blocked state, LAN sharing off (issue 23): Mullvad
+# alone (the control), and our table applied while connected, Mullvad blocked after.
+BLOCKED = MullvadState("blocked", allow_lan=False)
+STALE_OUT = "netlab_stale_out"  # in lan (on lanbr) and vpn (on tun0): packets to STALE
 # The cluster's own traffic: fails with Mullvad alone and LAN sharing off, works with
 # our table (and with LAN sharing).
 CLUSTER = {
@@ -584,6 +591,68 @@ class Run:
     cells: dict[str, Cell]
     seconds: float
     mutation: NodeMutation
+    # "alone"/"ours" -> counter -> (packets into the tunnel, onto the LAN); stale_gone
+    stale_gone: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+
+
+# Not local: DNAT-ed in nat OUTPUT to multinode.STALE (as kube-proxy does an externalIP
+# or LoadBalancer IP whose endpoint is a node address). A local address's published port
+# (Docker's) is no test of ours: routed by lo before DNAT, Mullvad's `oif lo accept` lets
+# its first packet out with or without our table.
+REMOTE = {4: "198.51.100.99", 6: "2001:db8:ffff::99"}
+
+
+def stale_gone(lab: Lab, ours: bool) -> dict[str, tuple[int, int]]:
+    """Mullvad blocked (LAN sharing off; our table applied before, while connected, if
+    `ours`), the node address STALE routed by the LAN (its network gone, or the range
+    given too wide): the machine connects to REMOTE:STALE_PORT, DNAT-ed to STALE (TCP),
+    and sends 3 datagrams there (UDP). Counted on the LAN link and in the tunnel (STALE
+    as destination), after a barrier. Mullvad alone sends nothing there."""
+    host, m = lab["host"], multinode
+    host.nft(OUR_TABLE + f"table inet {LEAKY_TABLE}\ndelete table inet {LEAKY_TABLE}\n")
+    if ours:
+        lab.set_mullvad(LAN_OFF)
+        run_generator(lab, "apply", **SETTINGS)
+    lab.set_mullvad(BLOCKED)
+    fams = (V4, V6)
+    dnat = "".join(
+        f"\t\t{f.nfproto} daddr {REMOTE[f.v]} {proto} dport {m.STALE_PORT} "
+        f"dnat {f.nfproto} to {'[' + m.STALE[6] + ']' if f.v == 6 else m.STALE[4]}:{port}\n"
+        for f in fams
+        for proto, port in (("tcp", WEB_PORT), ("udp", m.STALE_UDP_PORT))
+    )
+    host.nft(
+        "table inet netlab_remote {\n\tchain out {\n"
+        f"\t\ttype nat hook output priority -100;\n{dnat}\t}}\n}}\n"
+    )
+    host.ip("".join(f"route replace {m.STALE[f.v]} via {f.router} dev eth0\n" for f in fams))
+    try:
+        flush_conntrack(host)
+        for role in ("vpn", "lan"):
+            lab[role].exec("nft", "reset", "counters", "table", "inet", STALE_OUT)
+        for f in fams:
+
+            def send(f: Fam = f) -> None:
+                family = socket.AF_INET6 if f.v == 6 else socket.AF_INET
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    for _ in range(3):
+                        with contextlib.suppress(OSError):  # EPERM: Mullvad's reject
+                            sock.sendto(b"stale", (REMOTE[f.v], m.STALE_PORT))
+
+            with probes_timeout(0.5):  # the first SYN only, no retransmission
+                host.call(lambda f=f: tcp_connect(REMOTE[f.v], m.STALE_PORT))
+            host.call(send)
+        lab.barrier()
+        tun, lan = read_counters(lab["vpn"], STALE_OUT), read_counters(lab["lan"], STALE_OUT)
+        return {name: (tun[name], lan[name]) for name in tun}
+    finally:
+        host.nft("delete table inet netlab_remote\n")
+        host.ip(
+            "".join(
+                f"route replace {m.STALE[v]} via {DOCKER0.ctr[v]} dev {DOCKER0.name}\n"
+                for v in (4, 6)
+            )
+        )
 
 
 def switch(lab: Lab, cell: Cell) -> str:
@@ -611,8 +680,20 @@ def run_cells() -> Run:
     mutants = NodeMutation()
     try:
         lab.build()
+        stale_out = {
+            f"stale_{proto}_v{f.v}": f"{f.nfproto} daddr {multinode.STALE[f.v]} {proto} dport {port}"
+            for f in (V4, V6)
+            for proto, port in (("tcp", WEB_PORT), ("udp", multinode.STALE_UDP_PORT))
+        }
         for role, ifname in (("vpn", "tun0"), ("lan", "lanbr")):
             lab[role].nft(counter_rules(ifname, WATCHES, TABLE))
+            lab[role].nft(
+                named_counters(
+                    STALE_OUT,
+                    "type filter hook prerouting priority -400; policy accept;",
+                    {k: f'iifname "{ifname}" {v}' for k, v in stale_out.items()},
+                )
+            )
         cluster.build()
         for role in ("lanclient", "lan"):
             lab[role].ip(f"route add {multinode.SUBNET} via {V4.host_lan}\n")
@@ -624,12 +705,15 @@ def run_cells() -> Run:
             cell.counters = lab.counters(TABLE)
             if name in MUTATION_CELLS:
                 mutants.cell(lab, name, cell, found)
+        gone = time.monotonic()
+        stale = {"alone": stale_gone(lab, ours=False), "ours": stale_gone(lab, ours=True)}
+        print(f"stale_gone: {stale}, {time.monotonic() - gone:.1f} s")
     finally:
         errors = cluster.destroy()
         errors += lab.destroy()
         if errors:
             raise LabError(f"cleanup of {lab.uid} failed: {errors}")
-    return Run(cluster, found, cells, time.monotonic() - start, mutants)
+    return Run(cluster, found, cells, time.monotonic() - start, mutants, stale)
 
 
 @pytest.fixture(scope="module")
@@ -684,3 +768,13 @@ def test_every_node_rule_is_decided_by_traffic(result: Run) -> None:
     killed = sorted(set(NODE_SURVIVORS_WITH_REASON) - survivors)
     assert not new, "mutants nothing kills, in no list:\n" + "\n".join(new)
     assert not killed, "now killed: remove from NODE_SURVIVORS_WITH_REASON:\n" + "\n".join(killed)
+
+
+def test_stale_node_address_gone_blocked(result: Run) -> None:
+    """Mullvad blocked, LAN sharing off, a node address routed by the LAN: the machine's
+    connection to a non-local address DNAT-ed to it in nat OUTPUT (`stale_gone`) leaves neither by the LAN nor by the tunnel, with our table as with Mullvad alone
+    (the control: 0 packets). Counted per protocol and family (tunnel, LAN)."""
+    got = result.stale_gone
+    assert set(got["alone"]) == {f"stale_{p}_v{v}" for p in ("tcp", "udp") for v in (4, 6)}
+    assert got["alone"] == dict.fromkeys(got["alone"], (0, 0)), got
+    assert got["ours"] == dict.fromkeys(got["alone"], (0, 0)), got

@@ -418,12 +418,20 @@ def _output_new(settings: Settings, ip: str, v: str) -> list[str]:
         "routing is not changed.",
         [
             (
-                "DNAT-ed to a node by Docker, Podman or the CNI portmap plugin (kubectl to "
-                "a port published on 127.0.0.1): its bridge is checked in `nat_park`, since "
-                "here the interface is the one routing chose before DNAT. Not from a "
-                "ClusterIP: a flow meant for the cluster that DNAT sends elsewhere stays "
-                "under Mullvad's rules, as in `forward_guard`.",
-                [f"ct status dnat ct original {ip} daddr != @cluster_{v} ct mark set {CT} return"],
+                "DNAT-ed to a node by Docker, Podman or the CNI portmap plugin from this "
+                "machine's own address (kubectl to a port published on 127.0.0.1; routed "
+                "by lo before DNAT, and Mullvad's output chain accepts lo): its bridge is "
+                "checked in `nat_park`, since here the interface is the one routing chose "
+                "before DNAT. Not from a ClusterIP: a flow meant for the cluster that DNAT "
+                "sends elsewhere stays under Mullvad's rules, as in `forward_guard`; nor "
+                "from another destination (an external IP DNAT-ed to a node): our mark "
+                "would let its first packets past Mullvad's output chain wherever they "
+                "are routed after DNAT (a stale node address routed by the LAN while "
+                "Mullvad blocks).",
+                [
+                    f'ct status dnat oifname "lo" ct original {ip} daddr != @cluster_{v} '
+                    f"ct mark set {CT} return"
+                ],
             ),
             (
                 "Straight to a node (kubectl, docker-proxy), without DNAT, on the node "

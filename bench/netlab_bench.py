@@ -73,7 +73,7 @@ from tests.netlab import agent  # noqa: E402
 from tests.netlab.mullvad_emu import MullvadState  # noqa: E402
 from tests.netlab.nsutil import AGENT, LabError, Netns, flush_conntrack  # noqa: E402
 from tests.netlab.scenarios import run_generator  # noqa: E402
-from tests.netlab.topology import DNS_ALT_PORT, IPERF_PORT, ROLES, V4, Lab  # noqa: E402
+from tests.netlab.topology import DNS_ALT_PORT, IPERF_PORT, V4, Lab  # noqa: E402
 
 
 def wait_listening(ns: Netns, port: int, timeout: float = 5.0) -> None:
@@ -213,7 +213,7 @@ def one_cpu(*labs: Lab) -> Iterator[int]:
     microseconds a query, moves the figures more than our table does."""
     allowed = os.sched_getaffinity(0)
     cpu = max(allowed)
-    tids = [tid for lab in labs for role in ROLES for tid in lab[role].pids()]
+    tids = [tid for lab in labs for role in lab.roles for tid in lab[role].pids()]
 
     def pin(cpus: set[int]) -> None:
         os.sched_setaffinity(0, cpus)

@@ -690,7 +690,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("rules_per_packet: needs root (network namespaces)", file=sys.stderr)
         return 2
-    lab = Lab(MullvadState("connected", allow_lan=True, split=True))
+    # Without the lab's own node: add_node makes this script's two on the same bridge.
+    lab = Lab(MullvadState("connected", allow_lan=True, split=True), container_node=False)
     try:
         lab.build()
         run_generator(lab, "apply")

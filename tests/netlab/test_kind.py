@@ -278,7 +278,7 @@ def run_shape(shape: str, bypass: str) -> NodeResult:
     """Build the lab and the node, load our table (or not), probe, clean up."""
     start = time.monotonic()
     scenario = Scenario(MULLVAD, bypass)
-    lab = Lab(MULLVAD)
+    lab = Lab(MULLVAD, container_node=False)  # the real Podman makes kind's network
     node = SHAPES[shape](lab)
     result = NodeResult(scenario, node)
     root_before = kind.root_namespace_state()

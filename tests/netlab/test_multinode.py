@@ -674,7 +674,7 @@ def switch(lab: Lab, cell: Cell) -> str:
 
 def run_cells() -> Run:
     start = time.monotonic()
-    lab = Lab(LAN_OFF)
+    lab = Lab(LAN_OFF, container_node=False)  # the real Podman makes kind's network
     cluster = Cluster(lab)
     cells = {name: Cell(scn, settings) for name, (scn, settings) in CELLS.items()}
     mutants = NodeMutation()

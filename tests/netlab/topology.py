@@ -10,8 +10,13 @@
                                      |                 (relay side: in-tunnel resolver
                                    cni0 10.244.0.1      10.64.0.1, the same internet
                            /         |         \\        servers reached through the tunnel)
-                  client pod     web pod      coredns pod
+                  client pod     web pod      coredns pod       (and the hostport pod)
                   10.244.0.2   10.244.0.3:8080  10.244.0.4:53
+                                     |
+                       br-0a1b2c3d4e5f 172.18.0.1 (a Docker network, kind's subnet)
+                                     |
+                           node 172.18.0.2:80 (a container cluster's node; the host's
+                                               :8083 is published to it, as Docker does)
 
 IPv6 mirrors it with ULA and documentation prefixes. Every namespace name carries the
 pytest process id and a random tag, so parallel or interrupted runs never collide.
@@ -56,6 +61,8 @@ PREFIX = "nlab"
 # "hostport" is a pod set up by Debian's CNI plugins (bridge, host-local, portmap) as a
 # container runtime sets one up, with a hostPort; the other pods are wired by hand.
 # "docker" and "brctr" are containers that are not the cluster's (NON_CLUSTER_BRIDGES).
+# "node" is a node of a cluster in containers (kind, k3d, minikube's docker driver) on
+# a Docker network's bridge, with a port of the host published to it.
 ROLES = (
     "host",
     "lan",
@@ -67,9 +74,14 @@ ROLES = (
     "hostport",
     "docker",
     "brctr",
+    "node",
 )
 
 NODEPORT = 30080
+# default/web-local: the web pod again, with externalTrafficPolicy: Local (its NodePort,
+# and its port on the LoadBalancer IP, which it shares with default/web)
+LOCAL_NODEPORT = 30081
+LOCAL_SVC_PORT = 81
 WEB_PORT = 8080
 API_PORT = 6443
 DNS_ALT_PORT = 5300  # the same DNS responder on a port Mullvad does not filter (bench)
@@ -98,6 +110,9 @@ MARKER_TABLE = (
     "\t\ttype filter hook prerouting priority raw; policy accept;\n"
     f"\t\tudp sport {MARKER_SPORT} udp dport {MARKER_DPORT} notrack\n\t}}\n}}\n"
 )
+NODE_BRIDGE = "br-0a1b2c3d4e5f"  # Docker names a network's bridge br-<12 hex of its id>
+PUBLISHED_PORT = 8083  # the host's port published to the node (`docker run -p 8083:80`)
+NODE_SERVICE_PORT = 80  # where it goes in the node (kind's extraPortMappings: ingress)
 
 # Which resolver answered: each answers every A/AAAA question with its own address.
 ANSWERS: dict[str, dict[str, str]] = {
@@ -135,6 +150,7 @@ class Fam:
     svc_cidr: str
     kube_dns: str
     web_svc: str
+    web_local_svc: str  # default/web-local (externalTrafficPolicy: Local)
     api_svc: str
     ext_svc: str  # a service whose endpoint is outside the cluster (the internet server)
     cluster_pod_cidr: str  # the cluster's pod range (POD_CIDRS): other nodes have the rest
@@ -142,6 +158,9 @@ class Fam:
     unassigned_svc: str  # a service address with no service behind it (no DNAT)
     lb_ip: str  # a LoadBalancer IP (MetalLB style): routed to the node, not configured on it
     spoof_pod: str  # a pod-range address no pod has: the LAN side claims it as its source
+    node_net: str  # the Docker network of a cluster in containers (kind's subnets)
+    node_gw: str  # the host's address on its bridge
+    node: str  # the node container's address
 
     @property
     def any(self) -> str:
@@ -172,6 +191,7 @@ V4 = Fam(
     svc_cidr="10.96.0.0/12",
     kube_dns="10.96.0.10",
     web_svc="10.96.0.20",
+    web_local_svc="10.96.0.21",
     api_svc="10.96.0.1",
     ext_svc="10.96.0.30",
     cluster_pod_cidr="10.244.0.0/16",
@@ -179,6 +199,9 @@ V4 = Fam(
     unassigned_svc="10.96.0.99",
     lb_ip="192.168.1.240",
     spoof_pod="10.244.0.9",
+    node_net="172.18.0.0/16",
+    node_gw="172.18.0.1",
+    node="172.18.0.2",
 )
 V6 = Fam(
     v=6,
@@ -200,6 +223,7 @@ V6 = Fam(
     svc_cidr="fd00:10:96::/112",
     kube_dns="fd00:10:96::a",
     web_svc="fd00:10:96::14",
+    web_local_svc="fd00:10:96::15",
     api_svc="fd00:10:96::1",
     ext_svc="fd00:10:96::1e",
     cluster_pod_cidr="fd00:10:244::/56",
@@ -207,6 +231,9 @@ V6 = Fam(
     unassigned_svc="fd00:10:96::63",
     lb_ip="fd00:1::240",
     spoof_pod="fd00:10:244::9",
+    node_net="fc00:f853:ccd:e793::/64",
+    node_gw="fc00:f853:ccd:e793::1",
+    node="fc00:f853:ccd:e793::2",
 )
 FAMILIES = (V4, V6)
 TUNNEL = Tunnel(ips=(V4.tun_host, V6.tun_host), dns=(V4.tun_gw, V6.tun_gw), relay=RELAY)
@@ -340,6 +367,9 @@ WATCHES: dict[str, str] = {
     "remote_host_service": "{ip} daddr {remote} tcp sport " + str(HOST_SERVICE_PORT),
     "remote_hostport": "{ip} daddr {remote} tcp sport " + str(HOSTPORT),
     "remote_lb": "{ip} saddr {lb_ip} {ip} daddr {remote} tcp sport " + str(LB_PORT),
+    "remote_nodeport_local": "{ip} daddr {remote} tcp sport " + str(LOCAL_NODEPORT),
+    "remote_lb_local": "{ip} saddr {lb_ip} {ip} daddr {remote} tcp sport " + str(LOCAL_SVC_PORT),
+    "remote_published": "{ip} daddr {remote} tcp sport " + str(PUBLISHED_PORT),
     "host_inet": "{ip} daddr {internet} tcp dport " + str(INET_HOST),
     "host_inet_sport": "{ip} daddr {internet} tcp dport " + str(INET_HOST_SPORT),
     "pod_inet": "{ip} daddr {internet} tcp dport " + str(INET_POD),
@@ -376,6 +406,15 @@ def kube_services(f: Fam) -> list[kube_proxy.Service]:
     * default/web: type LoadBalancer with allocateLoadBalancerNodePorts=false, http 80
       -> web pod 8080 with an explicit nodePort 30080, iperf 5201 (no nodePort); the
       LoadBalancer IP `lb_ip` (MetalLB style, status.loadBalancer.ingress) on both.
+    * default/web-local: the web pod again (http 81 -> 8080, nodePort 30081, port 81 on
+      the same LoadBalancer IP), with externalTrafficPolicy: Local, which a user sets so
+      that the pod sees the client's own address: kube-proxy then marks for masquerade
+      only pod and local traffic to it, not a client's (pkg/proxy/iptables/proxier.go
+      syncProxyRules, the externalTrafficChain's "pod traffic for %s external
+      destinations", "masquerade LOCAL traffic ..." and "route LOCAL traffic ..." rules;
+      pkg/proxy/nftables/proxier.go, "short-circuit pod traffic", "masquerade local
+      traffic", "short-circuit local traffic"; rendered by kube_proxy.py, upstream
+      kube_proxy.UPSTREAM). Its healthCheckNodePort is left out (kube_proxy.py).
     * default/kubernetes: https 443 -> the API server on the node's LAN address :6443.
     * default/external: selector-less, a hand-made EndpointSlice outside the cluster
       (the internet server), ports 80 and 81.
@@ -392,6 +431,18 @@ def kube_services(f: Fam) -> list[kube_proxy.Service]:
         svc("kube-system", "kube-dns", "dns-alt-tcp", "tcp", f.kube_dns, DNS_ALT_PORT, dns_alt),
         svc("default", "web", "http", "tcp", f.web_svc, SVC_WEB_PORT, web, NODEPORT, lb),
         svc("default", "web", "iperf", "tcp", f.web_svc, IPERF_PORT, iperf, None, lb),
+        svc(
+            "default",
+            "web-local",
+            "http",
+            "tcp",
+            f.web_local_svc,
+            LOCAL_SVC_PORT,
+            web,
+            LOCAL_NODEPORT,
+            lb,
+            local_traffic=True,
+        ),
         svc("default", "kubernetes", "https", "tcp", f.api_svc, SVC_API_PORT, api),
         svc("default", "external", "a", "tcp", f.ext_svc, 80, ((f.internet, INET_EXT_POD),)),
         svc("default", "external", "b", "tcp", f.ext_svc, 81, ((f.internet, INET_EXT_HOST),)),
@@ -423,6 +474,34 @@ def kube_proxy_iptables(f: Fam) -> str:
     built-in chains are kube_proxy.ensure_iptables_jumps's), so the CNI portmap plugin's
     chains in `ip nat` / `ip6 nat` survive as on a real node."""
     return kube_proxy.iptables_restore(all_kube_services(), f.v, f.cluster_pod_cidr, noflush=True)
+
+
+def docker_published(f: Fam) -> str:
+    """Docker's nat rules for the node's network and its published port, one family, for
+    `iptables-restore --noflush` (ip6tables for IPv6, as Docker writes them there with
+    ip6tables enabled): the shape of moby/moby
+    integration/network/bridge/iptablesdoc/generated/usernet-portmap.md at 0546d9084fcc
+    (`docker network create` + `docker run -p 8083:80`): PREROUTING and OUTPUT jump to
+    DOCKER for local destinations, DOCKER returns what comes from the bridge itself and
+    DNATs the published port to the container, and the network's own masquerade of what
+    its containers send elsewhere. The filter table's rules are left out: they only
+    accept, which cannot override Mullvad's forward chain, and need ipset here.
+    """
+    loopback = "127.0.0.0/8" if f.v == 4 else "::1/128"
+    node = f.node if f.v == 4 else f"[{f.node}]"
+    lines = [
+        f"# Docker's published port, IPv{f.v}",
+        "*nat",
+        ":DOCKER - [0:0]",
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        f"-A OUTPUT ! -d {loopback} -m addrtype --dst-type LOCAL -j DOCKER",
+        f"-A POSTROUTING -s {f.node_net} ! -o {NODE_BRIDGE} -j MASQUERADE",
+        f"-A DOCKER -i {NODE_BRIDGE} -j RETURN",
+        f"-A DOCKER ! -i {NODE_BRIDGE} -p tcp -m tcp --dport {PUBLISHED_PORT} "
+        f"-j DNAT --to-destination {node}:{NODE_SERVICE_PORT}",
+        "COMMIT",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def cni_masquerade_rules() -> str:
@@ -513,7 +592,11 @@ class Lab:
         rp_filter: int = 2,
         br_nf: bool = True,
         kube_proxy: str = "iptables",
+        container_node: bool = True,
     ) -> None:
+        """`container_node=False`: no "node" (test_kind and test_multinode make kind's
+        network, whose subnets are the node's, with the real Podman instead;
+        bench/rules_per_packet.py makes nodes of its own on the node's bridge)."""
         if kube_proxy not in KUBE_PROXY_MODES:
             raise ValueError(f"kube_proxy must be one of {KUBE_PROXY_MODES}, not {kube_proxy!r}")
         self.mullvad = mullvad
@@ -530,6 +613,7 @@ class Lab:
         self._markers: list[socket.socket] = []
         self._barrier_lock = threading.Lock()
         self._barrier_count = 0
+        self.roles = ROLES if container_node else tuple(r for r in ROLES if r != "node")
 
     def __getitem__(self, role: str) -> Netns:
         return self.ns[role]
@@ -538,8 +622,8 @@ class Lab:
 
     def build(self, *, extra_agents: dict[str, dict[str, Any]] | None = None) -> None:
         """Namespaces, links, addresses, CNI, kube-proxy, counters, Mullvad, servers."""
-        spaces = create_namespaces([f"{self.uid}-{r}" for r in ROLES])
-        self.ns = dict(zip(ROLES, spaces, strict=True))
+        spaces = create_namespaces([f"{self.uid}-{r}" for r in self.roles])
+        self.ns = dict(zip(self.roles, spaces, strict=True))
         base = {
             "net.ipv6.conf.all.accept_dad": 0,
             "net.ipv6.conf.default.accept_dad": 0,
@@ -580,6 +664,11 @@ class Lab:
         self["host"].nft(receiver_rules(SPOOF_RECEIVERS["host"], SPOOF_PORT, 100))
         self._hostport_pod()
         self._kube_proxy()  # after portmap: its iptables chains must survive kube-proxy's
+        if "node" in self.ns:
+            for f in FAMILIES:  # Docker appends its jumps; kube-proxy's are inserted first
+                binary = "iptables" if f.v == 4 else "ip6tables"
+                host = self["host"]
+                host.exec(f"{binary}-restore", "-w", "--noflush", stdin=docker_published(f))
         # Servers first: a lab that starts blocked has no tunnel (nor 10.64.0.1) left.
         self._start_agents(extra_agents or {})
         self._split_tunnel_cgroup()
@@ -615,6 +704,14 @@ class Lab:
         for role in POD_ROLES:
             lines.append(f"link add veth-{role} type veth peer name eth0 netns {self[role].name}")
             lines.append(f"link set veth-{role} master cni0 up")
+        node = "node" in self.ns
+        if node:
+            lines += [
+                f"link add {NODE_BRIDGE} type bridge mcast_snooping 0",
+                f"link add veth-node type veth peer name eth0 netns {self['node'].name}",
+                f"link set veth-node master {NODE_BRIDGE} up",
+                f"link set {NODE_BRIDGE} up",
+            ]
         lines += [
             "link set eth0 up",
             "link set cni0 up",
@@ -628,6 +725,11 @@ class Lab:
                 + (" nodad" if f.v == 6 else ""),
                 f"route add default via {f.router} dev eth0",
             ]
+            if node:
+                nodad = " nodad" if f.v == 6 else ""
+                lines.append(
+                    f"addr add {f.node_gw}/{f.node_net.split('/')[1]} dev {NODE_BRIDGE}{nodad}"
+                )
         host.ip("\n".join(lines) + "\n")
 
         lan = [
@@ -681,6 +783,15 @@ class Lab:
                     f"route add default via {f.cni_gw}",
                 ]
             self[role].ip("\n".join(pod) + "\n")
+        if "node" in self.ns:
+            lines = ["link set lo up", "link set eth0 up"]
+            for f in FAMILIES:
+                nodad = " nodad" if f.v == 6 else ""
+                lines += [
+                    f"addr add {f.node}/{f.node_net.split('/')[1]} dev eth0{nodad}",
+                    f"route add default via {f.node_gw}",
+                ]
+            self["node"].ip("\n".join(lines) + "\n")
 
     def _tunnel(self) -> None:
         """The tunnel device with its addresses (`self.tunnel`), and the relay side's
@@ -780,6 +891,8 @@ class Lab:
                 ],
             },
         }
+        if "node" in self.ns:
+            specs["node"] = {"ident": "node", "tcp": [["::", NODE_SERVICE_PORT]]}
         for role, spec in extra.items():
             specs.setdefault(role, {"ident": role}).update(spec)
         procs = [self[role].spawn_agent(json.dumps(spec)) for role, spec in specs.items()]

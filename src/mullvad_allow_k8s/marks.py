@@ -123,11 +123,35 @@ NODE_LINK_LABEL = Constant(
     "nodes and pods see each other's real addresses",
     hex=False,
 )
+KEEP_SOURCE_LABEL = Constant(
+    124,
+    "ours (conntrack label bit): set in `confirm_served` on a new connection from outside "
+    "that the cluster serves and that nothing marked at DNAT (kube-proxy and the CNI "
+    "portmap plugin mark what they want masqueraded); `nat_park` binds its source NAT to "
+    "the client's own address, so no masquerade (Mullvad's, or one for the bits of "
+    "Mullvad's fwmark) hides it",
+    hex=False,
+)
+BEFORE_DNAT_PRIORITY = Constant(
+    -101,
+    "dstnat - 1, a nat-type chain: the nat chains of a hook run, in their priority "
+    "order, from the NAT core's own hook (-100 in prerouting), and only for a flow's "
+    "first packet, until one of them binds the flow's NAT; so this one runs after the "
+    "reverse-path filters that must see the tentative fwmark (-150, -140) and just "
+    "before kube-proxy's and the CNI portmap plugin's DNAT chains (-100), where they "
+    "mark a packet for masquerade (kube-proxy --masquerade-bit 14: 0x4000, "
+    "pkg/proxy/{iptables,nftables}/proxier.go KUBE-MARK-MASQ / mark-for-masquerade; "
+    "portmap markMasqBit 13: 0x2000, plugins/meta/portmap CNI-HOSTPORT-SETMARK; "
+    "Podman's netavark likewise), both bits of Mullvad's fwmark 0x6d6f6c65",
+    hex=False,
+)
 NAT_PARK_PRIORITY = Constant(
     99,
     "srcnat - 1: just before Mullvad's nat chain (100), which masquerades ct-marked flows; "
-    "a nat-type chain that sets no NAT, so only a flow's first packet meets it and every "
-    "later NAT chain (Mullvad's, kube-proxy's, the CNI plugins') still runs",
+    "a nat-type chain, so only a flow's first packet meets it; it sets no NAT (every later "
+    "NAT chain, Mullvad's, kube-proxy's, the CNI plugins', still runs) except the source "
+    "NAT to the client's own address of a flow with the keep-source label, which binds "
+    "the flow's source NAT so that no later chain changes it",
     hex=False,
 )
 
@@ -196,6 +220,8 @@ MARK_INDEX: tuple[tuple[str, Constant], ...] = (
     ("local flow ct label", LOCAL_FLOW_LABEL),
     ("node link ct label", NODE_LINK_LABEL),
     ("nat park priority", NAT_PARK_PRIORITY),
+    ("keep source ct label", KEEP_SOURCE_LABEL),
+    ("before dnat priority", BEFORE_DNAT_PRIORITY),
 )
 
 # Interfaces cluster traffic legitimately leaves by: CNI bridges and their veth ports,

@@ -24,6 +24,10 @@ TENTATIVE = marks.TENTATIVE_CT_MARK.nft
 LABEL = marks.CLUSTER_FLOW_LABEL.nft
 LOCAL = marks.LOCAL_FLOW_LABEL.nft
 NODE_LINK = marks.NODE_LINK_LABEL.nft
+KEEP = marks.KEEP_SOURCE_LABEL.nft
+# Both marks of a confirmed connection from outside: the fwmark again (`before_dnat` took
+# it away for the DNAT chains), as routing and reverse-path filtering need it.
+CONFIRMED = f"ct mark set {CT} meta mark set {FW}"
 T = f"{marks.TABLE_FAMILY} {marks.TABLE_NAME}"
 
 
@@ -292,16 +296,38 @@ def _prerouting(settings: Settings) -> list[str]:
     return [base, *new]
 
 
+def _before_dnat() -> list[str]:
+    base = _chain(
+        "before_dnat",
+        "nat hook prerouting",
+        marks.BEFORE_DNAT_PRIORITY,
+        [
+            (
+                "A tentatively marked new connection from outside (`prerouting_new_v4`/"
+                "`_v6`) meets kube-proxy's and the CNI portmap plugin's DNAT chains "
+                "without the fwmark, as without Mullvad: they mark what they want "
+                "masqueraded (kube-proxy a Service with externalTrafficPolicy Cluster, "
+                "with bit 0x4000; portmap hairpin and localhost connections, 0x2000), and "
+                "Mullvad's fwmark 0x6d6f6c65 has both bits, so `confirm_served` could not "
+                "tell otherwise. The reverse-path filters before DNAT saw the fwmark; "
+                "`confirm` gives it back before the routing decision. Only the fwmark we "
+                "set: a mark someone else set stays. A nat chain: later packets never "
+                "meet it.",
+                [f"ct mark {TENTATIVE} meta mark {FW} meta mark set 0x00000000"],
+            )
+        ],
+    )
+    return [base]
+
+
 def _confirm(settings: Settings) -> list[str]:
     if settings.machine_addresses is None:
-        host: list[str] = [
-            f"fib daddr . iif type local tcp dport @host_ports ct mark set {CT} return"
-        ]
+        host: list[str] = [f"fib daddr . iif type local tcp dport @host_ports {CONFIRMED} return"]
         where = "on an address configured on the interface it arrived on (checked per packet)"
     else:
-        host = _both(f"{{ip}} daddr @machine_{{v}} tcp dport @host_ports ct mark set {CT} return")
+        host = _both(f"{{ip}} daddr @machine_{{v}} tcp dport @host_ports {CONFIRMED} return")
         where = "on MACHINE_ADDRESSES"
-    host += _both(f"{{ip}} daddr @public_{{v}} tcp dport @host_ports ct mark set {CT} return")
+    host += _both(f"{{ip}} daddr @public_{{v}} tcp dport @host_ports {CONFIRMED} return")
     base = _chain(
         "confirm",
         "filter hook prerouting",
@@ -321,10 +347,10 @@ def _confirm(settings: Settings) -> list[str]:
                 "Served by the cluster: kube-proxy (NodePort, LoadBalancer, externalIPs), the "
                 "CNI portmap plugin (hostPort) or a container engine forwarded it into a pod "
                 "or to a node of a container/VM cluster (kind's extraPortMappings). Not from a "
-                "ClusterIP: those are the cluster's own. Both marks stay.",
+                "ClusterIP: those are the cluster's own.",
                 _both(
-                    f"ct status dnat ct original {{ip}} daddr != @cluster_{{v}} "
-                    f"{{ip}} daddr @served_{{v}} ct mark set {CT} return"
+                    "ct status dnat ct original {ip} daddr != @cluster_{v} "
+                    "{ip} daddr @served_{v} goto confirm_served"
                 ),
             ),
             (
@@ -339,7 +365,27 @@ def _confirm(settings: Settings) -> list[str]:
             ),
         ],
     )
-    return [base, candidate]
+    served = _regular(
+        "confirm_served",
+        "A new connection from outside that the cluster serves: both marks (the fwmark "
+        "again, for the routing decision and reverse-path filtering).",
+        [
+            (
+                "Marked at DNAT: kube-proxy (0x00004000: externalTrafficPolicy Cluster), "
+                "the portmap plugin (0x00002000) or anyone else asked for something, as a "
+                "rule a masquerade: it gets it, from its own chain or from Mullvad's, which "
+                "masquerades the ct-marked flow to the same address.",
+                [f"meta mark != 0x00000000 {CONFIRMED} return"],
+            ),
+            (
+                "Nobody marked it: the pod or node sees the client's own address, as it would "
+                f"without Mullvad (externalTrafficPolicy: Local); the ct label {KEEP} tells "
+                "`nat_park`.",
+                [f"{CONFIRMED} ct label set {KEEP}"],
+            ),
+        ],
+    )
+    return [base, candidate, served]
 
 
 def _output(settings: Settings) -> list[str]:
@@ -615,6 +661,28 @@ def _input_guard() -> list[str]:
     return [base]
 
 
+KEEPING = (
+    "A connection from outside that the cluster serves and that nothing marked at DNAT "
+    "(ct label {keep}, `confirm_served`): its source NAT is bound to the client's own "
+    "address here, so no later NAT chain changes it. Not Mullvad's masquerade of ct-marked "
+    "flows (100), which gives this machine's rerouted connections the address of the "
+    "interface they leave by and has no purpose for a connection forwarded into a pod or "
+    "node on a cluster interface (`forward_guard`), nor the masquerade kube-proxy and the "
+    "portmap plugin would do for bits 0x4000 and 0x2000 of Mullvad's fwmark, which they "
+    "did not set. Any other source NAT of such a flow is skipped too: the engines' (Docker's, "
+    "Podman's, the CNI bridge plugin's) are for their containers' own connections. The pod "
+    "sees the client's address, as without Mullvad (externalTrafficPolicy: Local, "
+    "hostPort, a published port). IPv4 only: an IPv6 pod or node answers through its "
+    "gateway, the bridge's own (ULA or global) address, which it must resolve with a "
+    "neighbour solicitation from its own address, and Mullvad's input chain takes those "
+    "only from fe80::/10 unless local network sharing is on. With sharing off it can "
+    "resolve the gateway only after this machine solicited it from that address, which it "
+    "does for a packet masqueraded to it, not for one with the client's address (then it "
+    "solicits from its link-local address): the reply would never leave the pod. IPv6 "
+    "connections keep Mullvad's masquerade."
+)
+
+
 def _nat_park(settings: Settings) -> list[str]:
     base = _chain(
         "nat_park",
@@ -623,8 +691,8 @@ def _nat_park(settings: Settings) -> list[str]:
         [
             (
                 "Only a flow's first packet meets a nat chain (the established bulk meets "
-                "none of our rules here); it only sets the ct mark, so the NAT chains after "
-                "it still decide the flow's NAT.",
+                "none of our rules here); it sets the ct mark, so the NAT chains after it "
+                f"still decide the flow's NAT, except for the flows with ct label {KEEP}.",
                 [_new_exempted("nat_park_new")],
             )
         ],
@@ -663,9 +731,16 @@ def _nat_park(settings: Settings) -> list[str]:
                 "which would masquerade them to the bridge address, so pods see each other's "
                 "real addresses (NetworkPolicy, logs). The flow's next packet gets it back in "
                 "`prerouting`.",
-                [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED}"],
+                [f"{ip} saddr @pod_{v} {ip} daddr @pod_{v} ct mark set {PARKED} return"],
             )
         )
+        if v == "v4":
+            rules.append(
+                (
+                    KEEPING.format(keep=KEEP),
+                    [f"ct label {KEEP} snat ip to ip saddr"],
+                )
+            )
         parks.append(
             _regular(f"nat_park_new_{v}", f"An exempted flow's first packet, IPv{v[1]}.", rules)
         )
@@ -836,6 +911,7 @@ def _inet_body(settings: Settings, comment: str) -> str:
     ]
     chains = [
         *_prerouting(settings),
+        *_before_dnat(),
         *_confirm(settings),
         *_output(settings),
         *_input_guard(),

@@ -39,8 +39,11 @@ from .topology import (
     INET_POD,
     LAN_SERVICE_PORT,
     LB_PORT,
+    LOCAL_NODEPORT,
+    LOCAL_SVC_PORT,
     NODEPORT,
     OFF_NODE_SVC,
+    PUBLISHED_PORT,
     SPOOF_PAYLOAD,
     SPOOF_PORT,
     SPOOF_RECEIVERS,
@@ -281,6 +284,15 @@ def probes_for(f: Fam) -> list[Probe]:
         """
         return f.v == 4 or s.lan
 
+    def seen(s: Scenario, client: str, bridge: str = f.cni_gw) -> str:
+        """Who a pod or node that nobody asked to masquerade (not kube-proxy, whose
+        externalTrafficPolicy Cluster does) sees as the client: the client itself, also
+        with the table (it keeps the source of such a connection for IPv4). IPv6 keeps
+        Mullvad's masquerade of exempted flows to the bridge's address: with local network
+        sharing off, a pod that sees the client could not resolve its gateway (Mullvad's
+        input chain takes neighbour solicitations only from fe80::/10)."""
+        return client if f.v == 4 or s.bypass == "none" else bridge
+
     def not_lan(s: Scenario) -> str | None:
         """Blocked with allow LAN, Mullvad itself sends private destinations to the LAN
         (no tunnel, so the main table's default route); elsewhere they must not go there."""
@@ -411,9 +423,9 @@ def probes_for(f: Fam) -> list[Probe]:
         probe(
             "lan_nodeport",
             "lanclient",
-            "LAN client (on-link) -> NodePort",
+            "LAN client (on-link) -> NodePort; kube-proxy masquerades it (Cluster policy)",
             _tcp("lanclient", f.host_lan, NODEPORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web"),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=f.cni_gw),
         ),
         probe(
             "lan_api",
@@ -425,9 +437,9 @@ def probes_for(f: Fam) -> list[Probe]:
         probe(
             "remote_nodeport",
             "lan",
-            "off-link client -> NodePort; replies must leave by the LAN",
+            "off-link client -> NodePort; replies by the LAN; kube-proxy masquerades it",
             _tcp("lan", f.host_lan, NODEPORT, src=f.remote),
-            lambda s: ok_if(s.effective, "web", path="lan"),
+            lambda s: ok_if(s.effective, "web", path="lan", peer=f.cni_gw),
             watch="remote_nodeport",
         ),
         probe(
@@ -441,32 +453,97 @@ def probes_for(f: Fam) -> list[Probe]:
         probe(
             "remote_hostport",
             "lan",
-            "off-link client -> a pod's hostPort (CNI portmap DNAT); replies must leave by the LAN",
+            "off-link client -> a pod's hostPort (CNI portmap DNAT); replies by the LAN; "
+            "the pod sees the client (portmap masquerades only hairpin and localhost)",
             _tcp("lan", f.host_lan, HOSTPORT, src=f.remote),
-            lambda s: ok_if(s.effective, "hostport", path="lan"),
+            lambda s: ok_if(s.effective, "hostport", path="lan", peer=seen(s, f.remote)),
             watch="remote_hostport",
         ),
         probe(
             "lan_hostport",
             "lanclient",
-            "LAN client (on-link) -> a pod's hostPort",
+            "LAN client (on-link) -> a pod's hostPort; the pod sees the client",
             _tcp("lanclient", f.host_lan, HOSTPORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "hostport"),
+            lambda s: ok_if(
+                nd(s) and (s.effective or s.lan), "hostport", peer=seen(s, f.lan_client)
+            ),
         ),
         probe(
             "remote_lb",
             "lan",
-            "off-link client -> a LoadBalancer IP not configured on the node; replies by the LAN",
+            "off-link client -> a LoadBalancer IP not configured on the node; replies by the "
+            "LAN; kube-proxy masquerades it (Cluster policy)",
             _tcp("lan", f.lb_ip, LB_PORT, src=f.remote),
-            lambda s: ok_if(s.effective, "web", path="lan"),
+            lambda s: ok_if(s.effective, "web", path="lan", peer=f.cni_gw),
             watch="remote_lb",
         ),
         probe(
             "lan_lb",
             "lanclient",
-            "LAN client (on-link) -> a LoadBalancer IP routed to the node",
+            "LAN client (on-link) -> a LoadBalancer IP routed to the node (Cluster policy)",
             _tcp("lanclient", f.lb_ip, LB_PORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web"),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=f.cni_gw),
+        ),
+        # externalTrafficPolicy: Local, the same NodePort and LoadBalancer paths: kube-proxy
+        # asks for no masquerade, so the pod sees the client, as without Mullvad.
+        probe(
+            "remote_nodeport_local",
+            "lan",
+            "off-link client -> NodePort of an externalTrafficPolicy Local Service; replies "
+            "by the LAN; the pod sees the client",
+            _tcp("lan", f.host_lan, LOCAL_NODEPORT, src=f.remote),
+            lambda s: ok_if(s.effective, "web", path="lan", peer=seen(s, f.remote)),
+            watch="remote_nodeport_local",
+        ),
+        probe(
+            "lan_nodeport_local",
+            "lanclient",
+            "LAN client (on-link) -> NodePort of a Local Service; the pod sees the client",
+            _tcp("lanclient", f.host_lan, LOCAL_NODEPORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=seen(s, f.lan_client)),
+        ),
+        probe(
+            "remote_lb_local",
+            "lan",
+            "off-link client -> LoadBalancer IP of a Local Service; the pod sees the client",
+            _tcp("lan", f.lb_ip, LOCAL_SVC_PORT, src=f.remote),
+            lambda s: ok_if(s.effective, "web", path="lan", peer=seen(s, f.remote)),
+            watch="remote_lb_local",
+        ),
+        probe(
+            "lan_lb_local",
+            "lanclient",
+            "LAN client (on-link) -> LoadBalancer IP of a Local Service; the pod sees the client",
+            _tcp("lanclient", f.lb_ip, LOCAL_SVC_PORT),
+            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=seen(s, f.lan_client)),
+        ),
+        # A port Docker publishes to a node of a cluster in containers (kind's
+        # extraPortMappings): exempted with NODE_NETWORKS, where the node sees the client.
+        probe(
+            "remote_published",
+            "lan",
+            "off-link client -> a port published to a kind-style node; replies by the LAN; "
+            "the node sees the client",
+            _tcp("lan", f.host_lan, PUBLISHED_PORT, src=f.remote),
+            lambda s: ok_if(
+                s.effective and bool(s.node_networks),
+                "node",
+                path="lan",
+                peer=seen(s, f.remote, f.node_gw),
+            ),
+            watch="remote_published",
+        ),
+        probe(
+            "lan_published",
+            "lanclient",
+            "LAN client (on-link) -> a port published to a kind-style node; it sees the client",
+            _tcp("lanclient", f.host_lan, PUBLISHED_PORT),
+            lambda s: ok_if(
+                nd(s) and ((s.effective and bool(s.node_networks)) or s.lan),
+                "node",
+                # Without NODE_NETWORKS the table leaves it to Mullvad's LAN sharing.
+                peer=seen(s, f.lan_client, f.node_gw) if s.node_networks else f.lan_client,
+            ),
         ),
     ]
     # Host services outside the cluster, from off-link and from the LAN: as without the

@@ -57,12 +57,16 @@ NEEDS_TABLE = {
 # Probes that must catch the leaky tables below (the node's own traffic exempted): its
 # internet traffic and outside DNS leave by the LAN, sshd answers it; kind: its in-tunnel
 # DNS breaks (Mullvad's nat chain drops ct-marked flows leaving by the tunnel), and the
-# mapped port answers through the tunnel (it marks whatever goes to the node); kvm2: the
+# mapped port answers through the tunnel (it marks whatever goes to the node), and its
+# clients are seen as the bridge address (Mullvad's nat chain masquerades the ct-marked
+# flows; our table keeps the client's address); kvm2: the
 # VM's in-tunnel DNS still works (libvirt's masquerade), and the VM reaches sshd on all
 # three addresses.
 CAUGHT = {
     "kind": {
         "tunnel_mapped_v4",
+        "remote_mapped_v4",
+        "lan_mapped_v4",
         "node_inet_v4",
         "pod_inet_v4",
         "node_outside_dns_udp_v4",
@@ -172,9 +176,12 @@ def kind_probes(node: kind.KindNode) -> list[Probe]:
             "remote_mapped",
             V4,
             "lan",
-            "off-link client -> the LAN address:80 (extraPortMappings); replies by the LAN",
+            "off-link client -> the LAN address:80 (extraPortMappings); replies by the LAN; "
+            "the node sees the client (podman's portmap masquerades only hairpin, localhost)",
             _tcp("lan", V4.host_lan, kind.MAPPED_PORT, src=V4.remote),
-            lambda s: ok_if(s.effective, "kind-ingress", "lan", else_path="nowhere"),
+            lambda s: ok_if(
+                s.effective, "kind-ingress", "lan", else_path="nowhere", peer=V4.remote
+            ),
             "mapped",
         ),
         Probe(
@@ -190,9 +197,10 @@ def kind_probes(node: kind.KindNode) -> list[Probe]:
             "lan_mapped",
             V4,
             "lanclient",
-            "on-link LAN client -> the machine's LAN address:80 (extraPortMappings)",
+            "on-link LAN client -> the machine's LAN address:80 (extraPortMappings); the "
+            "node sees the client",
             _tcp("lanclient", V4.host_lan, kind.MAPPED_PORT),
-            lambda s: ok_if(s.effective, "kind-ingress"),
+            lambda s: ok_if(s.effective, "kind-ingress", peer=V4.lan_client),
         ),
         *(
             Probe(

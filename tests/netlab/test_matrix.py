@@ -62,11 +62,13 @@ FULL: list[Scenario] = [
     _s("blocked", False, "generated", node_networks=NODES),
 ]
 # The other mode on a representative part: both bypass states with allow LAN off,
-# allow LAN on, the blocked state, strict reverse-path filtering.
+# allow LAN on (also Mullvad alone: what a user expects of externalTrafficPolicy Local,
+# the client's own address at the pod), the blocked state, strict reverse-path filtering.
 OTHER_IDS = {
     "connected-lan_off-generated",
     "connected-lan_off-none",
     "connected-lan_on-generated",
+    "connected-lan_on-none",
     "blocked-lan_off-generated-applied_connected",
     "connected-lan_off-generated-rp_filter1",
 }

@@ -38,8 +38,8 @@ SCRIPT = ROOT / "bench" / "mutation.py"
 # MUTATION_ARGS=--suites`): nat_park's label rule (test_parked_flows), prerouting's
 # local-address rule (test_tunnel_address).
 KNOWN_SURVIVORS = [
-    "delete confirm_candidate[4]: ip daddr @public_v4 tcp dport @host_ports ct mark set 0x00000f41 return",
-    "delete confirm_candidate[5]: ip6 daddr @public_v6 tcp dport @host_ports ct mark set 0x00000f41 return",
+    "delete confirm_candidate[4]: ip daddr @public_v4 tcp dport @host_ports ct mark set 0x00000f41 meta mark set 0x6d6f6c65 return",
+    "delete confirm_candidate[5]: ip6 daddr @public_v6 tcp dport @host_ports ct mark set 0x00000f41 meta mark set 0x6d6f6c65 return",
     "delete confirm_candidate[6]: ct mark set 0x00000000 meta mark set 0x00000000",
     "delete nat_park_new_v4[1]: ct label 126 return",
     "delete nat_park_new_v6[1]: ct label 126 return",

@@ -116,15 +116,20 @@ def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
     text = render()
     exempt, tentative = marks.CT_MARK.nft, marks.TENTATIVE_CT_MARK.nft
     assert chain_rules(text, "confirm") == [f"ct mark {tentative} goto confirm_candidate"]
+    both = f"ct mark set {exempt} meta mark set {marks.FW_MARK.nft}"
     assert chain_rules(text, "confirm_candidate") == [
         "ct status dnat ct original ip daddr != @cluster_v4 ip daddr @served_v4 "
-        f"ct mark set {exempt} return",
+        "goto confirm_served",
         "ct status dnat ct original ip6 daddr != @cluster_v6 ip6 daddr @served_v6 "
-        f"ct mark set {exempt} return",
-        f"fib daddr . iif type local tcp dport @host_ports ct mark set {exempt} return",
-        f"ip daddr @public_v4 tcp dport @host_ports ct mark set {exempt} return",
-        f"ip6 daddr @public_v6 tcp dport @host_ports ct mark set {exempt} return",
+        "goto confirm_served",
+        f"fib daddr . iif type local tcp dport @host_ports {both} return",
+        f"ip daddr @public_v4 tcp dport @host_ports {both} return",
+        f"ip6 daddr @public_v6 tcp dport @host_ports {both} return",
         "ct mark set 0x00000000 meta mark set 0x00000000",
+    ]
+    assert chain_rules(text, "confirm_served") == [
+        f"meta mark != 0x00000000 {both} return",
+        f"{both} ct label set {marks.KEEP_SOURCE_LABEL.nft}",
     ]
     assert f"hook prerouting priority {marks.CONFIRM_PRIORITY.value};" in text
     assert -100 < marks.CONFIRM_PRIORITY.value < 0  # after DNAT, before routing
@@ -272,14 +277,18 @@ def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
     # Forwarded flows only: this machine's own flows to pods (from the bridge address,
     # in the pod range) are not parked, their next packets meet no restore (issue 21).
     local = marks.LOCAL_FLOW_LABEL.nft
+    keep = marks.KEEP_SOURCE_LABEL.nft
     assert chain_rules(text, "nat_park_new_v4") == [
         f"ct label {local} return",
-        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked}",
+        f"ip saddr @pod_v4 ip daddr @pod_v4 ct mark set {parked} return",
+        f"ct label {keep} snat ip to ip saddr",
     ]
-    # A nat chain: only a flow's first packet meets it. It sets no NAT of its own, so
-    # the nat chains after it (kube-proxy's hairpin masquerade) still run.
+    # A nat chain: only a flow's first packet meets it. It sets no NAT of its own but the
+    # client's own address for connections from outside (below), so the nat chains after
+    # it (kube-proxy's hairpin masquerade) still run for pods' flows.
     assert f"type nat hook postrouting priority {marks.NAT_PARK_PRIORITY.value};" in text
-    assert not re.search(r"\b(snat|dnat|masquerade|redirect) (to|ip|$)", text, re.M)
+    nat = [r for r in rules(text) if re.search(r"\b(s|d)nat (to|ip6?) |masquerade|redirect", r)]
+    assert nat == [f"ct label {keep} snat ip to ip saddr"]
     assert marks.NAT_PARK_PRIORITY.value < 100  # Mullvad's nat chain
     # The flow's next packet (reply or retransmission) gets the exemption back in
     # prerouting, before Mullvad's filters (priority 0), whatever its state.
@@ -287,6 +296,32 @@ def test_pod_to_pod_flows_are_hidden_from_mullvads_masquerade() -> None:
         f"ct mark & 0x7fffffff == {marks.CT_MARK.nft} ct mark set {marks.CT_MARK.nft} ct state "
     )
     assert marks.PREROUTING_PRIORITY.value < 0
+
+
+def test_the_client_keeps_its_address_where_nobody_asks_for_a_masquerade() -> None:
+    """Issue 23, item 3: a connection from outside keeps its source (IPv4) unless something
+    marked it at DNAT (kube-proxy and the portmap plugin mark what they want masqueraded).
+    The DNAT chains see it without our fwmark (a nat chain just before them: first packets
+    only); the fwmark is back before routing."""
+    text = render()
+    fw, ct = marks.FW_MARK.nft, marks.CT_MARK.nft
+    prio = marks.BEFORE_DNAT_PRIORITY.value
+    assert isinstance(prio, int) and marks.PREROUTING_PRIORITY.value < prio < -100
+    assert f"type nat hook prerouting priority {prio};" in text
+    assert chain_rules(text, "before_dnat") == [
+        f"ct mark {marks.TENTATIVE_CT_MARK.nft} meta mark {fw} meta mark set 0x00000000"
+    ]
+    assert int(marks.FW_MARK.value) & 0x6000 == 0x6000  # kube-proxy's and portmap's bits
+    keep = marks.KEEP_SOURCE_LABEL.nft
+    assert chain_rules(text, "confirm_served") == [
+        f"meta mark != 0x00000000 ct mark set {ct} meta mark set {fw} return",
+        f"ct mark set {ct} meta mark set {fw} ct label set {keep}",
+    ]
+    assert chain_rules(text, "nat_park_new_v4")[-1] == f"ct label {keep} snat ip to ip saddr"
+    # IPv6 keeps Mullvad's masquerade (its pods could not resolve their gateway).
+    assert "snat" not in "\n".join(chain_rules(text, "nat_park_new_v6"))
+    label = marks.KEEP_SOURCE_LABEL.value
+    assert label not in (marks.CLUSTER_FLOW_LABEL.value, marks.LOCAL_FLOW_LABEL.value)
 
 
 def test_bridge_table_only_when_asked() -> None:

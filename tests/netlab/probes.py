@@ -33,7 +33,11 @@ from .topology import (
     HOST_EPHEMERAL_PORT,
     HOST_SERVICE_PORT,
     HOSTPORT,
+    HOSTPORT_UDP,
     IDENT_BY_ANSWER,
+    INBOUND,
+    INBOUND_RECEIVERS,
+    INBOUND_RX,
     INET_HOST,
     INET_HOST_SPORT,
     INET_POD,
@@ -49,6 +53,7 @@ from .topology import (
     SPOOF_RECEIVERS,
     SVC_API_PORT,
     SVC_WEB_PORT,
+    UDP_NODEPORT,
     WEB_PORT,
     Fam,
     Lab,
@@ -208,18 +213,7 @@ def spoofed_udp(lab: Lab, f: Fam, dst: str, port: int, receiver: str) -> Outcome
     replies: a spoofer never sees replies, and a one-way packet is the whole attack.
     """
 
-    def send() -> None:
-        family = socket.AF_INET6 if f.v == 6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            # Non-local bind (allowed in the lan namespace) and IP_TRANSPARENT, without
-            # which IPv4 refuses to route a packet from an address not configured here.
-            level, opt = (socket.IPPROTO_IPV6, 75) if f.v == 6 else (socket.SOL_IP, 19)
-            sock.setsockopt(level, opt, 1)  # IPV6_TRANSPARENT / IP_TRANSPARENT
-            sock.bind((f.spoof_pod, 0))
-            for _ in range(3):
-                sock.sendto(SPOOF_PAYLOAD, (dst, port))
-
-    lab["lan"].call(send)
+    lab["lan"].call(lambda: send_spoofed(f, dst, port, SPOOF_PAYLOAD))
     lab.barrier()  # LAN router -> machine -> pod
     name = watch_name(SPOOF_RECEIVERS[receiver], f)
     out = lab[receiver].exec("nft", "-j", "list", "counter", "inet", "netlab_rx", name).stdout
@@ -243,6 +237,19 @@ def excluded_tcp(lab: Lab, dst: str, port: int) -> Outcome:
     if proc.returncode != 0:
         return Outcome(False, f"agent.py connect failed: {proc.stderr.strip()}")
     return Outcome(**json.loads(proc.stdout))
+
+
+def send_spoofed(f: Fam, dst: str, port: int, payload: bytes, count: int = 3) -> None:
+    """Send `count` UDP datagrams from `f.spoof_pod` (run in the lan namespace)."""
+    family = socket.AF_INET6 if f.v == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        # Non-local bind (allowed in the lan namespace) and IP_TRANSPARENT, without
+        # which IPv4 refuses to route a packet from an address not configured here.
+        level, opt = (socket.IPPROTO_IPV6, 75) if f.v == 6 else (socket.SOL_IP, 19)
+        sock.setsockopt(level, opt, 1)  # IPV6_TRANSPARENT / IP_TRANSPARENT
+        sock.bind((f.spoof_pod, 0))
+        for _ in range(count):
+            sock.sendto(payload, (dst, port))
 
 
 # --- the probes -----------------------------------------------------------------------
@@ -578,7 +585,7 @@ def probes_for(f: Fam) -> list[Probe]:
     # UDP from the LAN claiming a pod source no pod has: never to the ClusterIP, to a pod
     # or the host only where Mullvad's LAN sharing lets LAN traffic in.
     def lan_lets_in(s: Scenario) -> Expect:
-        return Expect(s.lan and (f.v == 6 or s.rp_filter != 1))
+        return spoofs_get_in(f, s)
 
     def never(s: Scenario) -> Expect:
         return Expect(False)
@@ -790,7 +797,178 @@ def probes_for(f: Fam) -> list[Probe]:
             watch="excluded_ext_svc",
         ),
     ]
-    return dns_probes + works + leaks + non_cluster
+    return dns_probes + works + leaks + non_cluster + inbound_probes(f)
+
+
+# --- issue 22, prerouting side: the probes of `prerouting_new_*`, `confirm` and `nat_park`
+# Kept in one block (the lab's side: topology.build_inbound). Each probe is here because
+# a rule of ours is the only thing that decides it (see its `why`).
+
+
+def spoofs_get_in(f: Fam, s: Scenario) -> Expect:
+    """Where UDP from the LAN with a pod source reaches a pod or the host: only where
+    Mullvad's LAN sharing lets LAN traffic in (and strict rp_filter does not drop it:
+    the pod range is routed by cni0, IPv4 only)."""
+    return Expect(s.lan and (f.v == 6 or s.rp_filter != 1))
+
+
+def inbound_taken(lab: Lab, role: str, counter: str) -> int:
+    """The datagrams counted since the last reading: each reading resets the counter (one
+    command, and the mutation sweep's next run starts from zero)."""
+    out = lab[role].exec("nft", "-j", "reset", "counter", "inet", INBOUND_RX, counter).stdout
+    return int(json.loads(out)["nftables"][1]["counter"]["packets"])
+
+
+def _spoof_via(f: Fam, name: str, dst: str, port: int) -> Callable[[Lab], Outcome]:
+    """INBOUND_RECEIVERS[name]'s datagrams, from a pod source no pod has, sent from the
+    LAN to dst:port; counted where they are DNAT-ed to."""
+    role, _, payload = INBOUND_RECEIVERS[name]
+
+    def run(lab: Lab) -> Outcome:
+        lab["lan"].call(lambda: send_spoofed(f, dst, port, payload))
+        lab.barrier()  # LAN router -> machine -> pod
+        got = inbound_taken(lab, role, watch_name(name, f))
+        return Outcome(got > 0, f"{got} of 3 spoofed packets delivered to {role}")
+
+    return run
+
+
+def _burst(f: Fam, count: int = 3) -> Callable[[Lab], Outcome]:
+    """The host sends `count` datagrams of one UDP flow to the web pod, no reply between
+    them; ok if all arrive."""
+    role, port, payload = INBOUND_RECEIVERS["burst"]
+
+    def run(lab: Lab) -> Outcome:
+        errors: list[str] = []
+
+        def send() -> None:
+            family = socket.AF_INET6 if f.v == 6 else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                for _ in range(count):
+                    try:
+                        sock.sendto(payload, (f.web_pod, port))
+                    except OSError as exc:
+                        errors.append(exc.strerror or repr(exc))
+
+        lab["host"].call(send)
+        lab.barrier()  # machine -> pod
+        got = inbound_taken(lab, role, watch_name("burst", f))
+        detail = f"{got} of {count} datagrams of one flow delivered to {role}"
+        if errors:
+            detail += f" (sender: {', '.join(errors)})"
+        return Outcome(got == count, detail, role if got == count else None)
+
+    return run
+
+
+def inbound_probes(f: Fam) -> list[Probe]:
+    """The probes of one family. The LAN router (192.168.1.1, on-link) is the LAN host
+    here: it has the machine's link-layer address pinned, so its IPv6 probes do not
+    depend on neighbour discovery, which Mullvad's input chain breaks for the LAN
+    client's ULA source with LAN sharing off (see probes_for's nd)."""
+    i = INBOUND[f.v]
+    out = [
+        Probe(
+            "remote_public_api",
+            f,
+            "lan",
+            "off-link client -> API server port on a PUBLIC_ADDRESSES address (on lo, not "
+            "on the interface it arrives on); replies must leave by the LAN",
+            _tcp("lan", i.public, API_PORT, src=f.remote),
+            lambda s: ok_if(s.effective, "host", path="lan"),
+            watch="remote_public_api",
+        ),
+        Probe(
+            "lan_svc",
+            f,
+            "lan",
+            "LAN host -> a ClusterIP routed to the node: a ClusterIP is the cluster's own, "
+            "never served to the outside (only Mullvad's LAN sharing lets it through)",
+            _tcp("lan", f.web_svc, SVC_WEB_PORT, src=f.router),
+            lambda s: ok_if(s.lan, "web"),
+        ),
+        Probe(
+            "lan_nodeport_other_if",
+            f,
+            "lan",
+            "LAN host -> a NodePort on the address of another interface of the machine "
+            "(kube-proxy opens NodePorts on every local address): only Mullvad's LAN "
+            "sharing lets it through",
+            _tcp("lan", i.other_if, NODEPORT, src=f.router),
+            lambda s: ok_if(s.lan, "web"),
+        ),
+        Probe(
+            "lan_api_other_if",
+            f,
+            "lan",
+            "LAN host -> API server port on the address of another interface of the "
+            "machine: only Mullvad's LAN sharing lets it through",
+            _tcp("lan", i.other_if, API_PORT, src=f.router),
+            lambda s: ok_if(s.lan, "host"),
+        ),
+        Probe(
+            "lan_api_other_svc",
+            f,
+            "lan",
+            "LAN host -> a ClusterIP DNAT-ed to the API server port on another interface's "
+            "address (HOST_PORTS count on the interface a connection arrives on only)",
+            _tcp("lan", i.api_other_svc, SVC_API_PORT, src=f.router),
+            lambda s: ok_if(s.lan, "host"),
+        ),
+        Probe(
+            "lan_extip_tunnel_gw",
+            f,
+            "lan",
+            "LAN host -> a Service's external IP that is Mullvad's in-tunnel gateway (a "
+            "Service may name any externalIPs): Mullvad's addresses are never exempted",
+            _tcp("lan", f.tun_gw, SVC_WEB_PORT, src=f.router),
+            lambda s: ok_if(s.lan, "web"),
+        ),
+        Probe(
+            "host_pod_burst",
+            f,
+            "host",
+            "the machine sends several datagrams to a pod before any reply (one flow): "
+            "all arrive (a flow of this machine's is not parked: its next packets pass no "
+            "prerouting, where the parked mark is given back)",
+            _burst(f),
+            lambda s: ok_if(s.effective or s.lan, "web"),
+        ),
+    ]
+    spoofs = [
+        ("nodeport", "a served UDP NodePort", "via_nodeport", f.host_lan, UDP_NODEPORT),
+        ("lb", "a served UDP port on the LoadBalancer IP", "via_lb", f.lb_ip, SPOOF_PORT),
+        ("hostport", "a pod's UDP hostPort", "via_hostport", f.host_lan, HOSTPORT_UDP),
+    ]
+    out += [
+        Probe(
+            f"spoof_{name}",
+            f,
+            "lan",
+            f"UDP from the LAN claiming a pod source, to {what} (DNAT-ed into a pod): "
+            "never exempted",
+            _spoof_via(f, counter, dst, port),
+            lambda s: spoofs_get_in(f, s),
+            tags=frozenset({"leak"}),
+        )
+        for name, what, counter, dst, port in spoofs
+    ]
+    if f.v == 6:  # IPv4: pod_node_ip
+        out.append(
+            Probe(
+                "hostport_pod_node_ip",
+                f,
+                "hostport",
+                "a pod (the hostport pod, whose gateway's link-layer address is known) -> the "
+                "node's LAN address",
+                _tcp("hostport", f.host_lan, API_PORT),
+                lambda s: ok_if(s.effective or s.lan, "host"),
+            )
+        )
+    return out
+
+
+# --- end of issue 22, prerouting side -----------------------------------------------------
 
 
 PROBES: list[Probe] = [p for f in FAMILIES for p in probes_for(f)]

@@ -22,7 +22,7 @@ from . import agent, mullvad_emu
 from .mullvad_emu import MullvadState
 from .nsutil import LabError
 from .probes import PROBES, Outcome, Probe, Scenario
-from .topology import API_PORT, V4, V6, Lab
+from .topology import API_PORT, INBOUND, V4, V6, Lab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,7 @@ def settings_text(lab: Lab, **overrides: str) -> str:
         # machine running the tests has (the kind lab passes auto itself).
         "NODE_NETWORKS": "none",
         "MACHINE_ADDRESSES": "auto",
+        "PUBLIC_ADDRESSES": " ".join(i.public for i in INBOUND.values()),
         "HOST_PORTS": str(API_PORT),
         "TUNNEL_INTERFACE": mullvad_emu.TUNNEL,
         "OUTPUT": str(lab.tmp / "mullvad-allow-k8s.nft"),

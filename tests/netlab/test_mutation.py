@@ -34,24 +34,7 @@ SCRIPT = ROOT / "bench" / "mutation.py"
 
 # Mutants no probe of the lab kills today (bench/mutation.py's keys: the rule as nft
 # prints it, long lines), not yet given a probe or a killing test (issue 22 item 1).
-# Some are killed by netlab tests that build their own labs (`make mutation
-# MUTATION_ARGS=--suites`): nat_park's label rule (test_parked_flows), prerouting's
-# local-address rule (test_tunnel_address).
-KNOWN_SURVIVORS = [
-    "delete confirm_candidate[4]: ip daddr @public_v4 tcp dport @host_ports ct mark set 0x00000f41 meta mark set 0x6d6f6c65 return",
-    "delete confirm_candidate[5]: ip6 daddr @public_v6 tcp dport @host_ports ct mark set 0x00000f41 meta mark set 0x6d6f6c65 return",
-    "delete confirm_candidate[6]: ct mark set 0x00000000 meta mark set 0x00000000",
-    "delete nat_park_new_v4[1]: ct label 126 return",
-    "delete nat_park_new_v6[1]: ct label 126 return",
-    "delete prerouting_new_v4[1]: ip daddr @protected_v4 return",
-    "delete prerouting_new_v4[4]: ip saddr @cluster_v4 return",
-    "delete prerouting_new_v4[5]: fib daddr . iif type != local fib daddr type local ip daddr != @public_v4 return",
-    "delete prerouting_new_v6[3]: iifname @cluster_interfaces ip6 saddr @pod_v6 fib daddr type local fib saddr . iif oif exists ct mark set 0x00000f41 ct label set 127 return",
-    "delete prerouting_new_v6[4]: ip6 saddr @cluster_v6 return",
-    "delete prerouting_new_v6[5]: fib daddr . iif type != local fib daddr type local ip6 daddr != @public_v6 return",
-    "weaken: confirm_candidate: no 'not to a ClusterIP originally'",
-    "weaken: HOST_PORTS: fib daddr . iif -> fib daddr",
-]
+KNOWN_SURVIVORS: list[str] = []
 
 # --- issue 22, forward/output side -----------------------------------------------------
 # Mutants the probes leave alive that netlab tests building labs of their own kill:

@@ -358,6 +358,142 @@ def non_cluster_links(host: Netns, spaces: dict[str, Netns]) -> None:
         host.ip(f"neigh replace {b.ctr[6]} lladdr {mac} dev {b.name} nud permanent\n")
 
 
+# --- issue 22, prerouting side: ways in that `prerouting_new_*` and `confirm` judge ------
+# Kept in one block. Everything here is used by the probes of probes.inbound_probes.
+
+OTHER_IF = "eth1"  # a second interface of the machine (Wi-Fi, a second NIC); nothing behind it
+UDP_NODEPORT = 30999  # the UDP Service's NodePort (-> SPOOF_PORT in the web pod)
+HOSTPORT_UDP = HOSTPORT  # the hostport pod's UDP hostPort, same number (-> SPOOF_PORT)
+SINK_PORT = 9998  # UDP port in the web pod where a flow's datagrams are counted, then dropped
+INBOUND_RX = "netlab_rx_inbound"  # the receivers' table (in the web and hostport pods)
+# Counted datagrams, by payload (distinct from SPOOF_PAYLOAD's first bytes, so the
+# spoof_pod counter on the same port does not count them): counter -> (pod, port, payload).
+INBOUND_RECEIVERS: dict[str, tuple[str, int, bytes]] = {
+    "via_nodeport": ("web", SPOOF_PORT, b"via-nodeport"),
+    "via_lb": ("web", SPOOF_PORT, b"via-lb"),
+    "via_hostport": ("hostport", SPOOF_PORT, b"via-hostport"),
+    "burst": ("web", SINK_PORT, b"burst"),
+}
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """The machine's addresses of one family that traffic from outside can be sent to,
+    besides the LAN address (its field names are usable in WATCHES)."""
+
+    other_if: str  # its address on OTHER_IF
+    other_if_plen: int
+    public: str  # PUBLIC_ADDRESSES: on the machine's lo, routed to it by the LAN router
+    udp_svc: str  # ClusterIP of default/udp (UDP_NODEPORT, the LoadBalancer IP)
+    api_other_svc: str  # ClusterIP of a Service in front of the API server on other_if
+    extip_svc: str  # ClusterIP of default/extip (externalIPs: Mullvad's gateway, tun_gw)
+
+
+INBOUND = {
+    4: Inbound("192.168.2.100", 24, "198.51.100.100", "10.96.0.41", "10.96.0.43", "10.96.0.42"),
+    6: Inbound(
+        "fd00:2::100", 64, "2001:db8:100::100", "fd00:10:96::29", "fd00:10:96::2b", "fd00:10:96::2a"
+    ),
+}
+INBOUND_WATCHES = {
+    "remote_public_api": "{ip} saddr {public} {ip} daddr {remote} tcp sport " + str(API_PORT),
+}
+
+
+def inbound_services(f: Fam) -> list[kube_proxy.Service]:
+    """default/udp: a UDP Service (a game server, syslog) with a NodePort and the web
+    Service's LoadBalancer IP, -> the web pod's SPOOF_PORT, where spoofed datagrams are
+    counted. default/apiserver-eth1: the API server's endpoint on OTHER_IF's address, what
+    `default/kubernetes` is when the API server advertises that address. default/extip:
+    the web pod on an external IP that is Mullvad's in-tunnel gateway (kube-proxy takes
+    any externalIPs a Service names, CVE-2020-8554; only an admission policy stops it)."""
+    i = INBOUND[f.v]
+    svc = kube_proxy.Service
+    spoof = ((f.web_pod, SPOOF_PORT),)
+    return [
+        svc("default", "udp", "udp", "udp", i.udp_svc, SPOOF_PORT, spoof, UDP_NODEPORT, (f.lb_ip,)),
+        svc(
+            "default",
+            "apiserver-eth1",
+            "https",
+            "tcp",
+            i.api_other_svc,
+            SVC_API_PORT,
+            ((i.other_if, API_PORT),),
+        ),
+        svc(
+            "default",
+            "extip",
+            "http",
+            "tcp",
+            i.extip_svc,
+            SVC_WEB_PORT,
+            ((f.web_pod, WEB_PORT),),
+            external_ips=(f.tun_gw,),
+        ),
+    ]
+
+
+def inbound_hostports() -> list[cni.PortMapping]:
+    """The hostport pod's UDP hostPort (added to its TCP one by the same portmap ADD)."""
+    return [cni.PortMapping(HOSTPORT_UDP, SPOOF_PORT, "udp")]
+
+
+def inbound_receivers(role: str) -> str:
+    """Counters of the datagrams INBOUND_RECEIVERS expects in `role`'s namespace. Each is
+    dropped once counted: no port-unreachable answers it, which would be a reply of its
+    flow (and a flow without replies is what the burst probe needs)."""
+    counters, rules = [], []
+    for name, (where, port, payload) in INBOUND_RECEIVERS.items():
+        if where != role:
+            continue
+        match = f"@th,64,{8 * len(payload)} 0x{payload.hex()}"
+        for f in FAMILIES:
+            counter = watch_name(name, f)
+            counters.append(f"\tcounter {counter} {{ }}\n")
+            rules.append(
+                f'meta nfproto ipv{f.v} udp dport {port} {match} counter name "{counter}" drop'
+            )
+    head = "type filter hook input priority 0; policy accept;"
+    return f"table inet {INBOUND_RX} {{\n" + "".join(counters) + _chain("rx", head, rules) + "}\n"
+
+
+def build_inbound(lab: Lab) -> None:
+    """The second interface and the public address on the machine, the LAN router's
+    routes to them, the receivers; and the hostport pod's IPv6 gateway pinned in its
+    neighbour table: a pod solicits its gateway from its own ULA address, which Mullvad's
+    input chain drops with LAN sharing off (see probes.nd), so without it no IPv6 pod could
+    reach the machine and its rule for that would go untested."""
+    # A veth pair with nothing behind it (the lab's kernel has no dummy driver).
+    host = [
+        f"link add {OTHER_IF} type veth peer name {OTHER_IF}-peer",
+        f"link set {OTHER_IF}-peer up",
+        f"link set {OTHER_IF} up",
+    ]
+    lan = []
+    for f in FAMILIES:
+        i, nodad = INBOUND[f.v], " nodad" if f.v == 6 else ""
+        host += [
+            f"addr add {i.other_if}/{i.other_if_plen} dev {OTHER_IF}{nodad}",
+            f"addr add {i.public}/{32 if f.v == 4 else 128} dev lo{nodad}",
+        ]
+        lan += [
+            f"route add {i.other_if} via {f.host_lan}",
+            f"route add {i.public} via {f.host_lan}",
+            f"route add {f.tun_gw} via {f.host_lan}",
+        ]
+    lab["host"].ip("\n".join(host) + "\n")
+    lab["lan"].ip("\n".join(lan) + "\n")
+    for role in {where for where, _, _ in INBOUND_RECEIVERS.values()}:
+        lab[role].nft(inbound_receivers(role))
+    link = json.loads(lab["host"].exec("ip", "-j", "link", "show", "cni0").stdout)
+    lab["hostport"].ip(
+        f"neigh replace {V6.cni_gw} lladdr {link[0]['address']} dev eth0 nud permanent\n"
+    )
+
+
+# --- end of issue 22, prerouting side ----------------------------------------------------
+
 # Packets entering the vpn namespace from the tunnel (tun0) and the LAN router from the
 # host (lan0) are counted per watch: which way did a reply or a connection leave?
 WATCHES: dict[str, str] = {
@@ -381,6 +517,7 @@ WATCHES: dict[str, str] = {
     "pod_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT),
     "host_unassigned_svc": "{ip} daddr {unassigned_svc} tcp dport " + str(SVC_WEB_PORT + 1),
     **NON_CLUSTER_WATCHES,
+    **INBOUND_WATCHES,
 }
 
 
@@ -447,6 +584,7 @@ def kube_services(f: Fam) -> list[kube_proxy.Service]:
         svc("default", "external", "a", "tcp", f.ext_svc, 80, ((f.internet, INET_EXT_POD),)),
         svc("default", "external", "b", "tcp", f.ext_svc, 81, ((f.internet, INET_EXT_HOST),)),
         *non_cluster_services(f),
+        *inbound_services(f),
     ]
 
 
@@ -547,10 +685,16 @@ def counter_rules(
 ) -> str:
     """Named counters for every watch, on packets arriving on `ifname`.
 
-    A watch is an nft match with the family's addresses as `{field}` (any Fam field)."""
+    A watch is an nft match with the family's addresses as `{field}` (any Fam or Inbound
+    field, or off_node)."""
     counters, rules = [], []
     for f in FAMILIES:
-        fmt = {"ip": f.nfproto, "off_node": OFF_NODE[f.v], **dataclasses.asdict(f)}
+        fmt = {
+            "ip": f.nfproto,
+            "off_node": OFF_NODE[f.v],
+            **dataclasses.asdict(f),
+            **dataclasses.asdict(INBOUND[f.v]),
+        }
         for watch, match in watches.items():
             name = watch_name(watch, f)
             counters.append(f"\tcounter {name} {{ }}\n")
@@ -663,6 +807,7 @@ class Lab:
         self["coredns"].nft(receiver_rules(SPOOF_RECEIVERS["coredns"], 53, 0))
         self["host"].nft(receiver_rules(SPOOF_RECEIVERS["host"], SPOOF_PORT, 100))
         self._hostport_pod()
+        build_inbound(self)
         self._kube_proxy()  # after portmap: its iptables chains must survive kube-proxy's
         if "node" in self.ns:
             for f in FAMILIES:  # Docker appends its jumps; kube-proxy's are inserted first
@@ -820,7 +965,7 @@ class Lab:
             [cni.lab_range(f.pod_cidr, f.cni_gw) for f in FAMILIES],
             data_dir=self.tmp / "ipam",
         )
-        mapping = [cni.PortMapping(HOSTPORT, WEB_PORT, "tcp")]
+        mapping = [cni.PortMapping(HOSTPORT, WEB_PORT, "tcp"), *inbound_hostports()]
         result = cni.add(self["host"], self["hostport"], "hostport", conf, mapping)
         self.hostport_ips = cni.pod_addresses(result)
 

@@ -678,8 +678,9 @@ KEEPING = (
     "only from fe80::/10 unless local network sharing is on. With sharing off it can "
     "resolve the gateway only after this machine solicited it from that address, which it "
     "does for a packet masqueraded to it, not for one with the client's address (then it "
-    "solicits from its link-local address): the reply would never leave the pod. IPv6 "
-    "connections keep Mullvad's masquerade."
+    "solicits from its link-local address): the reply would never leave the pod (its "
+    "kernel's router probe from its link-local address, RFC 4191, comes only once a "
+    "minute). IPv6 connections keep Mullvad's masquerade."
 )
 
 

@@ -287,7 +287,9 @@ def probes_for(f: Fam) -> list[Probe]:
         They solicit the host from their own ULA address (RFC 4861 7.2.2: the source of
         the packet that prompted the solicitation), and Mullvad's input chain accepts
         neighbour solicitations only from fe80::/10 unless allow LAN is on. Neighbour
-        discovery is not conntracked, so no ct-mark bypass can change that.
+        discovery is not conntracked, so no ct-mark bypass can change that. (Their
+        kernel's router probe, from fe80::/10, would resolve it after a minute: the
+        labs set router_probe_interval to a day, see Lab.build.)
         """
         return f.v == 4 or s.lan
 

@@ -773,6 +773,13 @@ class Lab:
             "net.ipv6.conf.default.accept_dad": 0,
             "net.ipv6.conf.all.disable_ipv6": 0,
             "net.ipv6.conf.default.disable_ipv6": 0,
+            # A day between router reachability probes (RFC 4191; 60 s by default): the
+            # lab is a pod in its first minute, always. With LAN sharing off a pod's only
+            # way to resolve its IPv6 gateway is that probe (sent from its link-local
+            # address, which Mullvad's input chain accepts; its own solicitations come
+            # from its ULA address, which it drops: probes.nd). Left at 60 s, labs living
+            # longer (the mutation sweep's) saw pods' IPv6 start working mid-run.
+            "net.ipv6.conf.default.router_probe_interval": 86400,
         }
         for role, ns in self.ns.items():
             extra: dict[str, str | int] = {}

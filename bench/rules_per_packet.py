@@ -118,6 +118,11 @@ TERMINAL = ("return", "accept", "drop")
 # served one nobody marked a second; a new IPv4 flow that nat_park does not park one
 # more in postrouting (the keep-source rule). With NODE_NETWORKS: the same (the port
 # published to a node: 10 -> 13 in prerouting, 6 -> 7 in postrouting).
+# Issue 22: a LAN connection to a service of this machine that is not the cluster's
+# (an sshd; allow LAN on) is judged once, as a candidate after DNAT (15 rules for its
+# first packet), and then loses its ct mark: its established packets meet 3 of ours in
+# prerouting, like every other's (left tentative, each would go through
+# `confirm_candidate` again: 9).
 BASELINE: dict[str, tuple[int, ...]] = {
     # class: (prerouting, input, forward, output, postrouting)
     "pod->pod TCP, established v4": (3, 0, 2, 0, 1),
@@ -126,6 +131,8 @@ BASELINE: dict[str, tuple[int, ...]] = {
     "pod->ClusterIP DNS/TCP, new (SYN) v4": (5, 0, 2, 0, 4),
     "off-link client->NodePort, new (SYN) v4": (11, 0, 2, 0, 5),
     "NodePort replies, established v4": (3, 0, 2, 0, 1),
+    "LAN client->a service not the cluster's, new (SYN) v4": (15, 2, 0, 0, 0),
+    "LAN client->a service not the cluster's, established v4": (3, 2, 0, 0, 0),
     "host->internet, new (SYN) v4": (0, 0, 0, 3, 2),
     "host->internet, established v4": (0, 0, 0, 2, 1),
     "tunnel in: internet->host, established v4": (3, 2, 0, 0, 0),
@@ -138,6 +145,8 @@ BASELINE: dict[str, tuple[int, ...]] = {
     "pod->ClusterIP DNS/TCP, new (SYN) v6": (5, 0, 2, 0, 4),
     "off-link client->NodePort, new (SYN) v6": (12, 0, 2, 0, 4),
     "NodePort replies, established v6": (3, 0, 2, 0, 1),
+    "LAN client->a service not the cluster's, new (SYN) v6": (15, 2, 0, 0, 0),
+    "LAN client->a service not the cluster's, established v6": (3, 2, 0, 0, 0),
     "host->internet, new (SYN) v6": (0, 0, 0, 3, 2),
     "host->internet, established v6": (0, 0, 0, 2, 1),
     "tunnel in: internet->host, established v6": (3, 2, 0, 0, 0),
@@ -328,6 +337,7 @@ def classes(lab: Lab) -> list[PacketClass]:
         dns_udp = partial(_dns, client, f.kube_dns, "udp")
         dns_tcp = partial(_dns, client, f.kube_dns, "tcp")
         nodeport = partial(_tcp, lan, f.host_lan, NODEPORT, src=f.remote)
+        lan_service = partial(_tcp, lan, f.host_lan, HOST_SERVICE_PORT, src=f.router)
         host_inet = partial(_tcp, host, f.internet, INET_HOST)
         tunnel_new = partial(_tcp, vpn, f.tun_host, HOST_SERVICE_PORT)
         pod_inet = partial(_tcp, client, f.internet, INET_POD)
@@ -375,6 +385,22 @@ def classes(lab: Lab) -> list[PacketClass]:
                 f"{ip} saddr {web} tcp sport {WEB_PORT} ct state established "
                 f"ct direction reply ct original {ip} saddr {f.remote}",
                 nodeport,
+            ),
+            PacketClass(
+                # A connection from outside the cluster does not serve (an sshd): judged
+                # once after DNAT, then nothing of ours but one look at its ct mark.
+                "LAN client->a service not the cluster's, new (SYN)" + v,
+                "new",
+                "prerouting",
+                f"{ip} saddr {f.router} tcp dport {HOST_SERVICE_PORT} ct state new",
+                lan_service,
+            ),
+            PacketClass(
+                "LAN client->a service not the cluster's, established" + v,
+                "established",
+                "prerouting",
+                f"{ip} saddr {f.router} tcp dport {HOST_SERVICE_PORT} ct state established",
+                lan_service,
             ),
             PacketClass(
                 "host->internet, new (SYN)" + v,

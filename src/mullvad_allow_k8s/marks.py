@@ -87,8 +87,8 @@ TENTATIVE_CT_MARK = Constant(
     "ours, not Mullvad's (so Mullvad's chains never accept it): set on a new inbound "
     "connection before DNAT together with the fwmark, which reverse-path filters that "
     "run before DNAT (iptables' mangle rpfilter at -150, NixOS' nftables rpfilter at "
-    "-140) need to see; turned into 0x00000f41 after DNAT only if the cluster serves "
-    "the connection, otherwise both marks are cleared",
+    "-140) need to see; the fwmark is taken back before DNAT, and the mark turned into "
+    "0x00000f41 after DNAT only if the cluster serves the connection, otherwise cleared",
 )
 PARKED_CT_MARK = Constant(
     0x80000F41,

@@ -281,8 +281,9 @@ def _prerouting(settings: Settings) -> list[str]:
                     (
                         "Every other new connection from outside (not the tunnel, not a cluster "
                         "interface) is a candidate, marked tentatively: the fwmark lets "
-                        "reverse-path filters that run before DNAT pass it; the chain `confirm` "
-                        "decides after DNAT and clears both marks unless the cluster serves it. "
+                        "reverse-path filters that run before DNAT pass it; `before_dnat` takes "
+                        "the fwmark back, and the chain `confirm` decides after DNAT: both "
+                        "marks again if the cluster serves it, else no ct mark. "
                         "Nothing arriving through the tunnel is ever exempted.",
                         [
                             f'iifname != "{tunnel}" iifname != @cluster_interfaces meta mark 0 '
@@ -360,8 +361,11 @@ def _confirm(settings: Settings) -> list[str]:
             ),
             (
                 "Anything else (sshd, CUPS, a database, a port forwarded to a non-cluster "
-                "container) stays under Mullvad's rules: both marks go.",
-                ["ct mark set 0x00000000 meta mark set 0x00000000"],
+                "container, a ClusterIP) stays under Mullvad's rules: the ct mark goes. "
+                "Our fwmark went at `before_dnat`; a packet mark here is what the DNAT "
+                "chains asked for (kube-proxy masquerades a ClusterIP's clients from "
+                "outside the pod range, with 0x00004000) and stays theirs.",
+                ["ct mark set 0x00000000"],
             ),
         ],
     )

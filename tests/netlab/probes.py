@@ -885,9 +885,11 @@ def inbound_probes(f: Fam) -> list[Probe]:
             f,
             "lan",
             "LAN host -> a ClusterIP routed to the node: a ClusterIP is the cluster's own, "
-            "never served to the outside (only Mullvad's LAN sharing lets it through)",
+            "never served to the outside (only Mullvad's LAN sharing lets it through); "
+            "kube-proxy masquerades a ClusterIP's clients from outside the pod range, and "
+            "our table must leave the mark it asks that with",
             _tcp("lan", f.web_svc, SVC_WEB_PORT, src=f.router),
-            lambda s: ok_if(s.lan, "web"),
+            lambda s: ok_if(s.lan, "web", peer=f.cni_gw),
         ),
         Probe(
             "lan_nodeport_other_if",

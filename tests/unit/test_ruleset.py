@@ -112,7 +112,8 @@ def test_tunnel_traffic_is_never_marked_as_inbound() -> None:
 
 def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
     """After DNAT: forwarded into a pod (not from a ClusterIP) or a HOST_PORTS port on a
-    local address; everything else loses both marks."""
+    local address; everything else loses the ct mark (the fwmark went before DNAT; the
+    packet mark is the DNAT chains' by then, kube-proxy's masquerade request)."""
     text = render()
     exempt, tentative = marks.CT_MARK.nft, marks.TENTATIVE_CT_MARK.nft
     assert chain_rules(text, "confirm") == [f"ct mark {tentative} goto confirm_candidate"]
@@ -125,7 +126,7 @@ def test_inbound_is_exempted_only_if_the_cluster_serves_it() -> None:
         f"fib daddr . iif type local tcp dport @host_ports {both} return",
         f"ip daddr @public_v4 tcp dport @host_ports {both} return",
         f"ip6 daddr @public_v6 tcp dport @host_ports {both} return",
-        "ct mark set 0x00000000 meta mark set 0x00000000",
+        "ct mark set 0x00000000",
     ]
     assert chain_rules(text, "confirm_served") == [
         f"meta mark != 0x00000000 {both} return",

@@ -30,7 +30,8 @@ With --suites, each mutant the probes leave alive is then loaded into the netlab
 that build labs of their own and judge traffic (SUITE_FILES: forged packets injected
 into exempted flows, parked flows, reverse-path filters, the tunnel address appearing
 and changing, a tunnel address inside a cluster range, br_netfilter off, the IPv6
-guard), through bench/mutant_cli.py as their generator: a test that fails with the
+guard, pod sources, exempted flows leaving by a cluster interface, the rule-count
+baseline), through bench/mutant_cli.py as their generator: a test that fails with the
 mutant and passes with our table kills it. About 25 s per mutant; not in CI. With
 --killers FILE (CI: tests/netlab/test_mutation.py's KILLED_BY_TESTS), only the
 survivors FILE names, each against only the tests named for it (a few seconds each).
@@ -571,6 +572,9 @@ SUITE_FILES = [
     "tests/netlab/test_tunnel_in_cluster.py",
     "tests/netlab/test_br_netfilter_off.py",
     "tests/netlab/test_guard_v6.py",
+    "tests/netlab/test_pod_source.py",
+    "tests/netlab/test_exempted_flows_leave.py",
+    "tests/netlab/test_rules_per_packet.py",
 ]
 
 

@@ -89,12 +89,17 @@ class Scenario:
     # NODE_NETWORKS of the generated table ("" : none). The lab has no node there, so
     # every probe must show what it shows without them: the node rules add nothing else.
     node_networks: str = ""
+    # Pods more than a minute old: their IPv6 gateway learned by their kernel's router
+    # probe, also with LAN sharing off (topology.Lab._settle_pods); else their first minute.
+    settled: bool = False
 
     @property
     def id(self) -> str:
         parts = [self.mullvad.label, self.bypass]
         if self.node_networks:
             parts.append("nodes")
+        if self.settled:
+            parts.append("settled")
         if self.rp_filter != 2:
             parts.append(f"rp_filter{self.rp_filter}")
         if self.bypass != "none" and self.apply_in != self.mullvad.state:
@@ -282,16 +287,20 @@ def probes_for(f: Fam) -> list[Probe]:
     """All probes of one family."""
 
     def nd(s: Scenario) -> bool:
-        """Can a pod or LAN client resolve the host as its IPv6 neighbour?
+        """Can a LAN client resolve the host as its IPv6 neighbour (and a pod its gateway
+        in its first minute)?
 
         They solicit the host from their own ULA address (RFC 4861 7.2.2: the source of
         the packet that prompted the solicitation), and Mullvad's input chain accepts
         neighbour solicitations only from fe80::/10 unless allow LAN is on. Neighbour
-        discovery is not conntracked, so no ct-mark bypass can change that. (Their
-        kernel's router probe, from fe80::/10, would resolve it after a minute: the
-        labs set router_probe_interval to a day, see Lab.build.)
+        discovery is not conntracked, so no ct-mark bypass can change that.
         """
         return f.v == 4 or s.lan
+
+    def pod_nd(s: Scenario) -> bool:
+        """Can a pod resolve its IPv6 gateway? As nd, until its kernel's router probe
+        (from fe80::/10, at most once a minute) has: settled pods know it."""
+        return nd(s) or s.settled
 
     def seen(s: Scenario, client: str, bridge: str = f.cni_gw) -> str:
         """Who a pod or node that nobody asked to masquerade (not kube-proxy, whose
@@ -340,7 +349,7 @@ def probes_for(f: Fam) -> list[Probe]:
                 "client",
                 "pod resolves through the cluster DNS service IP (CoreDNS path)",
                 _dns("client", f.kube_dns, proto),
-                lambda s: ok_if(nd(s) and s.effective, "coredns"),
+                lambda s: ok_if(pod_nd(s) and s.effective, "coredns"),
             ),
             probe(
                 f"host_svc_dns_{proto}",
@@ -396,21 +405,21 @@ def probes_for(f: Fam) -> list[Probe]:
             "client",
             "pod -> ClusterIP service (TCP); the endpoint sees the client pod's address",
             _tcp("client", f.web_svc, SVC_WEB_PORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "web", peer=f.client_pod),
+            lambda s: ok_if(pod_nd(s) and (s.effective or s.lan), "web", peer=f.client_pod),
         ),
         probe(
             "pod_api_svc",
             "client",
             "pod -> kubernetes API service (DNAT to the node's address)",
             _tcp("client", f.api_svc, SVC_API_PORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "host"),
+            lambda s: ok_if(pod_nd(s) and (s.effective or s.lan), "host"),
         ),
         probe(
             "pod_node_ip",
             "client",
             "pod -> the node's LAN address (metrics-server -> kubelet, hostNetwork servers)",
             _tcp("client", f.host_lan, API_PORT),
-            lambda s: ok_if(nd(s) and (s.effective or s.lan), "host"),
+            lambda s: ok_if(pod_nd(s) and (s.effective or s.lan), "host"),
         ),
         probe(
             "host_pod_tcp",
@@ -650,7 +659,7 @@ def probes_for(f: Fam) -> list[Probe]:
             "client",
             "pod -> internet leaves only through the tunnel",
             _tcp("client", f.internet, INET_POD),
-            lambda s: ok_if(nd(s) and s.connected, "vpn", "tunnel", else_path="nowhere"),
+            lambda s: ok_if(pod_nd(s) and s.connected, "vpn", "tunnel", else_path="nowhere"),
             watch="pod_inet",
             leak=True,
         ),
@@ -659,7 +668,7 @@ def probes_for(f: Fam) -> list[Probe]:
             "client",
             "pod -> service whose endpoint is outside the cluster: still through the tunnel",
             _tcp("client", f.ext_svc, 80),
-            lambda s: ok_if(nd(s) and s.connected, "vpn", "tunnel", else_path="nowhere"),
+            lambda s: ok_if(pod_nd(s) and s.connected, "vpn", "tunnel", else_path="nowhere"),
             watch="pod_ext_svc",
             leak=True,
         ),
@@ -704,7 +713,7 @@ def probes_for(f: Fam) -> list[Probe]:
             "client",
             "the in-tunnel resolver keeps working for pods",
             _dns("client", f.tun_gw, "udp"),
-            lambda s: ok_if(nd(s) and s.connected, "tunnel"),
+            lambda s: ok_if(pod_nd(s) and s.connected, "tunnel"),
             leak=True,
         ),
         probe(

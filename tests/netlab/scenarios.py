@@ -255,6 +255,7 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
         first if scn.bypass != "none" else scn.mullvad,
         rp_filter=scn.rp_filter,
         kube_proxy=scn.kube_proxy,
+        settled=scn.settled,
     )
     try:
         lab.build()

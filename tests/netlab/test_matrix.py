@@ -60,6 +60,12 @@ FULL: list[Scenario] = [
     _s("connected", False, "generated", node_networks=NODES),
     _s("connected", True, "generated", node_networks=NODES),
     _s("blocked", False, "generated", node_networks=NODES),
+    # Pods more than a minute old: their IPv6 gateway known (their kernel's router probe),
+    # so with LAN sharing off their IPv6 meets the table, not a neighbour-discovery wall.
+    _s("connected", False, "none", settled=True),
+    _s("connected", False, "generated", settled=True),
+    _s("blocked", False, "none", settled=True),
+    _s("blocked", False, "generated", settled=True),
 ]
 # The other mode on a representative part: both bypass states with allow LAN off,
 # allow LAN on (also Mullvad alone: what a user expects of externalTrafficPolicy Local,

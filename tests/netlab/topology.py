@@ -726,6 +726,13 @@ def read_counters(ns: Netns, table: str) -> dict[str, int]:
     }
 
 
+def _datagram(dst: str, port: int) -> None:
+    """One UDP datagram to dst:port (run inside a namespace); its fate is not asked."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.sendto(b"settle", (dst, port))
+
+
 class Lab:
     """One scenario's namespaces. `build()` then `destroy()` (always, also on failure)."""
 
@@ -737,16 +744,20 @@ class Lab:
         br_nf: bool = True,
         kube_proxy: str = "iptables",
         container_node: bool = True,
+        settled: bool = False,
     ) -> None:
         """`container_node=False`: no "node" (test_kind and test_multinode make kind's
         network, whose subnets are the node's, with the real Podman instead;
-        bench/rules_per_packet.py makes nodes of its own on the node's bridge)."""
+        bench/rules_per_packet.py makes nodes of its own on the node's bridge).
+        `settled`: pods more than a minute old, which know their IPv6 gateway (see
+        `_settle_pods`); else every pod is in its first minute."""
         if kube_proxy not in KUBE_PROXY_MODES:
             raise ValueError(f"kube_proxy must be one of {KUBE_PROXY_MODES}, not {kube_proxy!r}")
         self.mullvad = mullvad
         self.kube_proxy = kube_proxy
         self.rp_filter = rp_filter
         self.br_nf = br_nf
+        self.settled = settled
         self.uid = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.ns: dict[str, Netns] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.uid}-"))
@@ -827,6 +838,8 @@ class Lab:
         self["host"].nft(MARKER_TABLE)
         self._markers = [self[role].call(_marker_receiver) for role in ("lan", "vpn")]
         self.set_mullvad(self.mullvad, initial=True)
+        if self.settled:
+            self._settle_pods()
 
     def _split_tunnel_cgroup(self) -> None:
         """Mullvad's split-tunnel cgroup as the app makes it without its `cgroup2` feature
@@ -944,6 +957,34 @@ class Lab:
                     f"route add default via {f.node_gw}",
                 ]
             self["node"].ip("\n".join(lines) + "\n")
+
+    def _settle_pods(self) -> None:
+        """What a minute does to a pod with LAN sharing off: its kernel's router
+        reachability probe (RFC 4191, rt6_probe on a route lookup, at most once every
+        router_probe_interval) solicits the IPv6 gateway from the pod's link-local
+        address, which Mullvad's input chain accepts, and the gateway becomes REACHABLE;
+        later probes of the entry come from that address too, so it stays. The interval
+        is 0 here until it has happened (the kernel's own mechanism, not a pinned entry),
+        then a day again."""
+        f = V6
+        for role in POD_ROLES:
+            pod, key = self[role], "net.ipv6.conf.eth0.router_probe_interval"
+            pod.sysctl({key: 0})
+            deadline = time.monotonic() + 5
+            while True:
+                # A datagram to the gateway makes its neighbour entry (INCOMPLETE: the
+                # pod's own solicitation, from its ULA address, is dropped), which the
+                # advertisement answering the probe completes (one with no entry to
+                # complete is ignored); a route lookup runs the probe.
+                pod.call(functools.partial(_datagram, f.cni_gw, 9))
+                pod.exec("ip", "-6", "route", "get", f.internet)
+                time.sleep(0.05)
+                out = pod.exec("ip", "-6", "neigh", "show", f.cni_gw, "dev", "eth0").stdout
+                if "REACHABLE" in out:
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(f"{role}: gateway {f.cni_gw} not learned: {out.strip()}")
+            pod.sysctl({key: 86400})
 
     def _tunnel(self) -> None:
         """The tunnel device with its addresses (`self.tunnel`), and the relay side's

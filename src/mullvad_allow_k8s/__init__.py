@@ -1,3 +1,3 @@
 """Let a local Kubernetes cluster work behind the Mullvad VPN app's firewall."""
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import agent, mullvad_emu
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
+from .nsutil import LabError, flush_conntrack
 from .probes import PROBES, Outcome, Probe, Scenario
 from .topology import API_PORT, INBOUND, V4, V6, Lab
 
@@ -189,9 +189,13 @@ class Cells:
     Blocked and back, as the app does), LAN sharing, rp_filter, br_netfilter, and the
     arm's table, replaced in one transaction. In a Blocked cell the generated arm is the
     table `apply` loaded while connected (arm_tables), so Blocked cells see our table as
-    a machine whose tunnel went down sees it. Probes use flows of their own (fresh
-    source ports, or addresses numbered by `entered`), so conntrack entries and
-    retransmissions of earlier cells are never theirs."""
+    a machine whose tunnel went down sees it. Each cell starts with the machine's
+    conntrack table empty, and probes use flows of their own (fresh source ports, or
+    addresses numbered by `entered`), so conntrack entries and retransmissions of
+    earlier cells are never theirs: a fresh port the kernel picks can be one an earlier
+    cell's flow used, whose entry (marked by another arm, or not) would decide the new
+    one's packets (seen once in CI: test_flow_injection's pod query in a `generated`
+    cell not exempted, and the injection let in as with Mullvad alone)."""
 
     def __init__(self, lab: Lab, arms: Mapping[str, str | None]) -> None:
         self.lab = lab
@@ -211,6 +215,7 @@ class Cells:
         if self.arm != cell.arm:
             self.load(self.arms[cell.arm])
             self.arm = cell.arm
+        flush_conntrack(lab["host"])
 
     def load(self, text: str | None) -> None:
         """Our table (or a control) in place of whichever arm was loaded."""

@@ -1,18 +1,21 @@
 """The forward guard keeps IPv6 pod flows to cluster addresses with nothing behind them off
 the LAN, as it does for IPv4.
 
-In the matrix the IPv6 cells of these probes cannot fail: with Mullvad's LAN sharing off
-an IPv6 pod cannot even resolve its gateway (it solicits from its ULA address, which
-Mullvad's input chain drops), and with it on Mullvad itself forwards private
-destinations to the LAN. A pod can still send for a while after the host solicited it
-first (the host's neighbour solicitation carries its link-layer address): here the host
-pings the pod, then the pod connects. Blocked state, LAN sharing off, the bypass applied
-while connected: the tunnel is gone, so the main table's default route is the LAN, and
-only the guard's interface test keeps the flow off it. The same lab without that rule
-and `postrouting_guard`'s drop (which would stop the flow's packets too: it was exempted
-with ct label 127) is the control: the flow reaches the LAN. In both arms a counter in
-the host's forward hook, before the guard, shows the pod's packets got there: a zero on
-the LAN is the guard's doing, not a pod that could not send.
+In the matrix's first-minute scenarios the IPv6 cells of these probes cannot fail: with
+Mullvad's LAN sharing off an IPv6 pod cannot even resolve its gateway yet (it solicits
+from its ULA address, which Mullvad's input chain drops; its kernel's router probe comes
+after a minute), and with it on Mullvad itself forwards private destinations to the LAN.
+The matrix's settled scenarios (pods that know their gateway) test them too; this
+module's own counter shows the pod's packets reached the guard. A pod can still send for
+a while after the host solicited it first (the host's neighbour solicitation carries its
+link-layer address): here the host pings the pod, then the pod connects. Blocked state,
+LAN sharing off, the bypass applied while connected: the tunnel is gone, so the main
+table's default route is the LAN, and only the guard's interface test keeps the flow off
+it. The same lab without that rule and `postrouting_guard`'s drop (which would stop the
+flow's packets too: it was exempted with ct label 127) is the control: the flow reaches
+the LAN. In both arms a counter in the host's forward hook, before the guard, shows the
+pod's packets got there: a zero on the LAN is the guard's doing, not a pod that could
+not send.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.netlab.mullvad_emu import MullvadState  # noqa: E402
-from tests.netlab.nsutil import LabError  # noqa: E402
+from tests.netlab.nsutil import LabError, flush_conntrack  # noqa: E402
 from tests.netlab.probes import PROBES, Outcome, Probe, Scenario, applies, check  # noqa: E402
 from tests.netlab.scenarios import run_generator, run_probes  # noqa: E402
 from tests.netlab.topology import SPOOF_RECEIVERS, Lab, watch_name  # noqa: E402
@@ -389,6 +389,10 @@ class MutationLab:
         self.lab["host"].nft(text)
 
     def _reset(self) -> None:
+        # Every run from an empty conntrack table: a source port the kernel picks may be
+        # one an earlier run's flow used, whose entry (marked by a mutant, or not) would
+        # decide the new flow (tests/netlab/scenarios.Cells met it in CI).
+        flush_conntrack(self.lab["host"])
         for role in ("vpn", "lan"):
             self.lab[role].exec("nft", "reset", "counters", "table", "inet", "netlab_counters")
         for role in SPOOF_RECEIVERS:

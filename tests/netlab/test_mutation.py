@@ -3,24 +3,23 @@
 Every rule of the table generated for the lab's settings is deleted in turn, and the
 matches issue 22 lists are weakened; each mutant is loaded into the lab in place of
 our table and the traffic probes run against it (see the script). The whole sweep
-takes about 3 minutes (2 labs at once), so CI runs all of it, not a subset.
+takes about 2 minutes (2 labs at once), so CI runs all of it, not a subset.
 
 Mutants the probes leave alive but a netlab test with a lab of its own kills are
 listed in KILLED_BY_TESTS with that test (the cheapest one): the script loads each into
 just its tests (--killers), which must pass with our table and fail with the mutant.
 
-The script exits 1 while any mutant survives. Today some do: the rules no traffic
-test depends on yet (KNOWN_SURVIVORS, issue 22 item 1) and those no traffic can
-decide, each with its reason (SURVIVORS_WITH_REASON). This test fails when the lists
-are wrong in either direction: a mutant that survives and is in no list (a rule that
-lost its test, or a new rule without one), a listed survivor that is now killed, or a
-KILLED_BY_TESTS entry the probes now kill (remove it: it costs CI time). So the lists
-only shrink. A weakening that no longer matches the generated table, a killer test
+The script exits 1 while any mutant survives. Today 3 do, each listed with the reason
+no traffic can decide it (SURVIVORS_WITH_REASON). This test fails when the lists are
+wrong in either direction: a mutant that survives and is in neither list (a rule that
+lost its test, or a new rule without one: give it a probe or a killing test, or a
+reason), a listed survivor that is now killed, or a KILLED_BY_TESTS entry the probes
+now kill (remove it: it costs CI time). A weakening that no longer matches the generated table, a killer test
 that fails with our table or does not run, or a probe that does not show what
 test_matrix expects with the unmutated table, fails it too.
 """
 
-# ruff: noqa: E501 (KNOWN_SURVIVORS: the rules as they are, one a line)
+# ruff: noqa: E501 (the lists' keys: the rules as they are, one a line)
 
 from __future__ import annotations
 
@@ -31,10 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "mutation.py"
-
-# Mutants no probe of the lab kills today (bench/mutation.py's keys: the rule as nft
-# prints it, long lines), not yet given a probe or a killing test (issue 22 item 1).
-KNOWN_SURVIVORS: list[str] = []
 
 # --- issue 22, forward/output side -----------------------------------------------------
 # Mutants the probes leave alive that netlab tests building labs of their own kill:
@@ -117,7 +112,7 @@ def test_every_rule_is_decided_by_traffic(tmp_path: Path) -> None:
     stale = sorted(set(KILLED_BY_TESTS) & by_probes)
     assert not stale, "killed by probes: remove from KILLED_BY_TESTS:\n" + "\n".join(stale) + shown
     survivors = set(result["survivors"])
-    allowed = set(KNOWN_SURVIVORS) | set(SURVIVORS_WITH_REASON)
+    allowed = set(SURVIVORS_WITH_REASON)
     new = sorted(survivors - allowed)
     killed = sorted(allowed - survivors)
     assert not new, "mutants nothing kills, in no list:\n" + "\n".join(new) + shown

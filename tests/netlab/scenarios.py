@@ -262,8 +262,7 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
         kube_proxy=scn.kube_proxy,
         settled=scn.settled,
     )
-    try:
-        lab.build()
+    with lab.built():
         result.loader_output = load_bypass(lab, scn.bypass, scn.node_networks)
         if lab.mullvad != scn.mullvad:
             lab.set_mullvad(scn.mullvad)
@@ -273,9 +272,5 @@ def run_scenario(scn: Scenario, probes: list[Probe] | None = None) -> ScenarioRe
         lab.barrier(hops=4)
         result.counters = lab.counters()
         result.snapshot = lab.snapshot()
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
     result.seconds = time.monotonic() - start
     return result

@@ -49,7 +49,6 @@ import pytest
 
 from . import agent
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
 from .scenarios import (
     LEAVING_DROP,
     Cell,
@@ -76,17 +75,12 @@ HEAD = "type filter hook prerouting priority -400; policy accept;"
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
+    spec = {"addrs": [V4.cni_gw], "ports": [DNS_ALT_PORT], "answers": ANSWERS["tunnel"]}
     lab = Lab(MullvadState("connected", False, True))
-    try:
-        spec = {"addrs": [V4.cni_gw], "ports": [DNS_ALT_PORT], "answers": ANSWERS["tunnel"]}
-        lab.build(extra_agents={"host": {"dns": [spec]}})
+    with lab.built(extra_agents={"host": {"dns": [spec]}}):
         lab["host"].nft(DNAT)
         control = weakened(run_generator(lab, "generate", own=True).stdout, delete=[LEAVING_DROP])
         yield Cells(lab, arm_tables(lab, control=control))
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
 def _count(lab: Lab, name: str) -> None:

@@ -62,7 +62,6 @@ import pytest
 
 from . import agent
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
 from .probes import tcp_connect
 from .scenarios import (
     ARRIVING_DROP,
@@ -199,19 +198,14 @@ def _received(sock: socket.socket) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
+    addrs = [g.cni_gw for g in FAMILIES]
+    spec = {"addrs": addrs, "ports": [SPOOF_PORT], "answers": ANSWERS["tunnel"]}
     lab = Lab(MullvadState("connected", False, True), settled=True)
-    try:
-        addrs = [g.cni_gw for g in FAMILIES]
-        spec = {"addrs": addrs, "ports": [SPOOF_PORT], "answers": ANSWERS["tunnel"]}
-        lab.build(extra_agents={"host": {"dns": [spec]}})
+    with lab.built(extra_agents={"host": {"dns": [spec]}}):
         # Every reject of Mullvad's answered, not one a second per destination.
         lab["host"].sysctl({"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0})
         ours = run_generator(lab, "generate", own=True).stdout
         yield Cells(lab, arm_tables(lab, control=weakened(ours, delete=[ARRIVING_DROP])))
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
 def _settle(lab: Lab, attacks: list[Attack]) -> None:

@@ -51,27 +51,24 @@ NOT_PARKED = "ct label 126 return"  # nat_park: the machine's own flows
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
-    lab = Lab(MullvadState("connected", False, True))
-    server = None
-    try:
-        lab.build()
+    with Lab(MullvadState("connected", False, True)).built() as lab:
         # A server that never answers (bound, so the pod sends no ICMP error, which
         # would be a reply of the flow).
         server = lab["web"].call(partial(socket.socket, socket.AF_INET, socket.SOCK_DGRAM))
-        server.bind(("0.0.0.0", SPOOF_PORT))
-        ours = run_generator(lab, "generate", own=True).stdout
-        restoring = [line for line in ours.split("\n") if RESTORING in line]
-        if len(restoring) != 1 or f" {RESTORE} " not in restoring[0]:
-            raise LabError(f"no rule restoring a parked mark in our table: {restoring}")
-        unrestored = ours.replace(restoring[0], restoring[0].replace(f" {RESTORE} ", " "))
-        controls = {"unrestored": unrestored, "host_parked": weakened(ours, delete=[NOT_PARKED])}
-        yield Cells(lab, arm_tables(lab, **controls))
-    finally:
-        if server is not None:
-            server.close()
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
+        with server:
+            server.bind(("0.0.0.0", SPOOF_PORT))
+            yield _arms(lab)
+
+
+def _arms(lab: Lab) -> Cells:
+    """Our table's arm and the two controls made from it."""
+    ours = run_generator(lab, "generate", own=True).stdout
+    restoring = [line for line in ours.split("\n") if RESTORING in line]
+    if len(restoring) != 1 or f" {RESTORE} " not in restoring[0]:
+        raise LabError(f"no rule restoring a parked mark in our table: {restoring}")
+    unrestored = ours.replace(restoring[0], restoring[0].replace(f" {RESTORE} ", " "))
+    controls = {"unrestored": unrestored, "host_parked": weakened(ours, delete=[NOT_PARKED])}
+    return Cells(lab, arm_tables(lab, **controls))
 
 
 def _send() -> list[str]:

@@ -51,7 +51,6 @@ import pytest
 
 from . import agent
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
 from .probes import tcp_connect
 from .scenarios import (
     LEAVING_DROP,
@@ -162,16 +161,10 @@ def _counters(cases: list[Case]) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
-    lab = Lab(MullvadState("connected", False, True), settled=True)
-    try:
-        lab.build()
+    with Lab(MullvadState("connected", False, True), settled=True).built() as lab:
         ours = run_generator(lab, "generate", own=True).stdout
         control = weakened(ours, strip=[REVERSE_PATH], delete=[LEAVING_DROP])
         yield Cells(lab, arm_tables(lab, control=control))
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
 def _send(cases: list[Case]) -> list[socket.socket]:

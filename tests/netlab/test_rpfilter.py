@@ -31,7 +31,6 @@ from collections.abc import Iterator
 import pytest
 
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
 from .probes import PROBE_BY_ID, Expect, Scenario, check
 from .scenarios import Cell, Cells, arm_tables, run_probes
 from .topology import Lab
@@ -64,14 +63,8 @@ FORWARDED = {"remote_nodeport", "remote_hostport", "remote_lb"}
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
-    lab = Lab(MullvadState("connected", False, True), rp_filter=0)
-    try:
-        lab.build()
+    with Lab(MullvadState("connected", False, True), rp_filter=0).built() as lab:
         yield Cells(lab, arm_tables(lab))
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
 def run(cells: Cells, cell: Cell, filter_name: str | None) -> list[str]:

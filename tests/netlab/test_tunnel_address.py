@@ -51,7 +51,6 @@ import pytest
 
 from . import mullvad_emu
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
 from .scenarios import POOL_UNMARK, Cell, Cells, run_generator, weakened
 from .topology import API_PORT, HOST_SERVICE_PORT, NODEPORT, TUNNEL, V4, Lab
 
@@ -71,17 +70,11 @@ CHECKS = {
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
-    lab = Lab(MullvadState("connected", False, True))
-    try:
-        lab.build()
+    with Lab(MullvadState("connected", False, True)).built() as lab:
         ours = run_generator(lab, "generate", own=True).stdout
         control = weakened(ours, delete=[*LOCAL_ON_ITS_INTERFACE, POOL_UNMARK])
         generated = run_generator(lab, "generate").stdout
         yield Cells(lab, {"none": None, "generated": generated, "control": control})
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
 def tunnel_address(lab: Lab, address: str | None) -> None:

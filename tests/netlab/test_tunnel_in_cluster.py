@@ -27,7 +27,6 @@ import pytest
 
 from . import mullvad_emu
 from .mullvad_emu import MullvadState
-from .nsutil import LabError
 from .probes import PROBE_BY_ID, Outcome, Scenario, check, tcp_connect
 from .scenarios import POOL_UNMARK, Cell, Cells, arm_tables, run_generator, weakened
 from .topology import API_PORT, TUNNEL, V4, WEB_PORT, Lab
@@ -49,9 +48,7 @@ SERVICE_AT_TUNNEL = f"""table ip svc_at_tunnel {{
 
 @pytest.fixture(scope="module")
 def cells() -> Iterator[Cells]:
-    lab = Lab(MullvadState("connected", False, True))
-    try:
-        lab.build()
+    with Lab(MullvadState("connected", False, True)).built() as lab:
         # The new address first: removing a device's last IPv4 address would flush its
         # routes (the tunnel table's default route among them).
         lab["host"].ip(
@@ -65,10 +62,6 @@ def cells() -> Iterator[Cells]:
         # the control: the tunnel's address not added, nor checked per packet
         control = weakened(run_generator(lab, "generate", own=True).stdout, delete=[POOL_UNMARK])
         yield Cells(lab, arm_tables(lab, control=control))
-    finally:
-        errors = lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {lab.uid} failed: {errors}")
 
 
 def outcome(result: Outcome) -> str:

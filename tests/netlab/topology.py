@@ -41,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -774,6 +775,21 @@ class Lab:
         return self.ns[role]
 
     # --- building --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def built(self, *, extra_agents: dict[str, dict[str, Any]] | None = None) -> Iterator[Lab]:
+        """The lab built, then destroyed whatever happens. A failed cleanup raises
+        LabError (namespaces or cgroups left behind would meet later labs), or is noted
+        on the error already on its way."""
+        try:
+            self.build(extra_agents=extra_agents)
+            yield self
+        except BaseException as exc:
+            if errors := self.destroy():
+                exc.add_note(f"cleanup of {self.uid} failed: {errors}")
+            raise
+        if errors := self.destroy():
+            raise LabError(f"cleanup of {self.uid} failed: {errors}")
 
     def build(self, *, extra_agents: dict[str, dict[str, Any]] | None = None) -> None:
         """Namespaces, links, addresses, CNI, kube-proxy, counters, Mullvad, servers."""

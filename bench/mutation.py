@@ -51,6 +51,7 @@ that lab: `pytest tests/netlab/test_multinode.py -s` prints its table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -63,6 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,21 +371,17 @@ class MutationLab:
         self.unexpected: list[str] = []
 
     def __enter__(self) -> MutationLab:
-        try:
-            self.lab.build()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.lab.built())
             self.table = run_generator(self.lab, "generate").stdout
             self.load(self.table)
             if self.lab.mullvad != self.ls.mullvad:
                 self.lab.set_mullvad(self.ls.mullvad)
-        except BaseException:
-            self.lab.destroy()
-            raise
+            self._stack = stack.pop_all()  # the lab stays up until __exit__
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        errors = self.lab.destroy()
-        if errors:
-            raise LabError(f"cleanup of {self.lab.uid} failed: {errors}")
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)  # Lab.built: a failed cleanup raises, or notes the error
 
     def load(self, text: str) -> None:
         self.lab["host"].nft(text)

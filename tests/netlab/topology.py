@@ -727,6 +727,11 @@ def read_counters(ns: Netns, table: str) -> dict[str, int]:
     }
 
 
+# Seconds between a pod's router reachability probes in every lab (a day: a pod's first
+# minute, see Lab.build and Lab._settle_pods).
+ROUTER_PROBE_INTERVAL = 86400
+
+
 def _datagram(dst: str, port: int) -> None:
     """One UDP datagram to dst:port (run inside a namespace); its fate is not asked."""
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
@@ -806,7 +811,7 @@ class Lab:
             # address, which Mullvad's input chain accepts; its own solicitations come
             # from its ULA address, which it drops: probes.nd). Left at 60 s, labs living
             # longer (the mutation sweep's) saw pods' IPv6 start working mid-run.
-            "net.ipv6.conf.default.router_probe_interval": 86400,
+            "net.ipv6.conf.default.router_probe_interval": ROUTER_PROBE_INTERVAL,
         }
         for role, ns in self.ns.items():
             extra: dict[str, str | int] = {}
@@ -1000,7 +1005,7 @@ class Lab:
                     break
                 if time.monotonic() > deadline:
                     raise LabError(f"{role}: gateway {f.cni_gw} not learned: {out.strip()}")
-            pod.sysctl({key: 86400})
+            pod.sysctl({key: ROUTER_PROBE_INTERVAL})
 
     def _tunnel(self) -> None:
         """The tunnel device with its addresses (`self.tunnel`), and the relay side's
